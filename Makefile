@@ -1,0 +1,44 @@
+# mirg: `make help` lists the targets. Every target creates or updates .venv itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= embedded
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m mirg_lib kernel >/dev/null
+	@touch $(STAMP)
+
+.PHONY: help venv setup test test-all reproduce data lab lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  (PROFILE=$(PROFILE); e.g. make reproduce PROFILE=smoke)"
+
+venv: $(STAMP) ## create or update .venv from pyproject.toml (the one list of pins)
+
+setup: $(STAMP) ## venv + nbstripout as this repository's git filter
+	$(VENV)/bin/nbstripout --install --attributes .gitattributes
+
+test: $(STAMP) ## the test suite (fast; under 10 minutes on 2 CPU cores)
+	$(PY) -m pytest -q
+
+reproduce: $(STAMP) ## run every notebook in order with params/$(PROFILE).yaml -> runs/$(PROFILE)/
+	$(PY) -m mirg_lib reproduce --profile $(PROFILE)
+
+data: $(STAMP) ## build only the embedded world of $(PROFILE) -> runs/$(PROFILE)/data/
+	$(PY) -m mirg_lib data --profile $(PROFILE)
+
+lab: $(STAMP) ## JupyterLab on the project's own kernel
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## remove runs/ (results and executed notebooks); keeps .venv
+	rm -rf runs

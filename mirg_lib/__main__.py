@@ -1,0 +1,84 @@
+"""Command line: ``python -m mirg_lib <command>``.
+
+* ``score --benchmark FILE.json --predictions FILE.jsonl [--protocol migician|lenient]``
+  prints the scores as one JSON object (format in the README).
+* ``gt-predictions --benchmark FILE.json --out FILE.jsonl [--shift 0.4]`` writes predictions that
+  answer with the ground truth (optionally shifted right by a fraction of the box width): the
+  scorer's self-check.
+* ``data --profile smoke`` builds the embedded world of a profile.
+* ``reproduce --profile embedded`` runs every notebook in order through papermill.
+* ``kernel`` installs the project's Jupyter kernel for this interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .formats import RecordError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mirg_lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sp = sub.add_parser("score", help="score predictions against a MIG-Bench file")
+    sp.add_argument("--benchmark", required=True)
+    sp.add_argument("--predictions", required=True)
+    sp.add_argument("--protocol", default="migician", choices=["migician", "lenient"])
+    sp.add_argument("--threshold", type=float, default=0.5)
+
+    gp = sub.add_parser("gt-predictions", help="write ground-truth predictions (scorer self-check)")
+    gp.add_argument("--benchmark", required=True)
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--shift", type=float, default=0.0)
+
+    dp = sub.add_parser("data", help="build the embedded world of a profile")
+    dp.add_argument("--profile", default="embedded")
+    dp.add_argument("--force", action="store_true")
+
+    rp = sub.add_parser("reproduce", help="run every notebook in order under a profile")
+    rp.add_argument("--profile", default="embedded")
+
+    sub.add_parser("kernel", help="install the project's Jupyter kernel")
+
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "score":
+            from .scoring import score_files
+
+            print(json.dumps(score_files(args.benchmark, args.predictions, args.protocol, args.threshold), indent=1))
+        elif args.cmd == "gt-predictions":
+            from .formats import load_mig_bench
+            from .io import write_jsonl
+            from .scoring import ground_truth_predictions
+
+            write_jsonl(args.out, ground_truth_predictions(load_mig_bench(args.benchmark), args.shift))
+        elif args.cmd == "data":
+            from .config import load_params, stage_config
+            from .paths import stage_dir
+            from .world import DataConfig, run_data_synthesis
+
+            params = load_params(args.profile)
+            m = run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=args.force)
+            print(json.dumps({"root": str(m.root), "skipped": m.skipped, "seconds": round(m.seconds, 2), "counts": m.counts}, indent=1))
+        elif args.cmd == "reproduce":
+            from .notebooks import reproduce
+
+            reproduce(args.profile)
+        elif args.cmd == "kernel":
+            from .notebooks import ensure_kernel
+
+            print(ensure_kernel())
+    except (RecordError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

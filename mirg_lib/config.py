@@ -1,0 +1,210 @@
+"""Layered YAML params and one typed config per stage.
+
+A profile file (``params/smoke.yaml``) names the file it ``extends`` (``base``) and overrides some
+keys; sections are merged key by key. Each stage reads its section into a dataclass: an unknown or
+mistyped key is an error that names the file chain, the key and, where one is close, the key meant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .paths import PARAMS_DIR
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def resolve_params_file(profile: str | Path) -> Path:
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return p.resolve()
+    cand = PARAMS_DIR / f"{profile}.yaml"
+    if not cand.is_file():
+        known = sorted(q.stem for q in PARAMS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no params profile {str(profile)!r}; known profiles: {known}")
+    return cand
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclasses.dataclass
+class Params:
+    """The merged params of a profile, and where they came from."""
+
+    profile: str
+    files: list[Path]
+    data: dict[str, Any]
+
+    def section(self, name: str) -> dict[str, Any]:
+        sec = self.data.get(name, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{self.where}: section {name!r} must be a mapping")
+        return sec
+
+    @property
+    def where(self) -> str:
+        return " <- ".join(str(f) for f in self.files)
+
+
+def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | None = None) -> Params:
+    """Merge a profile with the chain of files it extends, then ``overrides`` (dotted keys allowed:
+    ``{"data.seed": 3}``)."""
+    files: list[Path] = []
+    path = resolve_params_file(profile)
+    chain: list[dict[str, Any]] = []
+    while True:
+        if path in files:
+            raise ConfigError(f"params files extend each other in a loop: {files + [path]}")
+        files.append(path)
+        data = _read_yaml(path)
+        parent = data.pop("extends", None)
+        chain.append(data)
+        if parent is None:
+            break
+        path = resolve_params_file(parent) if not Path(str(parent)).suffix else (path.parent / parent).resolve()
+    merged: dict[str, Any] = {}
+    for data in reversed(chain):
+        merged = deep_merge(merged, data)
+    for key, value in (overrides or {}).items():
+        node = merged
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = copy.deepcopy(value)
+    name = Path(str(profile)).stem
+    return Params(name, list(reversed(files)), merged)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for a in args:
+            if a is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r:.60}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r:.60}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r:.60}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r:.60}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r:.60}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r:.60}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r:.60}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r:.60}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r:.60}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``: unknown keys and wrong types are errors naming them."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r:.60}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {sorted(fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def stage_config(cls: type[T], params: Params, section: str) -> T:
+    return from_dict(cls, params.section(section), f"{params.where} [{section}]")
+
+
+def config_hash(cfg: Any) -> str:
+    """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

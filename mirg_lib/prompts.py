@@ -1,0 +1,53 @@
+"""Prompts for every recipe, built from a record's question and images only.
+
+``additional_info`` of group_grounding holds the answer (which image, and the box), so no builder
+here ever reads it: prompts are made from :func:`question_of`, which takes the question text alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .formats import MGroundingRecord, MigRecord
+
+# Zhang et al. 2025, section 3.1 (the teacher's and the policy's prompt suffix)
+ZHANG_SUFFIX = (
+    " First output the thinking process in <think> </think> tags and then output the final answer in "
+    "<answer> </answer> tags. Output the bounding box coordinates in JSON format."
+)
+# MIRG-RL: reasoning whose objects carry image indices and boxes
+MIRG_SUFFIX = (
+    " First output the thinking process in <think> </think> tags, marking every object you mention as "
+    "<bbox_id>[N-M]</bbox_id><|object_ref_start|>object<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|> "
+    "(image N, object M), then output the final answer in <answer> </answer> tags as the target's bbox_id and box."
+)
+# Migician's evaluation code appends this to every question (its typo `<|box_start|>` twice kept)
+MIGICIAN_SUFFIX = "Format:<|box_start|>(x1,y1),(x2,y2)<|box_start|>. Don't generate addtional words."
+
+STYLES = ("plain", "migician", "zhang", "mirg")
+
+
+def question_of(record: MigRecord | MGroundingRecord) -> str:
+    """The question a model may see. Never includes ``additional_info``."""
+    return record.question.strip()
+
+
+def build_question(record: MigRecord | MGroundingRecord, style: str = "plain") -> str:
+    q = question_of(record)
+    if style == "plain":
+        return q
+    if style == "migician":
+        return q + " " + MIGICIAN_SUFFIX
+    if style == "zhang":
+        return q + ZHANG_SUFFIX
+    if style == "mirg":
+        return q + MIRG_SUFFIX
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {STYLES}")
+
+
+def build_messages(record: MigRecord | MGroundingRecord, style: str = "plain") -> list[dict[str, Any]]:
+    """A one-turn conversational prompt: one image entry per image, then the question, as
+    transformers' chat templates and trl's VLM trainers take it (images passed separately)."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in record.images]
+    content.append({"type": "text", "text": build_question(record, style)})
+    return [{"role": "user", "content": content}]

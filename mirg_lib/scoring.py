@@ -1,0 +1,276 @@
+"""MIG-Bench scoring: Acc@0.5 per task, AVG, in-domain and out-of-domain.
+
+Default protocol ``migician`` follows Migician's published evaluation code:
+
+* the reply's first box, found by Migician's patterns in Migician's order (integer pairs
+  ``(x1,y1),(x2,y2)``, then ``[f,f,f,f]`` floats, float pairs, ``(f,f,f,f)``, integer lists, ``<box>``);
+* each value ``>= 1`` is read as 0-1000 and divided by 1000 (``> 1`` when the reply holds several
+  boxes -- Migician's own quirk, kept);
+* nothing parsed scores 0; correct when IoU >= 0.5; AVG is the unweighted mean of the tasks.
+
+Two departures, both documented in the README: when the reply has an ``<answer>`` block the box is
+taken from it (a CoT model's reasoning boxes are not its answer), and ground-truth boxes with
+swapped corners are ordered on reading (5 records of the real file; Migician can never score them).
+
+Protocol ``lenient`` reads the first box of the answer in any form :mod:`mirg_lib.parsing` knows
+(JSON, box tokens, lists). A prediction may name its frame (``rel1``, ``rel1000``, ``abs`` with the
+``image_size`` it was made at); ``auto`` (the default) is Migician's rule above.
+
+``group_grounding`` is also scored image-aware: the box must be right *and* the reply must name the
+right image, which Migician's protocol never checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .boxes import Box, Frame, iou_xyxy
+from .formats import (
+    IN_DOMAIN,
+    MIG_TASKS,
+    ORDINAL_WORDS,
+    OUT_OF_DOMAIN,
+    MigRecord,
+    RecordError,
+    group_target_image,
+    load_mig_bench,
+)
+from .parsing import answer_region, image_index_from_text, parse_response
+
+PROTOCOLS = ("migician", "lenient")
+
+_MIGICIAN_PATTERNS = (
+    re.compile(r"\((\d+),\s*(\d+)\),\s*\((\d+),\s*(\d+)\)"),
+    re.compile(r"\[(\d+\.\d+),\s*(\d+\.\d+),\s*(\d+\.\d+),\s*(\d+\.\d+)\]"),
+    re.compile(r"\((\d+\.\d+),(\d+\.\d+)\),\((\d+\.\d+),(\d+\.\d+)\)"),
+    re.compile(r"\((\d+\.\d+),\s*(\d+\.\d+),\s*(\d+\.\d+),\s*(\d+\.\d+)\)"),
+    re.compile(r"\[(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\]"),
+    re.compile(r"<box>(\d+)\s+(\d+)\s+(\d+)\s+(\d+)</box>"),
+)
+
+
+def migician_raw_boxes(text: str) -> list[tuple[float, float, float, float]]:
+    """All boxes of the first Migician pattern that matches ``text``, unscaled."""
+    if not isinstance(text, str):
+        return []
+    for rx in _MIGICIAN_PATTERNS:
+        matches = rx.findall(text)
+        if matches:
+            out = []
+            for m in matches:
+                try:
+                    out.append(tuple(float(v) for v in m))
+                except (ValueError, OverflowError):
+                    continue
+            return out  # type: ignore[return-value]
+    return []
+
+
+def migician_auto_scale(boxes: list[tuple[float, ...]]) -> tuple[float, float, float, float] | None:
+    """Migician's per-value rule: >= 1 (one box) or > 1 (several) means 0-1000."""
+    if not boxes:
+        return None
+    if len(boxes) == 1:
+        return tuple(v / 1000 if v >= 1 else v for v in boxes[0])  # type: ignore[return-value]
+    return tuple(v / 1000 if v > 1 else v for v in boxes[0])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    response: str
+    frame: str = "auto"  # auto | rel1 | rel1000 | abs
+    image_size: tuple[int, int] | None = None
+    task: str | None = None
+
+
+def load_predictions(path: str | os.PathLike) -> dict[int, Prediction]:
+    """Read a predictions JSONL file. A bad line names the file, the line and the field."""
+    path = Path(path)
+    preds: dict[int, Prediction] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, None, f"line is not valid JSON ({e.msg})") from e
+            preds_row = parse_prediction(path, lineno, row)
+            if preds_row.index in preds:
+                raise RecordError(path, lineno, "index", f"duplicate prediction for benchmark index {preds_row.index}")
+            preds[preds_row.index] = preds_row
+    return preds
+
+
+def parse_prediction(path: Path, lineno: int, row: Any) -> Prediction:
+    if not isinstance(row, dict):
+        raise RecordError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+    idx = row.get("index")
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise RecordError(path, lineno, "index", f"expected a non-negative integer, got {idx!r:.40}")
+    resp = row.get("response")
+    if not isinstance(resp, str):
+        raise RecordError(path, lineno, "response", f"expected the raw model reply as a string, got {type(resp).__name__}")
+    frame = row.get("frame", "auto")
+    if frame not in ("auto", *(f.value for f in Frame)):
+        raise RecordError(path, lineno, "frame", f"expected auto, rel1, rel1000 or abs, got {frame!r:.40}")
+    size = row.get("image_size")
+    if size is not None:
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise RecordError(path, lineno, "image_size", f"expected [width, height] in pixels, got {size!r:.40}")
+        size = (int(size[0]), int(size[1]))
+    if frame == "abs" and size is None:
+        raise RecordError(path, lineno, "image_size", "an 'abs' prediction needs the [width, height] it was made at")
+    task = row.get("task")
+    if task is not None and not isinstance(task, str):
+        raise RecordError(path, lineno, "task", "expected a string")
+    return Prediction(idx, resp, frame, size, task)
+
+
+def predicted_box(pred: Prediction, protocol: str = "migician") -> tuple[float, float, float, float] | None:
+    """The prediction's box in 0-1 relative coordinates, or None when nothing can be read."""
+    _, region = answer_region(pred.response)
+    if protocol == "migician":
+        raw = migician_raw_boxes(region)
+        if not raw:
+            return None
+        if pred.frame == "auto":
+            return migician_auto_scale(raw)
+        first = raw[0]
+    elif protocol == "lenient":
+        parsed = parse_response(pred.response)
+        if parsed.box is None:
+            return None
+        first = parsed.box.values
+        if pred.frame == "auto":
+            return first if max(abs(v) for v in first if math.isfinite(v)) <= 1 else tuple(v / 1000 for v in first)  # type: ignore[return-value]
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    try:
+        box = Box(*first, frame=Frame.parse(pred.frame), size=pred.image_size).to(Frame.REL1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return box.coords
+
+
+@dataclass
+class ItemScore:
+    index: int
+    task: str
+    iou: float
+    correct: bool
+    status: str  # ok | missing | unparseable
+    image_correct: bool | None = None
+
+
+def score_item(record: MigRecord, pred: Prediction | None, protocol: str = "migician", threshold: float = 0.5) -> ItemScore:
+    if pred is None:
+        return ItemScore(record.index, record.task, 0.0, False, "missing", False if record.task == "group_grounding" else None)
+    box = predicted_box(pred, protocol)
+    if box is None:
+        status, value = "unparseable", 0.0
+    else:
+        status, value = "ok", iou_xyxy(record.answer, box)
+    correct = value >= threshold
+    image_ok = None
+    if record.task == "group_grounding":
+        want = group_target_image(record)
+        got = image_index_from_text(answer_region(pred.response)[1])
+        image_ok = want is not None and got == want
+    return ItemScore(record.index, record.task, value, correct, status, image_ok)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def score(
+    records: list[MigRecord],
+    predictions: dict[int, Prediction],
+    protocol: str = "migician",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The scores as one JSON-ready dict (see the README for the fields)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    by_index = {r.index: r for r in records}
+    unknown = sorted(set(predictions) - set(by_index))
+    if unknown:
+        raise ValueError(f"{len(unknown)} predictions name benchmark indices that do not exist, first {unknown[:5]}")
+    for idx, p in predictions.items():
+        if p.task is not None and p.task != by_index[idx].task:
+            raise ValueError(f"prediction for index {idx} says task {p.task!r}, the benchmark says {by_index[idx].task!r}")
+    items = [score_item(r, predictions.get(r.index), protocol, threshold) for r in records]
+    per_task: dict[str, list[ItemScore]] = defaultdict(list)
+    for it in items:
+        per_task[it.task].append(it)
+    order = [t for t in MIG_TASKS if t in per_task] + sorted(t for t in per_task if t not in MIG_TASKS)
+    tasks: dict[str, Any] = {}
+    for t in order:
+        its = per_task[t]
+        n_ok = sum(i.correct for i in its)
+        tasks[t] = {
+            "acc": 100.0 * n_ok / len(its),
+            "correct": n_ok,
+            "total": len(its),
+            "mean_iou": sum(i.iou for i in its) / len(its),
+            "missing": sum(i.status == "missing" for i in its),
+            "unparseable": sum(i.status == "unparseable" for i in its),
+        }
+    accs = {t: v["acc"] for t, v in tasks.items()}
+    out: dict[str, Any] = {
+        "protocol": protocol,
+        "iou_threshold": threshold,
+        "tasks": tasks,
+        "avg": _mean(list(accs.values())),
+        "in_domain": _mean([accs[t] for t in IN_DOMAIN if t in accs]),
+        "out_of_domain": _mean([accs[t] for t in OUT_OF_DOMAIN if t in accs]),
+        "n_records": len(records),
+        "n_predictions": len(predictions),
+        "missing": sum(i.status == "missing" for i in items),
+        "unparseable": sum(i.status == "unparseable" for i in items),
+        "gt_reordered": sum(r.reordered for r in records),
+    }
+    gg = per_task.get("group_grounding", [])
+    if gg:
+        n = sum(i.correct and bool(i.image_correct) for i in gg)
+        out["image_aware"] = {
+            "group_grounding": {
+                "acc": 100.0 * n / len(gg),
+                "correct": n,
+                "total": len(gg),
+                "image_acc": 100.0 * sum(bool(i.image_correct) for i in gg) / len(gg),
+            }
+        }
+    return out
+
+
+def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, protocol: str = "migician", threshold: float = 0.5) -> dict[str, Any]:
+    return score(load_mig_bench(benchmark), load_predictions(predictions), protocol, threshold)
+
+
+def ground_truth_predictions(records: list[MigRecord], shift: float = 0.0) -> list[dict[str, Any]]:
+    """Prediction rows that answer with the ground truth (optionally shifted right by ``shift``
+    of the box width), written as Qwen2-VL box tokens in 0-1000: the scorer's self-check."""
+    rows = []
+    for r in records:
+        x1, y1, x2, y2 = r.answer
+        dx = shift * (x2 - x1)
+        b = Box(x1 + dx, y1, x2 + dx, y2, Frame.REL1).to(Frame.REL1000).rounded()
+        text = "<|box_start|>({:d},{:d}),({:d},{:d})<|box_end|>".format(*(int(v) for v in b.coords))
+        if r.task == "group_grounding" and (k := group_target_image(r)) is not None:
+            text = f"It is in the {ORDINAL_WORDS[k - 1]} image. " + text
+        rows.append({"index": r.index, "task": r.task, "response": text})
+    return rows

@@ -1,0 +1,274 @@
+"""The data-synthesis stage: the embedded world written in the real formats.
+
+Output (``runs/<profile>/data/``), all paths inside the JSON files relative to the file's folder:
+
+* ``test/mig_bench.json``      -- MIG-Bench format, the ten tasks (the embedded benchmark)
+* ``test/single_refer.json``   -- MIG-Bench format, single-image referring expressions
+* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer``
+* ``{test,train}/scenes.jsonl``-- every object of every image, line by line with the records
+                                  (what the scripted teacher reasons from); never shown to a model
+* ``contact_sheet.png``        -- one example per task with the ground truth drawn
+* ``manifest.json``            -- config, its digest, counts and checksums
+
+The same seed gives byte-identical files. The folder appears only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import textwrap
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from ..config import config_hash
+from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
+from ..io import atomic_dir, sha256_file, sha256_tree, write_json, write_jsonl
+from .tasks import GENERATORS, SINGLE_TASK, Sample, WorldKnobs, generate
+
+ALL_TASKS = list(MIG_TASKS)
+
+
+@dataclass
+class DataConfig:
+    """The embedded world: sizes and difficulty knobs (section ``data`` of the params)."""
+
+    seed: int = field(default=0, metadata={"help": "one seed for the whole world"})
+    image_size: int = field(default=140, metadata={"help": "image side in pixels, a multiple of 28 (Qwen2-VL's patch x merge)"})
+    n_test_per_task: int = field(default=50, metadata={"help": "benchmark items per MIG-Bench task"})
+    n_train_per_task: int = field(default=200, metadata={"help": "training-pool items per task"})
+    n_single_test: int = field(default=100, metadata={"help": "single-image referring test items"})
+    n_single_train: int = field(default=1000, metadata={"help": "single-image referring training items"})
+    test_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    train_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    objects_per_image: list[int] = field(default_factory=lambda: [3, 5], metadata={"help": "[min, max] objects per image"})
+    object_scale: float = field(default=1.0, metadata={"help": "multiplies every object's size"})
+    distractor_similarity: float = field(default=0.5, metadata={"help": "chance a distractor differs from the target in one attribute only"})
+    noise: float = field(default=6.0, metadata={"help": "background noise, std in grey levels"})
+    max_images: int = field(default=6, metadata={"help": "most images in one question"})
+    view_shift: float = field(default=0.15, metadata={"help": "camera shift of multi_view / view_diff, fraction of the image"})
+    extra_attribute_prob: float = field(default=0.3, metadata={"help": "chance a referring expression names one attribute more than needed"})
+    contact_sheet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size < 56 or self.image_size % 28:
+            raise ValueError(f"image_size must be a multiple of 28 and at least 56, got {self.image_size}")
+        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("test_tasks", "train_tasks"):
+            bad = [t for t in getattr(self, name) if t not in ALL_TASKS]
+            if bad:
+                raise ValueError(f"{name}: unknown tasks {bad}; known: {ALL_TASKS}")
+        lo_hi = self.objects_per_image
+        if len(lo_hi) != 2 or not 2 <= lo_hi[0] <= lo_hi[1] <= 7:
+            raise ValueError(f"objects_per_image must be [min, max] with 2 <= min <= max <= 7, got {lo_hi}")
+        for name in ("distractor_similarity", "extra_attribute_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+        if not 0.5 <= self.object_scale <= 1.5:
+            raise ValueError("object_scale must lie in [0.5, 1.5]")
+        if not 2 <= self.max_images <= 6:
+            raise ValueError("max_images must lie in [2, 6]")
+        if not 0.0 <= self.view_shift <= 0.3:
+            raise ValueError("view_shift must lie in [0, 0.3]")
+
+    def knobs(self) -> WorldKnobs:
+        return WorldKnobs(
+            image_size=self.image_size,
+            objects_per_image=(self.objects_per_image[0], self.objects_per_image[1]),
+            object_scale=self.object_scale,
+            distractor_similarity=self.distractor_similarity,
+            noise=self.noise,
+            max_images=self.max_images,
+            view_shift=self.view_shift,
+            extra_attribute_prob=self.extra_attribute_prob,
+        )
+
+
+@dataclass
+class WorldManifest:
+    root: Path
+    config_hash: str
+    counts: dict[str, dict[str, int]]
+    seconds: float
+    skipped: bool = False
+
+    @property
+    def test_file(self) -> Path:
+        return self.root / "test" / "mig_bench.json"
+
+    @property
+    def single_test_file(self) -> Path:
+        return self.root / "test" / "single_refer.json"
+
+    @property
+    def train_file(self) -> Path:
+        return self.root / "train" / "mgrounding.json"
+
+    @property
+    def contact_sheet(self) -> Path:
+        return self.root / "contact_sheet.png"
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows of (task, test items, train items) for display."""
+        tasks = sorted(set(self.counts.get("test", {})) | set(self.counts.get("train", {})), key=_task_order)
+        return [{"task": t, "test": self.counts.get("test", {}).get(t, 0), "train": self.counts.get("train", {}).get(t, 0)} for t in tasks]
+
+
+def _task_order(t: str) -> int:
+    order = ALL_TASKS + [SINGLE_TASK]
+    return order.index(t) if t in order else len(order)
+
+
+def sample_seed(seed: int, split: str, task: str, i: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{split}/{task}/{i}".encode()).digest()[:8], "big")
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def _scene_row(sid: str, split: str, index: int, s: Sample) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "split": split,
+        "task": s.task,
+        "record_index": index,
+        "question": s.question,
+        "target_image": s.target_image,
+        "target": s.target.to_json(),
+        "answer": s.answer_rel(),
+        "images": [{"size": [im.width, im.height], "objects": [o.to_json() for o in sc]} for im, sc in zip(s.images, s.scenes, strict=True)],
+        "meta": s.meta,
+    }
+
+
+def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
+    test = [(t, cfg.n_test_per_task) for t in cfg.test_tasks] + [(SINGLE_TASK, cfg.n_single_test)]
+    train = [(t, cfg.n_train_per_task) for t in cfg.train_tasks] + [(SINGLE_TASK, cfg.n_single_train)]
+    return {"test": test, "train": train}
+
+
+def write_world(cfg: DataConfig, out: Path, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Draw and write every sample into ``out`` (an empty folder)."""
+    knobs = cfg.knobs()
+    counts: dict[str, dict[str, int]] = {}
+    plan = _plan(cfg)
+    total = sum(n for items in plan.values() for _, n in items)
+    bar = tqdm(total=total, desc="drawing the embedded world", disable=not progress, mininterval=2.0)
+    examples: dict[str, Sample] = {}
+    for split, items in plan.items():
+        mig: list[MigRecord] = []
+        single: list[MigRecord] = []
+        mg: list[MGroundingRecord] = []
+        scenes: list[dict[str, Any]] = []
+        counter: Counter[str] = Counter()
+        for task, n in items:
+            for i in range(n):
+                s = generate(task, sample_seed(cfg.seed, split, task, i), knobs)
+                sid = f"{split}-{task}-{i:05d}"
+                rel_images = [f"images/{task}/{i:05d}_{j + 1}.png" for j in range(len(s.images))]
+                for img, rel in zip(s.images, rel_images, strict=True):
+                    _save_png(img, out / split / rel)
+                if split == "test":
+                    target = single if task == SINGLE_TASK else mig
+                    rec = MigRecord(s.task, rel_images, s.question, s.answer_rel(), s.additional_info, s.need_format, len(target))
+                    target.append(rec)
+                    scenes.append(_scene_row(sid, split, rec.index, s))
+                    examples.setdefault(task, s)
+                else:
+                    human = "<image>\n" * len(rel_images) + s.question
+                    mg.append(
+                        MGroundingRecord(sid, rel_images, [{"from": "human", "value": human}, {"from": "gpt", "value": s.answer_text()}], s.task, len(mg))
+                    )
+                    scenes.append(_scene_row(sid, split, len(mg) - 1, s))
+                counter[task] += 1
+                bar.update(1)
+        if split == "test":
+            write_mig_bench(mig, out / "test" / "mig_bench.json")
+            write_mig_bench(single, out / "test" / "single_refer.json")
+        else:
+            write_mgrounding(mg, out / "train" / "mgrounding.json")
+        write_jsonl(out / split / "scenes.jsonl", scenes)
+        counts[split] = dict(counter)
+    bar.close()
+    if cfg.contact_sheet and examples:
+        contact_sheet([examples[t] for t in sorted(examples, key=_task_order)]).save(out / "contact_sheet.png", optimize=False)
+    return counts
+
+
+def run_data_synthesis(cfg: DataConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> WorldManifest:
+    """The stage: build the world in ``out_dir`` unless it is already there for this same config."""
+    out_dir = Path(out_dir)
+    digest = config_hash(cfg)
+    manifest_path = out_dir / "manifest.json"
+    if not force and manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config_hash") == digest:
+            timing = json.loads((out_dir / "timing.json").read_text()) if (out_dir / "timing.json").is_file() else {}
+            return WorldManifest(out_dir, digest, old["counts"], float(timing.get("seconds", 0.0)), skipped=True)
+    t0 = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        counts = write_world(cfg, tmp, progress)
+        seconds = time.perf_counter() - t0
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.json*"))}
+        write_json(
+            tmp / "manifest.json",
+            {
+                "config": dataclasses.asdict(cfg),
+                "config_hash": digest,
+                "counts": counts,
+                "files": files,
+                "images_sha256": {split: sha256_tree(tmp / split / "images") for split in ("test", "train") if (tmp / split / "images").exists()},
+            },
+        )
+        # wall time lives apart, so that the data files (manifest included) are byte-identical per seed
+        write_json(tmp / "timing.json", {"seconds": round(seconds, 2)})
+    return WorldManifest(out_dir, digest, counts, seconds)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def contact_sheet(samples: list[Sample], thumb: int = 112) -> Image.Image:
+    """One row per sample: its images, the ground-truth box in green on the target image, the question."""
+    font, small = _font(14), _font(11)
+    label_w, pad, text_h = 150, 6, 30
+    n_cols = max(len(s.images) for s in samples)
+    row_h = thumb + text_h + 2 * pad
+    sheet = Image.new("RGB", (label_w + n_cols * (thumb + pad) + pad, row_h * len(samples)), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    for r, s in enumerate(samples):
+        y0 = r * row_h + pad
+        d.text((pad, y0 + thumb // 2 - 8), s.task, fill=(0, 0, 0), font=font)
+        for j, img in enumerate(s.images):
+            x0 = label_w + j * (thumb + pad)
+            t = img.resize((thumb, thumb), Image.Resampling.BICUBIC)
+            if j + 1 == s.target_image:
+                td = ImageDraw.Draw(t)
+                fx, fy = thumb / img.width, thumb / img.height
+                x1, y1, x2, y2 = s.target.box
+                td.rectangle((x1 * fx, y1 * fy, x2 * fx - 1, y2 * fy - 1), outline=(0, 200, 0), width=3)
+            sheet.paste(t, (x0, y0))
+            d.text((x0 + 2, y0 + 2), str(j + 1), fill=(0, 0, 0), font=small)
+        q = s.question.replace("<|object_ref_start|>", "").replace("<|object_ref_end|>", "")
+        width_chars = max(40, (sheet.width - label_w) // 6)
+        d.text((label_w, y0 + thumb + 2), "\n".join(textwrap.wrap(q, width_chars)[:2]), fill=(60, 60, 60), font=small)
+        d.line((0, (r + 1) * row_h - 1, sheet.width, (r + 1) * row_h - 1), fill=(220, 220, 220))
+    return sheet
+
+
+__all__ = ["DataConfig", "WorldManifest", "run_data_synthesis", "write_world", "contact_sheet", "GENERATORS"]

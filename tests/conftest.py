@@ -1,0 +1,48 @@
+"""Shared fixtures. Runs go to a temporary folder, never into the repository's runs/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mirg_lib.paths import MIG_BENCH_ANNOTATIONS
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_in_tmp(tmp_path_factory):
+    old = os.environ.get("MIRG_RUNS_DIR")
+    os.environ["MIRG_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    if old is None:
+        os.environ.pop("MIRG_RUNS_DIR", None)
+    else:
+        os.environ["MIRG_RUNS_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def real_mig_file() -> Path:
+    """The real MIG-Bench annotations from ../shared. In CI its absence is a failure, not a skip."""
+    if not MIG_BENCH_ANNOTATIONS.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"real MIG-Bench annotations missing: {MIG_BENCH_ANNOTATIONS}")
+        pytest.skip(f"real MIG-Bench annotations not found at {MIG_BENCH_ANNOTATIONS}")
+    return MIG_BENCH_ANNOTATIONS
+
+
+@pytest.fixture(scope="session")
+def real_mig(real_mig_file):
+    from mirg_lib.formats import load_mig_bench
+
+    return load_mig_bench(real_mig_file)
+
+
+@pytest.fixture(scope="session")
+def smoke_world(tmp_path_factory):
+    """The smoke profile's world, built once per session."""
+    from mirg_lib.config import load_params, stage_config
+    from mirg_lib.world import DataConfig, run_data_synthesis
+
+    cfg = stage_config(DataConfig, load_params("smoke"), "data")
+    return run_data_synthesis(cfg, tmp_path_factory.mktemp("smoke") / "data", progress=False)

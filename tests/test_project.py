@@ -1,0 +1,75 @@
+"""The project's shape: pins, clean notebooks, papermill execution of the notebooks at smoke size."""
+
+import json
+import re
+import subprocess
+import tomllib
+
+import pytest
+import yaml
+
+from mirg_lib.notebooks import execute, list_notebooks
+from mirg_lib.paths import ROOT, runs_dir
+
+PINS = {
+    "torch": "2.14.1", "torchvision": "0.29.1", "transformers": "5.23.0", "trl": "1.16.0", "peft": "0.21.2",
+    "accelerate": "1.15.0", "datasets": "5.2.0", "papermill": "2.7.0", "jupyterlab": "4.6.6", "nbstripout": "0.9.1",
+}
+
+
+def test_pins_live_in_pyproject_and_conda_uses_them():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = dict(d.split("==") for d in deps if "==" in d)
+    for name, version in PINS.items():
+        assert pinned.get(name) == version, name
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_part = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip_part == ['-e ".[dev]"'] or pip_part == ["-e .[dev]"]  # the same single list of pins
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_installed_versions_match_the_pins():
+    from importlib.metadata import version
+
+    for name, v in PINS.items():
+        assert version(name).split("+")[0] == v, name
+
+
+def _tracked_notebooks():
+    out = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    files = [ROOT / f for f in out.stdout.split()] if out.returncode == 0 else []
+    return files or list_notebooks()
+
+
+def test_notebooks_carry_no_outputs_and_define_nothing():
+    nbs = _tracked_notebooks()
+    assert nbs
+    for nb_path in nbs:
+        nb = json.loads(nb_path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        for c in code:
+            assert not c.get("outputs") and c.get("execution_count") is None, f"{nb_path.name} carries outputs: run nbstripout"
+            src = "".join(c["source"])
+            assert not re.search(r"^\s*(def|class)\s", src, re.M), f"{nb_path.name} defines a function or class"
+        tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name} needs exactly one 'parameters' cell"
+        assert re.search(r"^profile\s*=", "".join(tagged[0]["source"]), re.M)
+        assert nb["metadata"]["kernelspec"]["name"] == "mirg"
+
+
+@pytest.mark.parametrize("nb", [p.name for p in list_notebooks()])
+def test_notebook_runs_headless_with_smoke_params(nb, tmp_path):
+    out = execute(ROOT / "notebooks" / nb, tmp_path / nb, {"profile": "smoke"})
+    executed = json.loads(out.read_text())
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert (runs_dir() / "smoke").is_dir()
+    # the source notebook was not written
+    src = json.loads((ROOT / "notebooks" / nb).read_text())
+    assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+
+
+def test_make_help_lists_the_targets():
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for target in ("reproduce", "test", "lab", "setup", "help"):
+        assert f"make {target}" in out

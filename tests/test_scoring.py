@@ -1,0 +1,133 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mirg_lib.formats import MigRecord, RecordError
+from mirg_lib.io import write_jsonl
+from mirg_lib.scoring import (
+    Prediction,
+    ground_truth_predictions,
+    load_predictions,
+    migician_auto_scale,
+    migician_raw_boxes,
+    score,
+)
+
+
+def _preds(rows):
+    return {r["index"]: Prediction(r["index"], r["response"], task=r.get("task")) for r in rows}
+
+
+def test_ground_truth_scores_100_on_every_real_task(real_mig):
+    s = score(real_mig, _preds(ground_truth_predictions(real_mig)))
+    assert len(s["tasks"]) == 10
+    assert all(v["acc"] == 100.0 for v in s["tasks"].values())
+    assert s["avg"] == 100.0 and s["in_domain"] == 100.0 and s["out_of_domain"] == 100.0
+    assert s["missing"] == 0 and s["unparseable"] == 0 and s["gt_reordered"] == 5
+    assert s["image_aware"]["group_grounding"]["acc"] == 100.0
+
+
+def test_shifted_boxes_drop_as_iou_predicts(real_mig):
+    # a box shifted by s of its width has IoU (1 - s) / (1 + s): 0.6 at s = 0.25, 0.38 at s = 0.45
+    s25 = score(real_mig, _preds(ground_truth_predictions(real_mig, 0.25)))
+    s45 = score(real_mig, _preds(ground_truth_predictions(real_mig, 0.45)))
+    assert s25["avg"] == 100.0
+    assert s45["avg"] == 0.0 and all(v["acc"] == 0.0 for v in s45["tasks"].values())
+    # half the records shifted: each task loses exactly its shifted share
+    rows = ground_truth_predictions(real_mig)
+    shifted = ground_truth_predictions(real_mig, 0.45)
+    mixed = [shifted[i] if i % 2 else rows[i] for i in range(len(rows))]
+    s = score(real_mig, _preds(mixed))
+    for task, v in s["tasks"].items():
+        idx = [r.index for r in real_mig if r.task == task]
+        assert v["correct"] == sum(1 for i in idx if i % 2 == 0), task
+
+
+def test_missing_and_unparseable_count_as_wrong(real_mig):
+    rows = ground_truth_predictions(real_mig)
+    preds = _preds(rows[:100])
+    preds[0] = Prediction(0, "I cannot tell.")
+    s = score(real_mig, preds)
+    assert s["missing"] == len(real_mig) - 100 and s["unparseable"] == 1
+    assert s["tasks"]["common_object"]["correct"] == 99
+
+
+def test_migician_parsing_rules():
+    assert migician_raw_boxes("a (1, 2),(3,4) then [0.1, 0.2, 0.3, 0.4]") == [(1, 2, 3, 4)]
+    assert migician_raw_boxes("[0.1, 0.2, 0.3, 0.4]") == [(0.1, 0.2, 0.3, 0.4)]
+    assert migician_raw_boxes("[100, 200, 300, 400]") == [(100, 200, 300, 400)]
+    assert migician_raw_boxes("<box>1 2 3 4</box>") == [(1, 2, 3, 4)]
+    assert migician_raw_boxes("[0, 0.5, 0.3, 1]") == []  # mixed ints and floats: Migician reads nothing
+    # per-value scaling: >= 1 with one box, > 1 with several (Migician's own quirk)
+    assert migician_auto_scale([(0.5, 1.0, 500, 900)]) == (0.5, 0.001, 0.5, 0.9)
+    assert migician_auto_scale([(0.5, 1.0, 500, 900), (1, 1, 1, 1)]) == (0.5, 1.0, 0.5, 0.9)
+
+
+def _rec(i, task, answer, info=""):
+    return MigRecord(task, ["a", "b", "c"], "q", answer, info, True, i)
+
+
+def test_answer_block_frames_and_image_aware_group_grounding():
+    recs = [
+        _rec(0, "diff", [0.1, 0.1, 0.5, 0.5]),
+        _rec(1, "group_grounding", [0.2, 0.2, 0.4, 0.4], "It is in the third image. <|box_start|>(200,200),(400,400)<|box_end|>. "),
+        _rec(2, "group_grounding", [0.2, 0.2, 0.4, 0.4], "It is in the third image. ..."),
+        _rec(3, "region", [0.1, 0.1, 0.5, 0.5]),
+    ]
+    preds = {
+        # the reasoning's box is not the answer
+        0: Prediction(0, "<think>(0,0),(999,999)</think><answer>(100,100),(500,500)</answer>"),
+        1: Prediction(1, "It's in the third image. <|box_start|>(200,200),(400,400)<|box_end|>"),
+        2: Prediction(2, "It's in the first image. <|box_start|>(200,200),(400,400)<|box_end|>"),
+        # Qwen2.5-VL: pixels of a 200x100 resized input
+        3: Prediction(3, '{"bbox_2d": [20, 10, 100, 50]}', frame="abs", image_size=(200, 100)),
+    }
+    s = score(recs, preds)
+    assert s["tasks"]["diff"]["acc"] == 100.0 and s["tasks"]["region"]["acc"] == 100.0
+    assert s["tasks"]["group_grounding"]["acc"] == 100.0
+    assert s["image_aware"]["group_grounding"] == {"acc": 50.0, "correct": 1, "total": 2, "image_acc": 50.0}
+    assert s["in_domain"] == 100.0 and s["out_of_domain"] == 100.0
+    # read as Migician's auto frame the pixel box is a different box: wrong
+    preds[3] = Prediction(3, '{"bbox_2d": [20, 10, 100, 50]}')
+    assert score(recs, preds)["tasks"]["region"]["acc"] == 0.0
+    assert score(recs, preds, protocol="lenient")["tasks"]["region"]["acc"] == 0.0
+
+
+def test_prediction_file_errors(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"index": 0, "response": "x"}\n{"index": "1", "response": "y"}\n')
+    with pytest.raises(RecordError, match=r"p\.jsonl, record 2, field 'index'"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": "x", "frame": "abs"}\n')
+    with pytest.raises(RecordError, match="image_size"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": "x"}\n{"index": 0, "response": "y"}\n')
+    with pytest.raises(RecordError, match="duplicate"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": 5}\n')
+    with pytest.raises(RecordError, match="'response'"):
+        load_predictions(p)
+    with pytest.raises(ValueError, match="do not exist"):
+        score([_rec(0, "diff", [0.1, 0.1, 0.5, 0.5])], {7: Prediction(7, "x")})
+    with pytest.raises(ValueError, match="says task"):
+        score([_rec(0, "diff", [0.1, 0.1, 0.5, 0.5])], {0: Prediction(0, "x", task="region")})
+
+
+def test_cli_prints_one_json_object(real_mig_file, tmp_path):
+    from mirg_lib.formats import load_mig_bench
+
+    preds = tmp_path / "gt.jsonl"
+    write_jsonl(preds, ground_truth_predictions(load_mig_bench(real_mig_file), 0.0))
+    out = subprocess.run(
+        [sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(real_mig_file), "--predictions", str(preds)],
+        capture_output=True, text=True, check=True,
+    )
+    s = json.loads(out.stdout)
+    assert s["avg"] == 100.0 and set(s["tasks"]) == set(json.loads(json.dumps(s["tasks"])))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n")
+    out = subprocess.run([sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(real_mig_file), "--predictions", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "bad.jsonl, record 1" in out.stderr

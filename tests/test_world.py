@@ -1,0 +1,201 @@
+"""The embedded world: deterministic, well-posed, in the real formats and phrasings.
+
+Uniqueness is re-checked here from the written scenes, independently of the generators' own checks.
+"""
+
+import dataclasses
+import filecmp
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from mirg_lib.formats import MIG_TASKS, load_mgrounding, load_mig_bench
+from mirg_lib.scoring import Prediction, ground_truth_predictions, score
+from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
+from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS
+from mirg_lib.world.tasks import REASONING_RULES
+
+TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
+
+
+def _normalise(q):
+    q = re.sub(r"<\|object_ref_start\|>.*?<\|object_ref_end\|>", "<REF>", q)
+    return re.sub(r"\d+", "N", q)
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = run_data_synthesis(TINY, tmp_path / "a", progress=False)
+    b = run_data_synthesis(TINY, tmp_path / "b", progress=False)
+    files_a = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file() and p.name != "timing.json")
+    files_b = sorted(p.relative_to(b.root) for p in b.root.rglob("*") if p.is_file() and p.name != "timing.json")
+    assert files_a == files_b and len(files_a) > 50
+    _, mismatch, errors = filecmp.cmpfiles(a.root, b.root, [str(f) for f in files_a], shallow=False)
+    assert mismatch == [] and errors == []
+    c = run_data_synthesis(dataclasses.replace(TINY, seed=1), tmp_path / "c", progress=False)
+    assert (a.root / "test/mig_bench.json").read_bytes() != (c.root / "test/mig_bench.json").read_bytes()
+
+
+def test_stage_skips_same_config_and_reruns_changed(tmp_path):
+    out = tmp_path / "data"
+    first = run_data_synthesis(TINY, out, progress=False)
+    assert not first.skipped
+    assert run_data_synthesis(TINY, out, progress=False).skipped
+    changed = run_data_synthesis(dataclasses.replace(TINY, n_test_per_task=3), out, progress=False)
+    assert not changed.skipped and changed.counts["test"]["diff"] == 3
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    import mirg_lib.world.build as build
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "contact_sheet", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_data_synthesis(dataclasses.replace(TINY, contact_sheet=True), tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_world_reads_back_as_real_data(smoke_world):
+    bench = load_mig_bench(smoke_world.test_file, check=True)
+    assert Counter(r.task for r in bench) == {t: 4 for t in MIG_TASKS}
+    single = load_mig_bench(smoke_world.single_test_file, check=True)
+    assert {r.task for r in single} == {SINGLE_TASK}
+    pool = load_mgrounding(smoke_world.train_file, check=True)
+    assert Counter(r.type for r in pool) == {**{t: 4 for t in MIG_TASKS}, SINGLE_TASK: 8}
+    s = score(bench, {p["index"]: Prediction(p["index"], p["response"]) for p in ground_truth_predictions(bench)})
+    assert s["avg"] == 100.0 and s["image_aware"]["group_grounding"]["acc"] == 100.0
+    # the training answers are Qwen2-VL box tokens, and name the image for group grounding
+    for r in pool:
+        assert re.fullmatch(r"(It's in the \w+ image\. )?<\|box_start\|>\(\d+,\d+\),\(\d+,\d+\)<\|box_end\|>", r.answer), r.answer
+        assert (r.type == "group_grounding") == r.answer.startswith("It's in the")
+    assert smoke_world.contact_sheet.is_file()
+
+
+def test_questions_follow_the_real_phrasings(real_mig, smoke_world):
+    real = {}
+    for r in real_mig:
+        real.setdefault(r.task, set()).add(_normalise(r.question))
+    for r in load_mig_bench(smoke_world.test_file):
+        if r.task == "reasoning":  # attribute rules instead of commonsense; the real closing phrase
+            assert r.question.endswith("Find it and locate it in the second image. ")
+            continue
+        assert _normalise(r.question) in real[r.task], (r.task, r.question)
+    info_re = re.compile(r"It is in the (first|second|third|fourth|fifth|sixth) image\. <\|box_start\|>\(\d+,\d+\),\(\d+,\d+\)<\|box_end\|>\. ")
+    for r in load_mig_bench(smoke_world.test_file):
+        if r.task == "group_grounding":
+            assert info_re.fullmatch(r.additional_info)
+            real_info = next(x.additional_info for x in real_mig if x.task == "group_grounding")
+            assert info_re.fullmatch(real_info)  # the same form as the real benchmark's
+
+
+def _scenes(world, split="test"):
+    return [json.loads(line) for line in (world.root / split / "scenes.jsonl").read_text().splitlines()]
+
+
+def _ident(o):
+    return (o["shape"], o["colour"], o["pattern"])
+
+
+def _matches_expression(o, expr):
+    words = expr.removeprefix("the ").replace("medium-sized", "medium").split()
+    size_words = {v.replace("medium-sized", "medium"): k for k, v in SIZE_WORDS.items()}
+    for w in words:
+        if w in SHAPES and o["shape"] != w:
+            return False
+        if w in COLOURS and o["colour"] != w:
+            return False
+        if w in PATTERNS and o["pattern"] != w:
+            return False
+        if w in size_words and o["size"] != size_words[w]:
+            return False
+    return True
+
+
+def check_unique(row):
+    """Exactly one object satisfies the question, judged from the written scene."""
+    task, imgs, t = row["task"], row["images"], row["target"]
+    k = row["target_image"] - 1
+    objs = [im["objects"] for im in imgs]
+    if task == "common_object":
+        common = set.intersection(*({_ident(o) for o in im} for im in objs))
+        assert common == {_ident(t)}
+        assert sum(_ident(o) == _ident(t) for o in objs[k]) == 1
+    elif task in ("diff", "view_diff"):
+        dx, dy = row["meta"].get("shift", [0, 0])
+        a = {(_ident(o), *(round(v) for v in (o["box"][0] + dx, o["box"][1] + dy, o["box"][2] + dx, o["box"][3] + dy))) for o in objs[0]}
+        b = {(_ident(o), *(round(v) for v in o["box"])) for o in objs[1]}
+        assert max(len(a - b), len(b - a)) == 1
+    elif task in ("refer_grounding",):
+        assert sum(_ident(o) == _ident(objs[0][0]) for o in objs[1]) == 1
+    elif task in ("object_tracking", "multi_view"):
+        assert objs[0][0]["box"] == row["meta"]["marked"]["box"]
+        assert sum(_ident(o) == _ident(t) for o in objs[k]) == 1
+        assert sum(o["oid"] == t["oid"] for o in objs[k]) == 1
+    elif task in ("group_grounding", SINGLE_TASK):
+        expr = row["meta"]["expression"]
+        assert sum(_matches_expression(o, expr) for im in objs for o in im) == 1
+        assert _matches_expression(t, expr)
+    elif task == "reasoning":
+        _, rule = REASONING_RULES[row["meta"]["rule"]]
+        key = objs[0][0]
+
+        class Row:
+            def __init__(self, d):
+                self.__dict__.update(d)
+
+        assert sum(rule(Row(key), Row(o)) for o in objs[1]) == 1
+    elif task == "correspondence":
+        assert sum(o["shape"] == row["meta"]["marked"]["shape"] for o in objs[1]) == 1
+        assert _ident(t) != _ident(row["meta"]["marked"])
+    elif task == "region":
+        src = objs[0]
+        reg = row["meta"]["regions"][row["meta"]["region_index"] - 1]
+        assert reg["box"] == t["box"]
+        assert sum(_ident(o) == _ident(t) for o in src) == 1
+    else:
+        raise AssertionError(task)
+
+
+def test_every_written_question_has_one_answer(smoke_world):
+    rows = _scenes(smoke_world) + _scenes(smoke_world, "train")
+    assert {r["task"] for r in rows} == set(MIG_TASKS) | {SINGLE_TASK}
+    for row in rows:
+        check_unique(row)
+
+
+@pytest.mark.parametrize("task", sorted(GENERATORS))
+def test_generators_many_seeds(task):
+    knobs = WorldKnobs(image_size=112, distractor_similarity=0.9)
+    for seed in range(25):
+        s = generate(task, seed, knobs)
+        img = s.images[s.target_image - 1]
+        x1, y1, x2, y2 = s.target.box
+        assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
+        for im, sc in zip(s.images, s.scenes, strict=True):
+            for o in sc:
+                assert 0 <= o.box[0] < o.box[2] <= im.width and 0 <= o.box[1] < o.box[3] <= im.height
+        rel = s.answer_rel()
+        assert all(0.0 <= v <= 1.0 for v in rel)
+        row = {
+            "task": s.task, "target_image": s.target_image, "target": s.target.to_json(), "meta": s.meta,
+            "images": [{"objects": [o.to_json() for o in sc]} for sc in s.scenes],
+        }
+        check_unique(row)
+
+
+def test_the_uniqueness_check_catches_an_ambiguous_scene(smoke_world):
+    rows = [r for r in _scenes(smoke_world) if r["task"] in ("group_grounding", "common_object", "refer_grounding")]
+    assert rows
+    for row in rows:
+        bad = json.loads(json.dumps(row))
+        k = bad["target_image"] - 1
+        twin = dict(bad["target"], oid=999)
+        bad["images"][k]["objects"].append(twin)  # a second object identical to the answer
+        if row["task"] == "refer_grounding":
+            bad["images"][1]["objects"].append(dict(bad["images"][0]["objects"][0], oid=998))
+        with pytest.raises(AssertionError):
+            check_unique(bad)
