@@ -168,6 +168,14 @@ def check_images(records: list[MigRecord] | list[MGroundingRecord], file: str | 
                 raise MissingImageError(p, file, rec.index)
 
 
+def _load(path: str | os.PathLike, parse: Any, image_root: str | os.PathLike | None, check: bool) -> list[Any]:
+    path = Path(path)
+    records = [parse(path, i, rec) for i, rec in enumerate(_load_json_list(path))]
+    if check:
+        check_images(records, path, image_root if image_root is not None else path.parent)
+    return records
+
+
 def parse_mig_record(path: Path, i: int, rec: Any) -> MigRecord:
     task = _need(path, i, rec, "task", str)
     if not task:
@@ -209,12 +217,7 @@ def load_mig_bench(path: str | os.PathLike, image_root: str | os.PathLike | None
     ground truth scores 100% and the count is visible. With ``check=True`` every image must exist
     under ``image_root`` (default: the file's folder).
     """
-    path = Path(path)
-    data = _load_json_list(path)
-    records = [parse_mig_record(path, i, rec) for i, rec in enumerate(data)]
-    if check:
-        check_images(records, path, image_root if image_root is not None else path.parent)
-    return records
+    return _load(path, parse_mig_record, image_root, check)
 
 
 def write_mig_bench(records: list[MigRecord], path: str | os.PathLike) -> None:
@@ -249,12 +252,8 @@ def parse_mgrounding_record(path: Path, i: int, rec: Any) -> MGroundingRecord:
 
 
 def load_mgrounding(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check: bool = False) -> list[MGroundingRecord]:
-    path = Path(path)
-    data = _load_json_list(path)
-    records = [parse_mgrounding_record(path, i, rec) for i, rec in enumerate(data)]
-    if check:
-        check_images(records, path, image_root if image_root is not None else path.parent)
-    return records
+    """Read an MGrounding-630k (sharegpt) file completely; ``check`` as in :func:`load_mig_bench`."""
+    return _load(path, parse_mgrounding_record, image_root, check)
 
 
 def write_mgrounding(records: list[MGroundingRecord], path: str | os.PathLike) -> None:

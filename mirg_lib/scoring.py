@@ -154,8 +154,10 @@ def predicted_box(pred: Prediction, protocol: str = "migician") -> tuple[float, 
         if parsed.box is None:
             return None
         first = parsed.box.values
+        if not all(math.isfinite(v) for v in first):
+            return None
         if pred.frame == "auto":
-            return first if max(abs(v) for v in first if math.isfinite(v)) <= 1 else tuple(v / 1000 for v in first)  # type: ignore[return-value]
+            return first if max(abs(v) for v in first) <= 1 else tuple(v / 1000 for v in first)  # type: ignore[return-value]
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     try:

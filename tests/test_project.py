@@ -73,3 +73,12 @@ def test_make_help_lists_the_targets():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for target in ("reproduce", "test", "lab", "setup", "help"):
         assert f"make {target}" in out
+
+
+def test_a_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
+    from mirg_lib.notebooks import NotebookFailed
+
+    nb = list_notebooks()[0]
+    with pytest.raises(NotebookFailed, match=rf"{nb.name} failed in cell \d+ \(ConfigError: no params profile 'no-such-profile'") as e:
+        execute(nb, tmp_path / nb.name, {"profile": "no-such-profile"})
+    assert (tmp_path / nb.name).is_file() and str(tmp_path / nb.name) in str(e.value)

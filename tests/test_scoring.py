@@ -3,6 +3,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mirg_lib.formats import MigRecord, RecordError
 from mirg_lib.io import write_jsonl
@@ -131,3 +133,13 @@ def test_cli_prints_one_json_object(real_mig_file, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(real_mig_file), "--predictions", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "bad.jsonl, record 1" in out.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(["auto", "rel1", "rel1000", "abs"]), st.sampled_from(["migician", "lenient"]))
+def test_any_reply_gets_a_score(text, frame, protocol):
+    recs = [_rec(0, "group_grounding", [0.2, 0.2, 0.4, 0.4], "It is in the third image. ")]
+    size = (100, 80) if frame == "abs" else None
+    for body in (text, '{"bbox_2d": [NaN, Infinity, 1, 2]}', '{"bbox_2d": [NaN, NaN, Infinity, Infinity]}', "[1e999, 2, 3, 4]", "(0,0),(0,0)"):
+        s = score(recs, {0: Prediction(0, body, frame=frame, image_size=size)}, protocol=protocol)
+        assert 0.0 <= s["tasks"]["group_grounding"]["mean_iou"] <= 1.0

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they show in papermill logs and executed notebooks alike
 
 from ..config import config_hash
 from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
