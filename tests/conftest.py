@@ -46,3 +46,15 @@ def smoke_world(tmp_path_factory):
 
     cfg = stage_config(DataConfig, load_params("smoke"), "data")
     return run_data_synthesis(cfg, tmp_path_factory.mktemp("smoke") / "data", progress=False)
+
+
+@pytest.fixture(scope="session")
+def nano_checkpoint(tmp_path_factory, smoke_world):
+    """A freshly initialised nano Qwen2-VL with a tokenizer trained on the smoke world's texts."""
+    from mirg_lib.formats import load_mgrounding
+    from mirg_lib.models import create_small_model, save_checkpoint
+
+    pool = load_mgrounding(smoke_world.train_file)
+    corpus = [t["value"] for r in pool for t in r.conversations]
+    model, processor = create_small_model("nano", corpus, "qwen2_vl", seed=0)
+    return save_checkpoint(model, processor, tmp_path_factory.mktemp("nano") / "ckpt")

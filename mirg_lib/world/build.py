@@ -55,6 +55,7 @@ class DataConfig:
     max_images: int = field(default=6, metadata={"help": "most images in one question"})
     view_shift: float = field(default=0.15, metadata={"help": "camera shift of multi_view / view_diff, fraction of the image"})
     extra_attribute_prob: float = field(default=0.3, metadata={"help": "chance a referring expression names one attribute more than needed"})
+    position_cue: float = field(default=0.0, metadata={"help": "background colour ramp (grey levels) that tells a from-scratch model where it is"})
     contact_sheet: bool = True
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class DataConfig:
             raise ValueError("object_scale must lie in [0.5, 1.5]")
         if not 2 <= self.max_images <= 6:
             raise ValueError("max_images must lie in [2, 6]")
+        if not 0.0 <= self.position_cue <= 120.0:
+            raise ValueError("position_cue must lie in [0, 120] grey levels")
         if not 0.0 <= self.view_shift <= 0.3:
             raise ValueError("view_shift must lie in [0, 0.3]")
 
@@ -90,6 +93,7 @@ class DataConfig:
             max_images=self.max_images,
             view_shift=self.view_shift,
             extra_attribute_prob=self.extra_attribute_prob,
+            position_cue=self.position_cue,
         )
 
 

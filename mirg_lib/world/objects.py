@@ -225,11 +225,20 @@ def render(
     noise: float,
     noise_seed: int,
     brightness: float = 1.0,
+    cue: float = 0.0,
 ) -> Image.Image:
-    """Background with seeded noise, then the objects in order (later ones on top)."""
+    """Background with seeded noise, then the objects in order (later ones on top).
+
+    ``cue`` (grey levels) tints the background with a left-to-right red and top-to-bottom blue ramp:
+    a position cue a small model trained from scratch can read, standing in for the absolute-position
+    sense a pretrained vision tower brings (Qwen's ViT has only relative rotary positions).
+    """
     rs = np.random.default_rng(noise_seed)
     base = np.empty((height, width, 3), dtype=np.float32)
     base[:] = background
+    if cue:
+        base[:, :, 0] += cue * (np.arange(width, dtype=np.float32)[None, :] / max(1, width - 1) - 0.5)
+        base[:, :, 2] += cue * (np.arange(height, dtype=np.float32)[:, None] / max(1, height - 1) - 0.5)
     if noise > 0:
         base += rs.normal(0.0, noise, size=(height, width, 1)).astype(np.float32)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")

@@ -67,6 +67,7 @@ class WorldKnobs:
     max_images: int = 6
     view_shift: float = 0.15
     extra_attribute_prob: float = 0.3
+    position_cue: float = 0.0
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _bg(rng: random.Random) -> tuple[int, int, int]:
 
 def _draw(rng: random.Random, k: WorldKnobs, objs: list[Obj], bg=None, brightness: float = 1.0, size=None) -> Image.Image:
     w, h = size or (k.image_size, k.image_size)
-    return render(w, h, objs, bg or _bg(rng), k.noise, rng.randrange(2**31), brightness)
+    return render(w, h, objs, bg or _bg(rng), k.noise, rng.randrange(2**31), brightness, k.position_cue)
 
 
 def _count(objs: list[Obj], pred: Callable[[Obj], bool]) -> int:
@@ -219,7 +220,7 @@ def gen_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(_differences(a, b) == 1, "exactly one difference")
     bg = _bg(rng)
     seed = rng.randrange(2**31)
-    images = [render(k.image_size, k.image_size, s, bg, k.noise, seed) for s in (a, b)]
+    images = [render(k.image_size, k.image_size, s, bg, k.noise, seed, cue=k.position_cue) for s in (a, b)]
     q = "Compare these two images carefully and give me the coordinates of their difference. "
     meta = {"change": kind, "before": before.to_json() if before else None}
     return Sample("diff", images, [a, b], q, 2, tobj, meta=meta)
@@ -239,8 +240,8 @@ def gen_view_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     b, tobj, kind, before = _change(rng, k, shifted)
     _unique(_differences(a, b, dx, dy) == 1, "exactly one real difference")
     bg = _bg(rng)
-    img_a = render(s, s, a, bg, k.noise, rng.randrange(2**31))
-    img_b = render(s, s, b, bg, k.noise, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15))
+    img_a = render(s, s, a, bg, k.noise, rng.randrange(2**31), cue=k.position_cue)
+    img_b = render(s, s, b, bg, k.noise, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15), cue=k.position_cue)
     q = "Compare these two images carefully and give me the coordinates of their real difference in the second image.  Find it and locate it in the second image. "
     meta = {"change": kind, "shift": [dx, dy], "before": before.to_json() if before else None}
     return Sample("view_diff", [img_a, img_b], [a, b], q, 2, tobj, meta=meta)
@@ -274,7 +275,7 @@ def gen_object_tracking(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(fr, lambda o: o.identity == target) == 1, "target unique in every frame")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, fr, bg, k.noise, rng.randrange(2**31)) for fr in frames]
+    images = [render(s, s, fr, bg, k.noise, rng.randrange(2**31), cue=k.position_cue) for fr in frames]
     mark_box(images[0], first[0].box)
     q = (
         "These are a sequence of images containing moving objects. For the object in the first image marked with red "
@@ -322,7 +323,7 @@ def gen_multi_view(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(sc, lambda o: o.oid == t.oid) == 1, "target fully in every view")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, [full for full, _ in v], bg, k.noise, rng.randrange(2**31)) for v in views]
+    images = [render(s, s, [full for full, _ in v], bg, k.noise, rng.randrange(2**31), cue=k.position_cue) for v in views]
     first_t = scenes[0][0]
     mark_box(images[0], first_t.box)
     q = (
@@ -342,7 +343,7 @@ def gen_region(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(len(unique_objs) >= n - 1, "enough distinguishable regions")
     chosen = rng.sample(unique_objs, n - 1)
     bg = _bg(rng)
-    src = render(s, s, objs, bg, k.noise, rng.randrange(2**31))
+    src = render(s, s, objs, bg, k.noise, rng.randrange(2**31), cue=k.position_cue)
     crops, regions = [], []
     for o in chosen:
         w, h = o.box[2] - o.box[0], o.box[3] - o.box[1]

@@ -1,0 +1,150 @@
+"""GRPO stage: trl's GRPOTrainer with multi-image conversational prompts and the recipes' rewards.
+
+Zhang et al.: IoU 1.0 + format 0.5, beta (KL) 0.001, 8 rollouts, temperature 0.7, lr 5e-5.
+MIRG-RL: format + image + object, 1.0 each. LoRA on the language model only (see
+:data:`mirg_lib.models.LANGUAGE_LORA_TARGETS`); the result is merged into a full checkpoint so the next
+stage loads it like any other.
+
+Every log line of the trainer (reward components, KL, completion length, ...) goes to
+``train_log.jsonl`` beside the checkpoint, which the plots read later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from .items import Item
+from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
+from .rewards import RECIPE_REWARDS, get_rewards
+
+
+@dataclass
+class GRPOStageConfig:
+    """Section ``grpo`` of the params (defaults: Zhang et al.'s RL settings)."""
+
+    recipe: Literal["zhang", "mirg"] = "zhang"
+    rewards: dict[str, float] = field(default_factory=dict, metadata={"help": "reward name -> weight; empty: the recipe's"})
+    learning_rate: float = 5e-5
+    num_generations: int = 8
+    prompts_per_step: int = 2
+    gradient_accumulation_steps: int = 4
+    beta: float = 0.001
+    temperature: float = 0.7
+    max_completion_length: int = 1024
+    max_steps: int = 100
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    box_frame: Literal["rel1000", "abs", "rel1", "auto"] = "rel1000"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError("GRPO needs at least 2 generations per prompt")
+        if not self.rewards:
+            self.rewards = dict(RECIPE_REWARDS[self.recipe])
+        get_rewards(self.rewards)  # validates names and weights
+
+
+def prompt_suffix(recipe: str) -> str:
+    return ZHANG_SUFFIX if recipe == "zhang" else MIRG_SUFFIX
+
+
+def grpo_rows(items: list[Item], recipe: str, box_frame: str) -> list[dict[str, Any]]:
+    """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth."""
+    rows = []
+    suffix = prompt_suffix(recipe)
+    for it in items:
+        images = [Image.open(p).convert("RGB") for p in it.images]
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
+        content.append({"type": "text", "text": it.question.strip() + suffix})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": content}],
+                "images": images,
+                "answer": list(it.answer),
+                "target_image": it.target_image,
+                "box_frame": box_frame,
+                "task": it.task,
+            }
+        )
+    return rows
+
+
+class JsonlLogCallback:
+    """Appends every trainer log dict to a JSON-lines file."""
+
+    def __init__(self, path: Path):
+        from transformers import TrainerCallback
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        outer = self
+
+        class _CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in logs.items()}}
+                    with open(outer.path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+
+        self.callback = _CB()
+
+
+def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None):
+    """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .models import load_model, load_processor, lora_config
+
+    funcs, weights = get_rewards(cfg.rewards)
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    processor = load_processor(model_path)
+    model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    batch = cfg.prompts_per_step * cfg.num_generations
+    args = GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,
+        num_generations=cfg.num_generations,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_completion_length=cfg.max_completion_length,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        temperature=cfg.temperature,
+        reward_weights=weights,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_strategy="steps",
+        report_to=[],
+        use_cpu=use_cpu,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    log = JsonlLogCallback(output_dir / "train_log.jsonl")
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame)),
+        processing_class=processor,
+        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        callbacks=[log.callback],
+    )
+    return trainer

@@ -1,0 +1,118 @@
+"""LoRA SFT stage: trl's SFTTrainer with peft LoRA on the language model only, loss on the completion
+only, merged into a stage-1 checkpoint.
+
+The data are prompt/completion pairs with images (trl's vision collator tokenizes and processes the
+images per batch; VLM SFT in trl does not support ``assistant_only_loss``, so completion-only loss
+comes from the prompt/completion form). The vision tower and the merger are frozen because LoRA is
+placed on the LLM's projections only (:data:`mirg_lib.models.LANGUAGE_LORA_TARGETS`), which also keeps
+Qwen2.5-VL's vision MLP (same layer names) untouched. ``max_length`` is left unset by default: trl's
+truncation can cut image tokens ("Image features and image tokens do not match").
+
+Zhang et al.: lr 1e-4 cosine, batch 32, length 1024 (CoT SFT); the answer-only baseline lr 2e-6, batch 64.
+MIRG-RL: lr 2e-5, global batch 128.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from .grpo import JsonlLogCallback, prompt_suffix
+from .items import Item
+
+
+@dataclass
+class SFTStageConfig:
+    """Section ``sft`` of the params (defaults: Zhang et al.'s CoT SFT)."""
+
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup: float = 0.03  # a float < 1 is a fraction of the steps, else a number of steps
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    max_length: int | None = None
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    prompt_recipe: Literal["zhang", "mirg", "plain"] = "zhang"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    save_steps: int = 200
+    seed: int = 0
+
+
+def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dict[str, Any]]:
+    """Conversational prompt/completion rows with the images."""
+    if len(items) != len(completions):
+        raise ValueError(f"{len(items)} items but {len(completions)} completions")
+    suffix = prompt_suffix(recipe) if recipe != "plain" else ""
+    rows = []
+    for it, completion in zip(items, completions, strict=True):
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in it.images]
+        content.append({"type": "text", "text": it.question.strip() + suffix})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": content}],
+                "completion": [{"role": "assistant", "content": [{"type": "text", "text": completion}]}],
+                "images": [Image.open(p).convert("RGB") for p in it.images],
+            }
+        )
+    return rows
+
+
+def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[str, Any]], output_dir: Path, use_cpu: bool | None = None):
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .models import load_model, load_processor, lora_config
+
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    processor = load_processor(model_path)
+    model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup if cfg.warmup < 1 else int(cfg.warmup),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_strategy="steps",
+        report_to=[],
+        use_cpu=use_cpu,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    log = JsonlLogCallback(output_dir / "train_log.jsonl")
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        callbacks=[log.callback],
+    )
+
+
+def merge_and_save(trainer, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Merge the LoRA weights into the base and save a full checkpoint (the stage-1 model)."""
+    from .models import save_checkpoint
+
+    merged = trainer.model.merge_and_unload()
+    return save_checkpoint(merged, trainer.processing_class, path, extra)

@@ -1,0 +1,343 @@
+"""The teacher that writes chain-of-thought answers, behind one interface with three implementations.
+
+* :class:`ScriptedTeacher` -- for the embedded world: it reads the scene it drew (``scenes.jsonl``)
+  and writes the reasoning a strong VLM would, in the recipes' formats. It is fallible at a per-task
+  error rate from params (it then reasons toward a distractor, or misplaces the box), so that
+  Zhang et al.'s 4-of-4 filter has work to do. It stands in for Qwen2.5-VL-72B / GPT-4o.
+* :class:`LocalVLMTeacher` -- any local Qwen2-VL / Qwen2.5-VL checkpoint through transformers.
+* :class:`OpenAITeacher` -- an OpenAI-compatible chat-completions endpoint (vLLM, ``transformers
+  serve``, GPT-4o) with the images sent as base64 data URLs.
+
+Answer formats written (``style``):
+
+* ``zhang``     -- ``<think>..</think><answer>```json\\n{"bbox_2d": [...], "label": ".."}\\n```</answer>``
+* ``mirg_text`` -- MIRG-RL "reasoning only": objects named in words, the answer names the image
+* ``mirg_bbox`` -- MIRG-RL "reasoning with image indices and boxes": every object as
+  ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>obj<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``,
+  later mentions reuse the ``<bbox_id>``; the answer is the target's bbox_id and box.
+* ``answer``    -- no reasoning: the MGrounding answer (the answer-only SFT baseline).
+
+Boxes are written in the policy's frame: ``rel1000`` (Qwen2-VL) or ``abs`` (Qwen2.5-VL, pixels of the
+resized input).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from .boxes import Box, Frame, qwen25_resized_size
+from .formats import ORDINAL_WORDS
+from .prompts import ZHANG_SUFFIX
+
+STYLES = ("zhang", "mirg_text", "mirg_bbox", "answer")
+
+
+@dataclass
+class TeacherItem:
+    """One question for the teacher: its images (paths) and text, and, for the scripted teacher, the scene."""
+
+    id: str
+    task: str
+    images: list[Path]
+    question: str
+    scene: dict[str, Any] | None = None
+
+
+class Teacher(Protocol):
+    def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
+        """``n_samples`` replies for each item."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------- frames
+
+
+def box_in_frame(box: Sequence[float], size: Sequence[int], frame: str, max_pixels: int | None = None) -> tuple[int, int, int, int]:
+    """A pixel box of an image of ``size`` written as integers in the policy's frame."""
+    b = Box(*box, frame=Frame.ABS, size=(int(size[0]), int(size[1])))
+    if frame == "rel1000":
+        out = b.to(Frame.REL1000)
+    elif frame == "abs":
+        w, h = qwen25_resized_size(int(size[0]), int(size[1]), max_pixels=max_pixels or 28 * 28 * 1280)
+        out = b.to(Frame.ABS, size=(w, h))
+    else:
+        raise ValueError(f"teacher boxes are written in rel1000 or abs, not {frame!r}")
+    x1, y1, x2, y2 = (int(round(v)) for v in out.coords)
+    return x1, y1, x2, y2
+
+
+def box_tokens(vals: Sequence[int]) -> str:
+    return "<|box_start|>({},{}),({},{})<|box_end|>".format(*vals)
+
+
+# ------------------------------------------------------------------------------------------ scripted
+
+
+def _desc(o: dict[str, Any]) -> str:
+    words = [o["colour"], o["pattern"], o["shape"]]
+    if o["pattern"] == "solid":
+        words.remove("solid")
+    return " ".join(words)
+
+
+def _reading_order(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(objs, key=lambda o: (round(o["box"][1] / 20), o["box"][0]))
+
+
+@dataclass
+class ScriptedTeacher:
+    """Writes reasoning from the drawn scene; wrong at ``error_rates[task]`` (default ``error_rate``)."""
+
+    error_rate: float = 0.2
+    error_rates: dict[str, float] = field(default_factory=dict)
+    frame: str = "rel1000"
+    box_jitter: float = 0.03  # fraction of the box size: a teacher's boxes are never pixel-exact
+    seed: int = 0
+    max_pixels: int | None = None
+
+    def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+        out = []
+        for it in items:
+            if it.scene is None:
+                raise ValueError(f"{it.id}: the scripted teacher needs the item's scene")
+            out.append([self._one(it, k, style) for k in range(n_samples)])
+        return out
+
+    def _rng(self, item: TeacherItem, k: int) -> random.Random:
+        return random.Random(f"{self.seed}/{item.id}/{k}")
+
+    def _one(self, item: TeacherItem, k: int, style: str) -> str:
+        rng = self._rng(item, k)
+        sc = item.scene
+        assert sc is not None
+        imgs = sc["images"]
+        t_img = sc["target_image"]
+        target = sc["target"]
+        rate = self.error_rates.get(item.task, self.error_rate)
+        wrong = rng.random() < rate
+        answer_img, answer_obj = t_img, target
+        if wrong:
+            pool = [(i + 1, o) for i, im in enumerate(imgs) for o in im["objects"] if (i + 1, o["oid"]) != (t_img, target["oid"])]
+            same_img = [p for p in pool if p[0] == t_img]
+            if same_img or pool:
+                answer_img, answer_obj = rng.choice(same_img or pool)
+            if item.task == "region" or answer_obj["box"] == target["box"]:
+                # nothing else to point at: misplace the box instead
+                answer_obj = dict(answer_obj, box=_shifted(target["box"], imgs[t_img - 1]["size"], rng))
+        size = imgs[answer_img - 1]["size"]
+        box = _jitter(answer_obj["box"], size, self.box_jitter, rng)
+        vals = box_in_frame(box, size, self.frame, self.max_pixels)
+        label = _desc(answer_obj) if "shape" in answer_obj else "region"
+        ids = _BBoxIds(imgs, self.frame, self.max_pixels)
+        think = _reasoning(item.task, sc, answer_img, answer_obj, style, ids, rng)
+        if style == "answer":
+            prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
+            return prefix + box_tokens(vals)
+        if style == "zhang":
+            payload = json.dumps({"bbox_2d": list(vals), "label": label})
+            return f"<think>{think}</think><answer>```json\n{payload}\n```</answer>"
+        if style == "mirg_text":
+            return f"<think>{think}</think><answer>It is in the {ORDINAL_WORDS[answer_img - 1]} image. {box_tokens(vals)}</answer>"
+        bid = ids.id_of(answer_img, answer_obj)
+        return f"<think>{think}</think><answer><bbox_id>[{bid}]</bbox_id>{box_tokens(vals)}</answer>"
+
+
+def _jitter(box: Sequence[float], size: Sequence[int], amount: float, rng: random.Random) -> list[float]:
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    out = [x1 + rng.uniform(-amount, amount) * w, y1 + rng.uniform(-amount, amount) * h, x2 + rng.uniform(-amount, amount) * w, y2 + rng.uniform(-amount, amount) * h]
+    out = [min(max(0.0, out[0]), size[0] - 1), min(max(0.0, out[1]), size[1] - 1), min(max(1.0, out[2]), size[0]), min(max(1.0, out[3]), size[1])]
+    if out[2] <= out[0]:
+        out[2] = min(size[0], out[0] + 1)
+    if out[3] <= out[1]:
+        out[3] = min(size[1], out[1] + 1)
+    return out
+
+
+def _shifted(box: Sequence[float], size: Sequence[int], rng: random.Random) -> list[float]:
+    """The same box moved by more than its own size (a clearly wrong answer)."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    dx = w * rng.choice((-1.2, 1.2))
+    dy = h * rng.choice((-1.2, 1.2))
+    nx1 = min(max(0.0, x1 + dx), size[0] - w)
+    ny1 = min(max(0.0, y1 + dy), size[1] - h)
+    return [nx1, ny1, nx1 + w, ny1 + h]
+
+
+def _where(box: Sequence[float], size: Sequence[int]) -> str:
+    """Coarse words for where a box lies: 'at the top left', 'in the centre'."""
+    cx, cy = (box[0] + box[2]) / 2 / size[0], (box[1] + box[3]) / 2 / size[1]
+    col = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "")
+    row = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "")
+    if not col and not row:
+        return "in the centre"
+    return "at the " + " ".join(w for w in (row, col) if w)
+
+
+class _BBoxIds:
+    """MIRG-RL identifiers: image N, object M in reading order within image N; the first mention
+    writes the label and the box, later ones the bbox_id alone."""
+
+    def __init__(self, images: list[dict[str, Any]], frame: str, max_pixels: int | None):
+        self.images, self.frame, self.max_pixels = images, frame, max_pixels
+        self.seen: set[str] = set()
+
+    def id_of(self, img: int, obj: dict[str, Any]) -> str:
+        order = _reading_order(self.images[img - 1]["objects"])
+        for m, o in enumerate(order, start=1):
+            if o.get("oid") == obj.get("oid") and o["box"] == obj["box"]:
+                return f"{img}-{m}"
+        return f"{img}-{len(order) + 1}"
+
+    def mention(self, img: int, obj: dict[str, Any], style: str) -> str:
+        if style != "mirg_bbox":
+            what = f"the {_desc(obj)}" if "shape" in obj else "the region"
+            return f"{what} {_where(obj['box'], self.images[img - 1]['size'])}"
+        bid = self.id_of(img, obj)
+        if bid in self.seen:
+            return f"<bbox_id>[{bid}]</bbox_id>"
+        self.seen.add(bid)
+        vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
+        label = _desc(obj) if "shape" in obj else "region"
+        return f"<bbox_id>[{bid}]</bbox_id><|object_ref_start|>{label}<|object_ref_end|>{box_tokens(vals)}"
+
+
+def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], style: str, ids: _BBoxIds, rng: random.Random) -> str:
+    """A short chain of thought that leads to (img, obj), from the scene."""
+    imgs = sc["images"]
+    n = len(imgs)
+    at = f"image {img}"
+    m = ids.mention
+    if task == "common_object":
+        return f"I compare the objects of the {n} images. The object that appears in every image is the {_desc(obj)}. In {at} it is {m(img, obj, style)}."
+    if task in ("diff", "view_diff"):
+        change = sc.get("meta", {}).get("change", "change")
+        before = sc.get("meta", {}).get("before")
+        extra = " after allowing for the camera shift" if task == "view_diff" else ""
+        if change == "add":
+            what = f"a {_desc(obj)} appears in image 2 that is not in image 1"
+        elif change == "remove" and before:
+            what = f"the {_desc(before)} of image 1 is missing from image 2"
+        elif before:
+            what = f"the {_desc(before)} of image 1 became {m(img, obj, style)} in image 2"
+        else:
+            what = f"{m(img, obj, style)} differs"
+        return f"I compare the two images object by object{extra}: {what}. That is the difference."
+    if task in ("object_tracking", "multi_view"):
+        marked = imgs[0]["objects"][0]
+        verb = "moves through the frames" if task == "object_tracking" else "is seen from another view"
+        return f"The marked object in image 1 is {m(1, marked, style)}. It {verb}; in {at} the same {_desc(obj)} is {m(img, obj, style)}."
+    if task == "region":
+        region = sc.get("meta", {}).get("regions", [{}])[sc.get("meta", {}).get("region_index", 1) - 1]
+        return f"The region picture shows the {_desc(region) if 'shape' in region else 'object'} and its surroundings. In the source image that area is {m(1, obj, style)}."
+    if task == "refer_grounding":
+        ref = imgs[0]["objects"][0]
+        return f"Image 1 shows {m(1, ref, style)}. In image 2 the object that looks the same is {m(img, obj, style)}."
+    if task in ("group_grounding", "single_refer"):
+        expr = sc.get("meta", {}).get("expression", "the object")
+        where = f"the {ORDINAL_WORDS[img - 1]} image" if n > 1 else "the image"
+        return f"I look for {expr} in every image. It is in {where}: {m(img, obj, style)}."
+    if task == "reasoning":
+        key = imgs[0]["objects"][0]
+        rule = sc.get("meta", {}).get("rule", "")
+        because = {"same_colour": "it has the same colour but another shape", "same_shape": "it has the same shape but another colour",
+                   "same_pattern": "it shares the pattern but neither colour nor shape"}.get(rule, "it fits the question")
+        return f"Image 1 shows {m(1, key, style)}. In image 2, {m(img, obj, style)} is the answer because {because}."
+    if task == "correspondence":
+        marked = sc.get("meta", {}).get("marked", imgs[0]["objects"][0])
+        return f"The marked object in image 1 is {m(1, marked, style)}, a {marked['shape']}. In image 2 the object of the same shape is {m(img, obj, style)}."
+    return f"The answer is {m(img, obj, style)}."
+
+
+# ---------------------------------------------------------------------------------------- real VLMs
+
+
+def _prompt(question: str, style: str) -> str:
+    return question.strip() + ZHANG_SUFFIX if style in ("zhang", "mirg_text", "mirg_bbox") else question.strip()
+
+
+@dataclass
+class LocalVLMTeacher:
+    """A local Qwen2-VL / Qwen2.5-VL checkpoint (e.g. Qwen2.5-VL-72B-Instruct in a folder)."""
+
+    model_path: str
+    temperature: float = 0.7
+    max_new_tokens: int = 512
+    batch_size: int = 4
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        from .models import load_model, load_processor
+
+        self.model = load_model(self.model_path, device=self.device)
+        self.processor = load_processor(self.model_path)
+
+    def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
+        from .generation import generate_batch
+
+        out = []
+        for it in items:
+            images = [Image.open(p).convert("RGB") for p in it.images]
+            msgs = [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": _prompt(it.question, style)}]}]
+            texts = generate_batch(
+                self.model, self.processor, [msgs] * n_samples, [images] * n_samples,
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature, do_sample=self.temperature > 0,
+            )
+            out.append(texts)
+        return out
+
+
+@dataclass
+class OpenAITeacher:
+    """An OpenAI-compatible ``/v1/chat/completions`` endpoint; images go as base64 PNG data URLs."""
+
+    base_url: str
+    model: str
+    api_key: str = "EMPTY"
+    temperature: float = 0.7
+    max_tokens: int = 512
+    timeout: float = 120.0
+
+    def _messages(self, it: TeacherItem, style: str) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        for p in it.images:
+            buf = io.BytesIO()
+            Image.open(p).convert("RGB").save(buf, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            content.append({"type": "image_url", "image_url": {"url": url}})
+        content.append({"type": "text", "text": _prompt(it.question, style)})
+        return [{"role": "user", "content": content}]
+
+    def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
+        out = []
+        for it in items:
+            body = {"model": self.model, "messages": self._messages(it, style), "temperature": self.temperature, "max_tokens": self.max_tokens, "n": n_samples}
+            replies = self._post(body)
+            if len(replies) < n_samples:  # servers that ignore `n`: ask again one at a time
+                for _ in range(n_samples - len(replies)):
+                    replies += self._post(dict(body, n=1))[:1]
+            out.append(replies[:n_samples])
+        return out
+
+    def _post(self, body: dict[str, Any]) -> list[str]:
+        req = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's own endpoint
+            data = json.loads(resp.read())
+        return [c.get("message", {}).get("content") or "" for c in data.get("choices", [])]

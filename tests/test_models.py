@@ -1,0 +1,68 @@
+"""The model factory: transformers' own Qwen2-VL / Qwen2.5-VL classes at a small size, saved and loaded
+as ordinary checkpoint folders; batched generation equals one-at-a-time generation."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mirg_lib.generation import generate_batch
+from mirg_lib.models import PRESETS, create_small_model, load_model, load_processor, save_checkpoint
+
+CORPUS = ["Please find the bounding box of the red striped star.", "<|box_start|>(316,58),(764,999)<|box_end|>", "It's in the third image."] * 5
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_build_save_load_round_trip(arch, tmp_path):
+    model, proc = create_small_model("nano", CORPUS, arch, seed=0)
+    assert type(model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[arch]
+    path = save_checkpoint(model, proc, tmp_path / "ckpt", extra={"preset": "nano"})
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
+    assert json.loads((path / "config.json").read_text())["model_type"] == arch
+    m2, p2 = load_model(path), load_processor(path)
+    for (n1, a), (n2, b) in zip(model.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(a, b)
+    img = Image.new("RGB", (112, 84), (120, 130, 140))
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Where is it?"}]}]
+    text = p2.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 2 and text.endswith("<|im_start|>assistant\n")
+    inputs = p2(text=[text], images=[img, img], return_tensors="pt")
+    assert inputs["image_grid_thw"].tolist() == [[1, 6, 8], [1, 6, 8]]
+    out = m2(**inputs)
+    assert out.logits.shape[-1] == len(p2.tokenizer) and torch.isfinite(out.logits).all()
+
+
+def test_tokenizer_splits_digits_and_keeps_qwen_tokens():
+    _, proc = create_small_model("nano", CORPUS, "qwen2_vl")
+    tok = proc.tokenizer
+    pieces = tok.tokenize("<|box_start|>(316,58),(764,999)<|box_end|>")
+    assert pieces[0] == "<|box_start|>" and pieces[-1] == "<|box_end|>"
+    assert [p for p in pieces if p.isdigit()] == list("31658764999")
+    for t in ("<|vision_start|>", "<|image_pad|>", "<|object_ref_start|>", "<|im_end|>", "<think>", "</answer>", "<bbox_id>"):
+        assert tok.convert_tokens_to_ids(t) != tok.unk_token_id and len(tok.tokenize(t)) == 1
+    assert tok.decode(tok("<think>a (1,2)</think>")["input_ids"]) == "<think>a (1,2)</think>"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path / "nope")
+
+
+def test_presets_are_consistent():
+    for name, p in PRESETS.items():
+        assert p.hidden_size % p.num_attention_heads == 0, name
+        assert sum(p.mrope_section()) == p.head_dim // 2, name
+
+
+def test_batched_greedy_generation_matches_one_at_a_time(nano_checkpoint, smoke_world):
+    from mirg_lib.items import load_bench_items
+
+    model, proc = load_model(nano_checkpoint), load_processor(nano_checkpoint)
+    items = load_bench_items(smoke_world.test_file)[::5][:6]  # 2-6 images each, different lengths
+    msgs = [[{"role": "user", "content": [{"type": "image"} for _ in it.images] + [{"type": "text", "text": it.question}]}] for it in items]
+    imgs = [[Image.open(p).convert("RGB") for p in it.images] for it in items]
+    batched = generate_batch(model, proc, msgs, imgs, max_new_tokens=10, batch_size=6)
+    single = [generate_batch(model, proc, [m], [i], max_new_tokens=10, batch_size=1)[0] for m, i in zip(msgs, imgs, strict=True)]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
