@@ -101,7 +101,7 @@ class JsonlLogCallback:
         self.callback = _CB()
 
 
-def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None):
+def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None):
     """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``."""
     import torch
     from datasets import Dataset
@@ -137,7 +137,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         remove_unused_columns=False,
         disable_tqdm=False,
     )
-    log = JsonlLogCallback(output_dir / "train_log.jsonl")
+    log = JsonlLogCallback(log_path or output_dir / "train_log.jsonl")
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=funcs,
@@ -148,3 +148,33 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         callbacks=[log.callback],
     )
     return trainer
+
+
+def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out_dir: str | Path) -> Path:
+    """GRPO from ``init_path`` on ``items``; merged result in ``out_dir/checkpoint``.
+
+    Skipped when done for the same config, start and items; resumes an interrupted run."""
+    import dataclasses
+    import hashlib
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .config import config_hash
+    from .io import atomic_dir
+    from .sft import _stamp_matches, merge_and_save
+
+    out_dir = Path(out_dir)
+    ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
+    digest = config_hash(cfg) + ":" + ids + ":" + str(init_path)
+    final = out_dir / "checkpoint"
+    if _stamp_matches(final, digest):
+        return final
+    if not items:
+        raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
+    work = out_dir / "trainer"
+    trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    with atomic_dir(final) as tmp:
+        merge_and_save(trainer, tmp, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items)})
+    return final

@@ -74,11 +74,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(root: str | os.PathLike) -> str:
-    """One digest over every file below ``root`` (relative names and contents, in sorted order)."""
+def sha256_tree(root: str | os.PathLike, exclude: frozenset[str] = frozenset()) -> str:
+    """One digest over every file below ``root`` (relative names and contents, in sorted order),
+    leaving out files named in ``exclude``."""
     root = Path(root)
     h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name not in exclude):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(b"\0")
         h.update(sha256_file(p).encode())

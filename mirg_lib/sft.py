@@ -66,7 +66,7 @@ def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dic
     return rows
 
 
-def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[str, Any]], output_dir: Path, use_cpu: bool | None = None):
+def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[str, Any]], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None):
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -99,7 +99,7 @@ def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[st
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
-    log = JsonlLogCallback(output_dir / "train_log.jsonl")
+    log = JsonlLogCallback(log_path or output_dir / "train_log.jsonl")
     return SFTTrainer(
         model=model,
         args=args,
@@ -116,3 +116,46 @@ def merge_and_save(trainer, path: Path, extra: dict[str, Any] | None = None) -> 
 
     merged = trainer.model.merge_and_unload()
     return save_checkpoint(merged, trainer.processing_class, path, extra)
+
+
+def _stamp_matches(path: Path, digest: str) -> bool:
+    import json
+
+    f = path / "mirg.json"
+    return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
+
+
+def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Train LoRA on ``sft_file`` (id, completion) over the pool's items, merge, save ``out_dir/checkpoint``.
+
+    Skipped when the checkpoint exists for the same config and inputs; resumes from the last trainer
+    checkpoint of an interrupted run."""
+    import dataclasses
+    import json
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .config import config_hash
+    from .io import atomic_dir, sha256_file
+    from .items import load_pool_items
+
+    out_dir, sft_file = Path(out_dir), Path(sft_file)
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + str(base_path)
+    final = out_dir / "checkpoint"
+    if _stamp_matches(final, digest):
+        return final
+    wanted = [json.loads(line) for line in sft_file.read_text().splitlines() if line.strip()]
+    if not wanted:
+        raise ValueError(f"{sft_file}: no SFT examples (did the CoT filter keep nothing?)")
+    by_id = {it.id: it for it in load_pool_items(Path(data_dir) / "train" / "mgrounding.json")}
+    missing = [w["id"] for w in wanted if w["id"] not in by_id]
+    if missing:
+        raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
+    items = [by_id[w["id"]] for w in wanted]
+    trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
+    work = out_dir / "trainer"
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    with atomic_dir(final) as tmp:
+        merge_and_save(trainer, tmp, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items)})
+    return final

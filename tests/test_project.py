@@ -57,16 +57,28 @@ def test_notebooks_carry_no_outputs_and_define_nothing():
         assert nb["metadata"]["kernelspec"]["name"] == "mirg"
 
 
-@pytest.mark.parametrize("nb", [p.name for p in list_notebooks()])
-def test_notebook_runs_headless_with_smoke_params(nb, tmp_path):
-    out = execute(ROOT / "notebooks" / nb, tmp_path / nb, {"profile": "smoke"})
-    executed = json.loads(out.read_text())
-    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    assert (runs_dir() / "smoke").is_dir()
-    # the source notebook was not written
-    src = json.loads((ROOT / "notebooks" / nb).read_text())
-    assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
+    """`make reproduce PROFILE=smoke`: every notebook, in order, through papermill, on the project's kernel."""
+    from mirg_lib.notebooks import reproduce
+
+    done = reproduce("smoke")
+    assert [p.name for p in done] == [p.name for p in list_notebooks()]
+    assert [p.name for p in list_notebooks()][:7] == [
+        "00_base_model.ipynb", "01_data_synthesis.ipynb", "02_cot_filtering.ipynb", "03_lora_sft.ipynb",
+        "04_rejection_sampling.ipynb", "05_grpo.ipynb", "06_evaluation.ipynb",
+    ]
+    for out in done:
+        executed = json.loads(out.read_text())
+        errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, out.name
+        assert out.parent == runs_dir() / "smoke" / "executed"
+    # the sources were not written
+    for nb in list_notebooks():
+        src = json.loads(nb.read_text())
+        assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+    scores = json.loads((runs_dir() / "smoke" / "eval" / "grpo" / "scores.json").read_text())
+    assert set(scores["tasks"]) == {"diff", "view_diff", "common_object", "object_tracking", "multi_view", "region",
+                                    "refer_grounding", "group_grounding", "reasoning", "correspondence"}
 
 
 def test_make_help_lists_the_targets():

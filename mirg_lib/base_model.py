@@ -1,0 +1,240 @@
+"""Base-model stage (``00_base_model``): the small model that plays the part of the pretrained base.
+
+Three ways to a base, in this order:
+
+1. ``model_name_or_path`` names a real local checkpoint (Qwen2-VL-7B-Instruct, Qwen2.5-VL-7B-Instruct):
+   it is used as is and nothing is trained.
+2. ``shipped`` names a committed checkpoint folder (with ``mirg.json``: the params, metrics and
+   sha256 it was made with): it is checked and used, as a user starts from a downloaded base.
+3. Otherwise a small Qwen2-VL is built (:mod:`mirg_lib.models`) and trained from scratch on the
+   training pool's single-image referring expressions (``train_tasks``), so that it grounds
+   single-image expressions and is weak at multi-image tasks, as Qwen2.5-VL-7B is on MIG-Bench.
+
+Training uses transformers' ``Trainer`` on precomputed tensors (every image is processed once, not
+every step), warm-up, gradient clipping, NaN checks through the trainer's logs, and resumes from the
+last checkpoint of an interrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from .config import config_hash
+from .io import atomic_dir, sha256_tree, write_json
+from .items import Item, load_pool_items
+from .paths import ROOT
+
+
+@dataclass
+class BaseModelConfig:
+    """Section ``base_model`` of the params."""
+
+    model_name_or_path: str = field(default="", metadata={"help": "a local real checkpoint folder: used as is"})
+    shipped: str = field(default="", metadata={"help": "a committed checkpoint folder (repo-relative) to start from"})
+    arch: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    preset: str = "tiny"
+    image_max_pixels: int = 28 * 28 * 64
+    train_tasks: list[str] = field(default_factory=lambda: ["single_refer"])
+    max_steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "constant_with_warmup"
+    save_steps: int = 500
+    logging_steps: int = 25
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .models import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
+
+
+@dataclass
+class BaseModelResult:
+    path: Path
+    source: str  # real | shipped | trained
+    seconds: float
+    skipped: bool = False
+
+
+def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> list[str]:
+    """Texts the tokenizer learns from: the pool's questions and answers and the teacher's reasoning in
+    every style, so that later stages' words are whole tokens too."""
+    from .prompts import MIGICIAN_SUFFIX, MIRG_SUFFIX, ZHANG_SUFFIX
+    from .teacher import STYLES, ScriptedTeacher, TeacherItem
+
+    texts = [it.question for it in pool] + [it.reference or "" for it in pool] + [ZHANG_SUFFIX, MIRG_SUFFIX, MIGICIAN_SUFFIX]
+    with_scene = [it for it in pool if it.scene is not None]
+    rng = random.Random(seed)
+    sample = rng.sample(with_scene, min(n_teacher, len(with_scene)))
+    teacher = ScriptedTeacher(error_rate=0.2, seed=seed)
+    for style in STYLES:
+        for replies in teacher.answer([TeacherItem(i.id, i.task, i.images, i.question, i.scene) for i in sample], 1, style):
+            texts.extend(replies)
+    return texts
+
+
+class PrecomputedVL(torch.utils.data.Dataset):
+    """Prompt ids, answer ids and processed pixels of every item, computed once."""
+
+    def __init__(self, items: list[Item], processor, answers: list[str]):
+        self.examples = []
+        tok = processor.tokenizer
+        for it, ans in zip(items, answers, strict=True):
+            imgs = [Image.open(p).convert("RGB") for p in it.images]
+            msgs = [{"role": "user", "content": [{"type": "image"} for _ in imgs] + [{"type": "text", "text": it.question}]}]
+            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            enc = processor(text=[text], images=imgs, return_tensors="pt")
+            self.examples.append(
+                {
+                    "prompt_ids": enc["input_ids"][0],
+                    "answer_ids": torch.tensor(tok(ans + "<|im_end|>", add_special_tokens=False)["input_ids"]),
+                    "pixel_values": enc["pixel_values"],
+                    "image_grid_thw": enc["image_grid_thw"],
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.examples[i]
+
+
+@dataclass
+class CompletionCollator:
+    """Right-padded batches, loss on the answer only, Qwen2-VL's ``mm_token_type_ids``."""
+
+    pad_token_id: int
+    image_token_id: int
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        lengths = [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in examples]
+        n, L = len(examples), max(lengths)
+        ids = torch.full((n, L), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, L), -100, dtype=torch.long)
+        mask = torch.zeros((n, L), dtype=torch.long)
+        for i, e in enumerate(examples):
+            seq = torch.cat([e["prompt_ids"], e["answer_ids"]])
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
+            labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "mm_token_type_ids": (ids == self.image_token_id).long(),
+            "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
+            "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
+        }
+
+
+def _check_shipped(path: Path) -> dict[str, Any]:
+    meta_file = path / "mirg.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"shipped checkpoint {path} has no mirg.json (params, metrics, checksum)")
+    meta = json.loads(meta_file.read_text())
+    want = meta.get("sha256")
+    got = sha256_tree(path, exclude=frozenset({"mirg.json"}))
+    if want != got:
+        raise ValueError(f"shipped checkpoint {path}: checksum {got} does not match the recorded {want}")
+    return meta
+
+
+def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
+    """The stage. Returns where the base checkpoint is."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .grpo import JsonlLogCallback
+    from .models import count_parameters, create_small_model, save_checkpoint
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    if cfg.model_name_or_path:
+        path = Path(cfg.model_name_or_path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"base_model.model_name_or_path: no checkpoint at {path}")
+        return BaseModelResult(path, "real", 0.0, skipped=True)
+    if cfg.shipped:
+        path = (ROOT / cfg.shipped).resolve()
+        _check_shipped(path)
+        return BaseModelResult(path, "shipped", 0.0, skipped=True)
+
+    digest = config_hash(cfg)
+    final = out_dir / "checkpoint"
+    stamp = final / "mirg.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("config_hash") == digest:
+        return BaseModelResult(final, "trained", 0.0, skipped=True)
+
+    data_dir = Path(data_dir)
+    pool = load_pool_items(data_dir / "train" / "mgrounding.json")
+    train = [it for it in pool if it.task in cfg.train_tasks]
+    if not train:
+        raise ValueError(f"base_model.train_tasks {cfg.train_tasks}: no such items in {data_dir}")
+    model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels)
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train])
+    work = out_dir / "trainer"
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=1.0,
+        adam_beta2=0.98,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+    log = JsonlLogCallback(out_dir / "train_log.jsonl")
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id), callbacks=[log.callback])
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
+    if nan:
+        raise FloatingPointError(f"base-model training produced a non-finite loss at step {nan[0]['step']}; lower learning_rate or use float32")
+    seconds = time.perf_counter() - t0
+    with atomic_dir(final) as tmp:
+        save_checkpoint(trainer.model, processor, tmp)
+        meta = {
+            "config": dataclasses.asdict(cfg),
+            "config_hash": digest,
+            "parameters": count_parameters(trainer.model),
+            "train_items": len(train),
+            "seconds": round(seconds, 1),
+            "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        }
+        meta["sha256"] = sha256_tree(tmp)
+        write_json(tmp / "mirg.json", meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return BaseModelResult(final, "trained", seconds)
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

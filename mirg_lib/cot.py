@@ -1,0 +1,215 @@
+"""CoT synthesis and filtering (``01`` extension and ``02_cot_filtering``).
+
+* Synthesis: the teacher answers every training item ``n_samples`` times in each style.
+* Zhang et al.'s filter: keep an item only when all its samples are right (IoU >= 0.5 with the
+  ground truth; for the MIRG styles also the right image). The kept item's SFT target is its first
+  sample.
+* MIRG-RL's trajectory reassembly: a "reasoning only" reply is rewritten so that every object it
+  names reads ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>obj<|object_ref_end|><|box_start|>..<|box_end|>``
+  and later mentions reuse the bbox_id. The paper maps objects to images and boxes with a second VLM;
+  for the embedded world the drawn scene is that map (:func:`reassemble`).
+* A table of what was kept per task, like Zhang et al.'s Table 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import config_hash
+from .formats import IN_DOMAIN
+from .io import atomic_dir, write_json, write_jsonl
+from .items import Item, load_pool_items
+from .rewards import mirg_image, zhang_accuracy
+from .teacher import STYLES, ScriptedTeacher, Teacher, TeacherItem, box_in_frame, box_tokens
+
+
+@dataclass
+class CotConfig:
+    """Section ``cot`` of the params."""
+
+    teacher: Literal["scripted", "local", "openai"] = "scripted"
+    teacher_model: str = field(default="", metadata={"help": "local checkpoint folder, or the served model's name"})
+    base_url: str = field(default="", metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"})
+    n_samples: int = 4
+    temperature: float = 0.7
+    error_rate: float = 0.2
+    error_rates: dict[str, float] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
+    max_items_per_task: int = 0
+    styles: list[str] = field(default_factory=lambda: ["zhang", "mirg_text", "mirg_bbox"])
+    frame: Literal["rel1000", "abs"] = "rel1000"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.styles if s not in STYLES or s == "answer"]
+        if bad:
+            raise ValueError(f"cot.styles: unknown {bad}; expected among {[s for s in STYLES if s != 'answer']}")
+        if self.n_samples < 1:
+            raise ValueError("cot.n_samples must be >= 1")
+
+
+def make_teacher(cfg: CotConfig) -> Teacher:
+    if cfg.teacher == "scripted":
+        return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed)
+    if cfg.teacher == "local":
+        from .teacher import LocalVLMTeacher
+
+        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature)
+    from .teacher import OpenAITeacher
+
+    if not cfg.base_url:
+        raise ValueError("cot.teacher 'openai' needs cot.base_url")
+    return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature)
+
+
+def select_items(pool: list[Item], tasks: list[str], max_per_task: int) -> list[Item]:
+    seen: Counter[str] = Counter()
+    out = []
+    for it in pool:
+        if it.task in tasks and (not max_per_task or seen[it.task] < max_per_task):
+            out.append(it)
+            seen[it.task] += 1
+    return out
+
+
+def judge(style: str, replies: list[str], item: Item) -> list[bool]:
+    """Right = IoU >= 0.5 (and, for the MIRG styles, the right image named)."""
+    kw = {"answer": [item.answer] * len(replies), "target_image": [item.target_image] * len(replies)}
+    ok = [v >= 0.5 for v in zhang_accuracy(replies, **kw)]
+    if style.startswith("mirg") and item.scene is not None and len(item.images) > 1:
+        ok = [a and b == 1.0 for a, b in zip(ok, mirg_image(replies, **kw), strict=True)]
+    return ok
+
+
+_MENTION = re.compile(r"the ((?:\w+ ){0,2}(?:circle|square|triangle|diamond|star|cross|hexagon))(?: (?:at the (?:top|bottom|left|right)(?: (?:left|right))?|in the centre))?")
+_IMAGE = re.compile(r"\bimage (\d)\b|\b(first|second|third|fourth|fifth|sixth) image\b")
+_ORD = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6}
+
+
+def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str:
+    """Rewrite a "reasoning only" reply into MIRG-RL's bbox form, using the scene as the object map.
+
+    Each object description inside ``<think>`` is matched to the scene object of that description in
+    the image named last before it (else the target image); the first mention becomes
+    ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>desc<|object_ref_end|><|box_start|>..<|box_end|>``,
+    later ones the bbox_id alone. The answer becomes the target's bbox_id and box.
+    """
+    from .parsing import THINK_RE, parse_response
+    from .teacher import _desc, _reading_order
+
+    m = THINK_RE.search(reply)
+    parsed = parse_response(reply)
+    if m is None or parsed.box is None:
+        return reply
+    images = scene["images"]
+    seen: dict[str, str] = {}
+
+    def find(img: int, desc: str) -> tuple[int, dict[str, Any]] | None:
+        for i in [img] + [k for k in range(1, len(images) + 1) if k != img]:
+            for j, o in enumerate(_reading_order(images[i - 1]["objects"]), start=1):
+                if _desc(o) == desc:
+                    return i, {"m": j, **o}
+        return None
+
+    think = m.group(1)
+    out, pos, current = [], 0, scene["target_image"]
+    events = sorted([(x.start(), "img", x) for x in _IMAGE.finditer(think)] + [(x.start(), "obj", x) for x in _MENTION.finditer(think)], key=lambda e: e[0])
+    for start, kind, x in events:
+        if kind == "img":
+            current = int(x.group(1)) if x.group(1) else _ORD[x.group(2)]
+            continue
+        hit = find(current, x.group(1))
+        if hit is None or start < pos:
+            continue
+        img, obj = hit
+        bid = f"{img}-{obj['m']}"
+        if bid in seen:
+            rep = f"<bbox_id>[{bid}]</bbox_id>"
+        else:
+            vals = box_in_frame(obj["box"], images[img - 1]["size"], frame)
+            rep = f"<bbox_id>[{bid}]</bbox_id><|object_ref_start|>{x.group(1)}<|object_ref_end|>{box_tokens(vals)}"
+            seen[bid] = rep
+        out.append(think[pos:start])
+        out.append(rep)
+        pos = x.end()
+    out.append(think[pos:])
+    k = parsed.image_index or scene["target_image"]
+    vals = tuple(int(round(v)) for v in parsed.box.values)
+    hit = next((b for b in seen if b.startswith(f"{k}-")), None)
+    answer = (f"<bbox_id>[{hit}]</bbox_id>" if hit else "") + box_tokens(vals)
+    return f"<think>{''.join(out)}</think><answer>{answer}</answer>"
+
+
+@dataclass
+class CotResult:
+    root: Path
+    table: list[dict[str, Any]]
+    seconds: float
+    skipped: bool = False
+
+    def sft_file(self, style: str) -> Path:
+        return self.root / f"sft_{style}.jsonl"
+
+
+def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: Teacher | None = None) -> CotResult:
+    """Synthesis, 4-of-4 filtering, reassembly; outputs ``samples_<style>.jsonl``, ``sft_<style>.jsonl``
+    (id, task, completion), ``sft_answer.jsonl`` (the answer-only baseline on the same kept items),
+    ``sft_mirg_reassembled.jsonl`` and ``table.json``."""
+    out_dir = Path(out_dir)
+    digest = config_hash(cfg)
+    stamp = out_dir / "table.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text())
+        if old.get("config_hash") == digest:
+            return CotResult(out_dir, old["rows"], old.get("seconds", 0.0), skipped=True)
+    t0 = time.perf_counter()
+    pool = load_pool_items(Path(data_dir) / "train" / "mgrounding.json")
+    items = select_items(pool, cfg.tasks, cfg.max_items_per_task)
+    teacher = teacher or make_teacher(cfg)
+    titems = [TeacherItem(i.id, i.task, i.images, i.question, i.scene) for i in items]
+    counts: dict[str, Counter[str]] = {}
+    with atomic_dir(out_dir) as tmp:
+        kept_zhang: set[str] = set()
+        for style in cfg.styles:
+            replies = teacher.answer(titems, cfg.n_samples, style)
+            samples, sft = [], []
+            c: Counter[str] = Counter()
+            for it, rs in zip(items, replies, strict=True):
+                ok = judge(style, rs, it)
+                samples.append({"id": it.id, "task": it.task, "samples": rs, "correct": ok})
+                c[f"{it.task}/candidates"] += 1
+                if all(ok):
+                    c[f"{it.task}/kept"] += 1
+                    sft.append({"id": it.id, "task": it.task, "completion": rs[0]})
+                    if style == "zhang":
+                        kept_zhang.add(it.id)
+            counts[style] = c
+            write_jsonl(tmp / f"samples_{style}.jsonl", samples)
+            write_jsonl(tmp / f"sft_{style}.jsonl", sft)
+            if style == "mirg_text":
+                by_id = {it.id: it for it in items}
+                write_jsonl(
+                    tmp / "sft_mirg_reassembled.jsonl",
+                    [dict(r, completion=reassemble(r["completion"], by_id[r["id"]].scene, cfg.frame)) for r in sft if by_id[r["id"]].scene is not None],
+                )
+        # the answer-only SFT baseline: the same kept items, the dataset's own answers, no reasoning
+        write_jsonl(tmp / "sft_answer.jsonl", [{"id": it.id, "task": it.task, "completion": it.reference} for it in items if it.id in kept_zhang])
+        rows = []
+        for task in sorted({it.task for it in items}, key=lambda t: [*IN_DOMAIN, "single_refer"].index(t) if t in [*IN_DOMAIN, "single_refer"] else 99):
+            row: dict[str, Any] = {"task": task}
+            for style in cfg.styles:
+                cand, kept = counts[style][f"{task}/candidates"], counts[style][f"{task}/kept"]
+                row[f"{style} kept"] = kept
+                row[f"{style} kept %"] = round(100.0 * kept / cand, 1) if cand else None
+            row["candidates"] = counts[cfg.styles[0]][f"{task}/candidates"]
+            rows.append(row)
+        seconds = time.perf_counter() - t0
+        write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)})
+    return CotResult(out_dir, rows, seconds)

@@ -1,0 +1,116 @@
+"""The stages wired to ``runs/<profile>/<stage>/``: what each notebook calls.
+
+Each function reads its section of the params into the stage's typed config, finds its inputs in the
+earlier stages' folders (which exist only when complete), and runs the stage (skipped when already
+done for the same config). Notebooks call these and show tables and plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Params, stage_config
+from .paths import stage_dir
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found at {path}: run the earlier notebook first (make reproduce runs them in order)")
+    return path
+
+
+def data(params: Params, force: bool = False):
+    from .world import DataConfig, run_data_synthesis
+
+    return run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=force)
+
+
+def data_dir(params: Params) -> Path:
+    return _need(stage_dir(params.profile, "data") / "manifest.json", "the embedded world (01_data_synthesis)").parent
+
+
+def base_model(params: Params):
+    from .base_model import BaseModelConfig, run_base_model
+
+    cfg = stage_config(BaseModelConfig, params, "base_model")
+    ddir = data_dir(params) if not (cfg.model_name_or_path or cfg.shipped) else stage_dir(params.profile, "data")
+    return run_base_model(cfg, ddir, stage_dir(params.profile, "base_model"))
+
+
+def base_path(params: Params) -> Path:
+    from .base_model import BaseModelConfig
+    from .paths import ROOT
+
+    cfg = stage_config(BaseModelConfig, params, "base_model")
+    if cfg.model_name_or_path:
+        return Path(cfg.model_name_or_path)
+    if cfg.shipped:
+        return (ROOT / cfg.shipped).resolve()
+    return _need(stage_dir(params.profile, "base_model") / "checkpoint" / "mirg.json", "the base model (00_base_model)").parent
+
+
+def cot(params: Params):
+    from .cot import CotConfig, run_cot
+
+    return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"))
+
+
+def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path:
+    """LoRA SFT of the base on ``sft_<variant>.jsonl`` (zhang, answer, mirg_text, mirg_bbox, mirg_reassembled)."""
+    from .sft import SFTStageConfig, run_sft
+
+    cfg = stage_config(SFTStageConfig, params, "sft")
+    if variant == "answer":
+        cfg.prompt_recipe = "plain"
+    elif variant.startswith("mirg"):
+        cfg.prompt_recipe = "mirg"
+    sft_file = _need(stage_dir(params.profile, "cot") / f"sft_{variant}.jsonl", f"the {variant} SFT data (02_cot_filtering)")
+    return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"))
+
+
+def rejection(params: Params, model_path: Path | None = None):
+    from .rejection import RejectionConfig, run_rejection_sampling
+
+    cfg = stage_config(RejectionConfig, params, "rejection")
+    cot_ids = _sft_ids(params)
+    model_path = model_path or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
+    return run_rejection_sampling(cfg, model_path, data_dir(params), stage_dir(params.profile, "rejection"), exclude_ids=cot_ids)
+
+
+def _sft_ids(params: Params) -> set[str]:
+    samples = stage_dir(params.profile, "cot") / "samples_zhang.jsonl"
+    if not samples.is_file():
+        return set()
+    return {json.loads(line)["id"] for line in samples.read_text().splitlines() if line.strip()}
+
+
+def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejection: bool = True) -> Path:
+    from .grpo import GRPOStageConfig, run_grpo
+    from .items import load_pool_items
+
+    cfg = stage_config(GRPOStageConfig, params, "grpo")
+    init = init or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
+    pool = {it.id: it for it in load_pool_items(data_dir(params) / "train" / "mgrounding.json")}
+    if use_rejection:
+        rl = _need(stage_dir(params.profile, "rejection") / "rl_items.jsonl", "the RL items (04_rejection_sampling)")
+        ids = [json.loads(line)["id"] for line in rl.read_text().splitlines() if line.strip()]
+    else:
+        from .rejection import RejectionConfig
+
+        rcfg = stage_config(RejectionConfig, params, "rejection")
+        cot_ids = _sft_ids(params)
+        ids = [i for i, it in pool.items() if it.task in rcfg.tasks and i not in cot_ids]
+    return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name))
+
+
+def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:
+    from .evaluation import EvalConfig, evaluate_checkpoint
+
+    cfg = stage_config(EvalConfig, params, "eval")
+    if prompt is not None:
+        cfg.prompt = prompt  # type: ignore[assignment]
+    ddir = data_dir(params)
+    bench = ddir / "test" / ("single_refer.json" if single else "mig_bench.json")
+    return evaluate_checkpoint(model_path, bench, cfg, stage_dir(params.profile, "eval") / (name + ("_single" if single else "")))

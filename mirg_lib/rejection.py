@@ -1,0 +1,102 @@
+"""Rejection sampling (``04_rejection_sampling``): keep the RL items the stage-1 model gets partly right.
+
+Zhang et al. sample the merged cold-start model several times per RL item and drop the items it gets
+all right (nothing to learn) or all wrong (no signal for GRPO's group-relative advantage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from tqdm import tqdm
+
+from .config import config_hash
+from .cot import judge, select_items
+from .formats import IN_DOMAIN
+from .generation import generate_batch
+from .io import atomic_dir, write_json, write_jsonl
+from .items import load_pool_items
+from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
+
+
+@dataclass
+class RejectionConfig:
+    """Section ``rejection`` of the params."""
+
+    k: int = 8
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
+    max_items_per_task: int = 0
+    recipe: Literal["zhang", "mirg"] = "zhang"
+    enabled: bool = True  # false: keep every item (the "w/o rejection sampling" ablation)
+    seed: int = 0
+
+
+@dataclass
+class RejectionResult:
+    root: Path
+    table: list[dict[str, Any]]
+    kept_ids: list[str]
+    seconds: float
+    skipped: bool = False
+
+
+def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_dir: str | Path, out_dir: str | Path, exclude_ids: set[str] | None = None) -> RejectionResult:
+    """Writes ``rl_items.jsonl`` (the kept ids with their hit counts) and ``table.json``."""
+    import torch
+
+    from .models import load_model, load_processor
+
+    out_dir = Path(out_dir)
+    digest = config_hash(cfg) + ":" + str(model_path)
+    stamp = out_dir / "table.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text())
+        if old.get("config_hash") == digest:
+            kept = [json.loads(line)["id"] for line in (out_dir / "rl_items.jsonl").read_text().splitlines() if line.strip()]
+            return RejectionResult(out_dir, old["rows"], kept, old.get("seconds", 0.0), skipped=True)
+    t0 = time.perf_counter()
+    pool = [it for it in load_pool_items(Path(data_dir) / "train" / "mgrounding.json") if not exclude_ids or it.id not in exclude_ids]
+    items = select_items(pool, cfg.tasks, cfg.max_items_per_task)
+    suffix = ZHANG_SUFFIX if cfg.recipe == "zhang" else MIRG_SUFFIX
+    style = "zhang" if cfg.recipe == "zhang" else "mirg_bbox"
+    hits: list[int] = []
+    if cfg.enabled:
+        device = "cuda" if torch.cuda.is_available() else None
+        model, processor = load_model(model_path, device=device), load_processor(model_path)
+        for it in tqdm(items, desc="rejection sampling", mininterval=5):
+            imgs = [Image.open(p).convert("RGB") for p in it.images]
+            msgs = [{"role": "user", "content": [{"type": "image"} for _ in imgs] + [{"type": "text", "text": it.question.strip() + suffix}]}]
+            replies = generate_batch(model, processor, [msgs] * cfg.k, [imgs] * cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed)
+            hits.append(sum(judge(style, replies, it)))
+    else:
+        hits = [-1] * len(items)
+    counts: Counter[str] = Counter()
+    kept = []
+    for it, h in zip(items, hits, strict=True):
+        counts[f"{it.task}/items"] += 1
+        if h == cfg.k:
+            counts[f"{it.task}/all right"] += 1
+        elif h == 0:
+            counts[f"{it.task}/all wrong"] += 1
+        else:
+            counts[f"{it.task}/kept"] += 1
+            kept.append({"id": it.id, "task": it.task, "hits": h})
+    rows = [
+        {"task": t, "items": counts[f"{t}/items"], "all right": counts[f"{t}/all right"], "all wrong": counts[f"{t}/all wrong"], "kept": counts[f"{t}/kept"]}
+        for t in sorted({it.task for it in items})
+    ]
+    seconds = time.perf_counter() - t0
+    with atomic_dir(out_dir) as tmp:
+        write_jsonl(tmp / "rl_items.jsonl", kept)
+        write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)})
+    return RejectionResult(out_dir, rows, [k["id"] for k in kept], seconds)
