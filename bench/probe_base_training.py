@@ -1,0 +1,142 @@
+"""Probe: can the small base model learn to ground from scratch on this machine? (README, "The base model")
+
+    # referring expressions from a world built by `make data` (or any data folder of the data stage)
+    .venv/bin/python bench/probe_base_training.py --mode refer --data runs/embedded/data --steps 300 --lr 1e-3 --schedule cosine
+    # plain localisation: one object per image, drawn here
+    .venv/bin/python bench/probe_base_training.py --mode localise --cue 60 --steps 400 --lr 1e-3 --schedule constant
+
+A plain PyTorch loop over precomputed tensors (the same tensors and loss as ``mirg_lib.base_model``'s
+Trainer: completion-only cross-entropy on the box tokens), printing the loss, seconds and, every
+``--eval-every`` steps, greedy Acc@0.5 on held-out items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mirg_lib.base_model import CompletionCollator, PrecomputedVL  # noqa: E402
+from mirg_lib.boxes import Box, Frame, format_box_tokens, iou_xyxy  # noqa: E402
+from mirg_lib.items import Item, load_bench_items, load_pool_items  # noqa: E402
+from mirg_lib.models import create_small_model  # noqa: E402
+from mirg_lib.parsing import parse_response  # noqa: E402
+
+
+def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path) -> list[Item]:
+    from mirg_lib.world.objects import (
+        BACKGROUNDS,
+        COLOURS,
+        PATTERNS,
+        SHAPES,
+        SIZES,
+        Obj,
+        object_side,
+        place_box,
+        render,
+    )
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        s = rng.choice(SIZES)
+        side = object_side(rng, s, size, 1.0)
+        box = place_box(rng, side, side, size, size, [])
+        o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PATTERNS), s, box)
+        p = folder / f"{seed}_{i}.png"
+        render(size, size, [o], rng.choice(BACKGROUNDS), 6.0, rng.randrange(2**31), cue=cue).save(p)
+        rel = Box(*box, frame=Frame.ABS, size=(size, size)).to(Frame.REL1)
+        items.append(Item(str(i), "localise", [p], "Please provide the bounding box coordinate of the object.", list(rel.coords), 1,
+                          reference=format_box_tokens(rel)))
+    return items
+
+
+@torch.no_grad()
+def accuracy(model, collate, data: PrecomputedVL, items: list[Item], pad: int) -> float:
+    model.eval()
+    ok = 0
+    for start in range(0, len(items), 25):
+        exs = [data[i] for i in range(start, min(start + 25, len(items)))]
+        L = max(len(e["prompt_ids"]) for e in exs)
+        ids = torch.full((len(exs), L), pad)
+        att = torch.zeros((len(exs), L), dtype=torch.long)
+        for j, e in enumerate(exs):
+            ids[j, L - len(e["prompt_ids"]) :] = e["prompt_ids"]
+            att[j, L - len(e["prompt_ids"]) :] = 1
+        out = model.generate(input_ids=ids, attention_mask=att, mm_token_type_ids=(ids == collate.image_token_id).long(),
+                             pixel_values=torch.cat([e["pixel_values"] for e in exs]), image_grid_thw=torch.cat([e["image_grid_thw"] for e in exs]),
+                             max_new_tokens=24, do_sample=False)
+        for j, o in enumerate(out):
+            p = parse_response(data.tokenizer.decode(o[L:]))
+            if p.box is not None and iou_xyxy([v / 1000 for v in p.box.values], items[start + j].answer) >= 0.5:
+                ok += 1
+    model.train()
+    return 100.0 * ok / len(items)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["refer", "localise"], default="refer")
+    ap.add_argument("--data", default="runs/embedded/data")
+    ap.add_argument("--cue", type=float, default=0.0)
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.mode == "refer":
+        train = [it for it in load_pool_items(Path(args.data) / "train" / "mgrounding.json") if it.task == "single_refer"]
+        test = load_bench_items(Path(args.data) / "test" / "single_refer.json")
+    else:
+        folder = Path("/tmp/mirg-probe-localise")
+        train = localisation_items(6000, args.size, args.cue, 0, folder)
+        test = localisation_items(100, args.size, args.cue, 1, folder)
+    corpus = [it.question for it in train[:200]] + [it.reference or "" for it in train]
+    model, processor = create_small_model(args.preset, corpus, "qwen2_vl")
+    t = time.time()
+    data = PrecomputedVL(train, processor, [it.reference or "" for it in train])
+    tdata = PrecomputedVL(test, processor, ["" for _ in test])
+    tdata.tokenizer = processor.tokenizer
+    print(f"encoded {len(train)} + {len(test)} items in {time.time() - t:.1f} s", flush=True)
+    collate = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def factor(s: int) -> float:
+        w = min(1.0, (s + 1) / args.warmup)
+        return w * (0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)) if args.schedule == "cosine" else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    rng = random.Random(0)
+    model.train()
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        loss = model(**collate([data[i] for i in rng.sample(range(len(data)), args.batch)])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 50 == 0 or step == 1:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            print(f"step {step} Acc@0.5 {accuracy(model, collate, tdata, test, processor.tokenizer.pad_token_id):.1f} %", flush=True)
+
+
+if __name__ == "__main__":
+    main()
