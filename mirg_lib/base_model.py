@@ -160,8 +160,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .grpo import JsonlLogCallback
     from .models import count_parameters, create_small_model, save_checkpoint
+    from .trainers import JsonlLogCallback
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

@@ -11,8 +11,6 @@ Every log line of the trainer (reward components, KL, completion length, ...) go
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +20,7 @@ from PIL import Image
 from .items import Item
 from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
 from .rewards import RECIPE_REWARDS, get_rewards
+from .trainers import JsonlLogCallback, common_args
 
 
 @dataclass
@@ -81,26 +80,6 @@ def grpo_rows(items: list[Item], recipe: str, box_frame: str) -> list[dict[str, 
     return rows
 
 
-class JsonlLogCallback:
-    """Appends every trainer log dict to a JSON-lines file."""
-
-    def __init__(self, path: Path):
-        from transformers import TrainerCallback
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        outer = self
-
-        class _CB(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs:
-                    row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in logs.items()}}
-                    with open(outer.path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-
-        self.callback = _CB()
-
-
 def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None):
     """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``."""
     import torch
@@ -110,8 +89,6 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     from .models import load_model, load_processor, lora_config
 
     funcs, weights = get_rewards(cfg.rewards)
-    if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
     processor = load_processor(model_path)
     model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     batch = cfg.prompts_per_step * cfg.num_generations
@@ -126,16 +103,8 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         beta=cfg.beta,
         temperature=cfg.temperature,
         reward_weights=weights,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_strategy="steps",
-        report_to=[],
-        use_cpu=use_cpu,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-        remove_unused_columns=False,
         disable_tqdm=False,
+        **common_args(cfg, use_cpu),
     )
     log = JsonlLogCallback(log_path or output_dir / "train_log.jsonl")
     trainer = GRPOTrainer(

@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from .grpo import JsonlLogCallback, prompt_suffix
+from .grpo import prompt_suffix
 from .items import Item
+from .trainers import JsonlLogCallback, common_args
 
 
 @dataclass
@@ -73,8 +74,6 @@ def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[st
 
     from .models import load_model, load_processor, lora_config
 
-    if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
     processor = load_processor(model_path)
     model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     args = SFTConfig(
@@ -88,16 +87,8 @@ def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[st
         max_steps=cfg.max_steps,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_strategy="steps",
-        report_to=[],
-        use_cpu=use_cpu,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
+        **common_args(cfg, use_cpu),
     )
     log = JsonlLogCallback(log_path or output_dir / "train_log.jsonl")
     return SFTTrainer(
