@@ -71,6 +71,7 @@ class ModelPreset:
     vision_depth: int
     vision_heads: int
     rope_theta: float = 10000.0
+    vision_rope_theta: float = 10000.0
 
     @property
     def head_dim(self) -> int:
@@ -89,6 +90,8 @@ PRESETS: dict[str, ModelPreset] = {
     "nano": ModelPreset(512, 64, 128, 2, 2, 1, 32, 1, 2),
     # the embedded base model on a CPU
     "tiny": ModelPreset(1024, 192, 512, 4, 4, 2, 128, 3, 4),
+    # the same with rotary bases sized for a few hundred positions (an experiment: see the README)
+    "tiny-shortrope": ModelPreset(1024, 192, 512, 4, 4, 2, 128, 3, 4, rope_theta=100.0, vision_rope_theta=100.0),
     # the gpu profile
     "small": ModelPreset(2048, 384, 1024, 8, 6, 2, 256, 6, 4),
 }
@@ -170,6 +173,7 @@ def build_config(preset: ModelPreset, tokenizer, arch: str = "qwen2_vl"):
             "hidden_size": preset.hidden_size,
             "num_heads": preset.vision_heads,
             "mlp_ratio": 4,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": preset.vision_rope_theta},
         }
         return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     if arch == "qwen2_5_vl":
@@ -184,6 +188,7 @@ def build_config(preset: ModelPreset, tokenizer, arch: str = "qwen2_vl"):
             "out_hidden_size": preset.hidden_size,
             "window_size": 56,
             "fullatt_block_indexes": [depth - 1],
+            "rope_parameters": {"rope_type": "axial", "rope_theta": preset.vision_rope_theta},
         }
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     raise ValueError(f"unknown architecture {arch!r}; expected qwen2_vl or qwen2_5_vl")
