@@ -37,17 +37,6 @@ class Item:
     scene: dict[str, Any] | None = field(default=None, repr=False)
     reference: str | None = None  # the dataset's own answer text, if any
 
-    def image_sizes(self) -> list[tuple[int, int]]:
-        if self.scene is not None:
-            return [tuple(im["size"]) for im in self.scene["images"]]  # type: ignore[misc]
-        from PIL import Image
-
-        out = []
-        for p in self.images:
-            with Image.open(p) as im:
-                out.append(im.size)
-        return out
-
 
 def target_image_from_question(question: str, task: str, n_images: int) -> int:
     if task == "region" or "source image" in question:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +266,6 @@ def count_parameters(model) -> dict[str, int]:
     vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}" or n.startswith("visual") or "model.visual" in n)
     return {"total": total, "vision": vision, "language": total - vision}
 
-
-def preset_dict(name: str) -> dict[str, Any]:
-    return asdict(PRESETS[name])
 
 
 # LoRA on the language model only. Qwen2.5-VL's vision MLP also has gate_proj/up_proj/down_proj, so
