@@ -33,6 +33,7 @@ from .config import config_hash
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
+from .prompts import user_turn
 
 
 @dataclass
@@ -96,7 +97,7 @@ class PrecomputedVL(torch.utils.data.Dataset):
         tok = processor.tokenizer
         for it, ans in zip(items, answers, strict=True):
             imgs = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = [{"role": "user", "content": [{"type": "image"} for _ in imgs] + [{"type": "text", "text": it.question}]}]
+            msgs = user_turn(len(imgs), it.question)
             text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             enc = processor(text=[text], images=imgs, return_tensors="pt")
             self.examples.append(
@@ -158,10 +159,9 @@ def _check_shipped(path: Path) -> dict[str, Any]:
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
     """The stage. Returns where the base checkpoint is."""
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .models import count_parameters, create_small_model, save_checkpoint
-    from .trainers import JsonlLogCallback
+    from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -177,8 +177,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
 
     digest = config_hash(cfg)
     final = out_dir / "checkpoint"
-    stamp = final / "mirg.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("config_hash") == digest:
+    if stamp_matches(final, digest):
         return BaseModelResult(final, "trained", 0.0, skipped=True)
 
     data_dir = Path(data_dir)
@@ -199,21 +198,14 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         lr_scheduler_type=cfg.lr_scheduler_type,
         max_grad_norm=1.0,
         adam_beta2=0.98,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to=[],
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
+        **common_args(cfg, None),
     )
     log = JsonlLogCallback(out_dir / "train_log.jsonl")
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id), callbacks=[log.callback])
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    train_resuming(trainer, work)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:
         raise FloatingPointError(f"base-model training produced a non-finite loss at step {nan[0]['step']}; lower learning_rate or use float32")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from .config import config_hash
 from .formats import IN_DOMAIN
 from .io import atomic_dir, write_json, write_jsonl
-from .items import Item, load_pool_items
+from .items import Item, first_per_task, load_pool_items
 from .rewards import mirg_image, zhang_accuracy
 from .teacher import STYLES, ScriptedTeacher, Teacher, TeacherItem, box_in_frame, box_tokens
 
@@ -67,16 +67,6 @@ def make_teacher(cfg: CotConfig) -> Teacher:
     if not cfg.base_url:
         raise ValueError("cot.teacher 'openai' needs cot.base_url")
     return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature)
-
-
-def select_items(pool: list[Item], tasks: list[str], max_per_task: int) -> list[Item]:
-    seen: Counter[str] = Counter()
-    out = []
-    for it in pool:
-        if it.task in tasks and (not max_per_task or seen[it.task] < max_per_task):
-            out.append(it)
-            seen[it.task] += 1
-    return out
 
 
 def judge(style: str, replies: list[str], item: Item) -> list[bool]:
@@ -171,7 +161,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
             return CotResult(out_dir, old["rows"], old.get("seconds", 0.0), skipped=True)
     t0 = time.perf_counter()
     pool = load_pool_items(Path(data_dir) / "train" / "mgrounding.json")
-    items = select_items(pool, cfg.tasks, cfg.max_items_per_task)
+    items = first_per_task(pool, cfg.tasks, cfg.max_items_per_task)
     teacher = teacher or make_teacher(cfg)
     titems = [TeacherItem(i.id, i.task, i.images, i.question, i.scene) for i in items]
     counts: dict[str, Counter[str]] = {}

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from .formats import load_mig_bench
 from .generation import generate_batch
 from .io import write_json, write_jsonl
-from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
+from .items import first_per_task
+from .prompts import user_turn, with_suffix
 from .scoring import Prediction, score
 
 
@@ -32,10 +33,6 @@ class EvalConfig:
     bf16: bool = False
 
 
-def _suffix(prompt: str) -> str:
-    return {"plain": "", "zhang": ZHANG_SUFFIX, "mirg": MIRG_SUFFIX}[prompt]
-
-
 def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None) -> dict[str, Any]:
     """Generate for every benchmark record (greedy), write ``predictions.jsonl`` and ``scores.json``."""
     import torch
@@ -44,25 +41,17 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
 
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
-    if cfg.max_items_per_task:
-        seen: dict[str, int] = {}
-        kept = []
-        for r in records:
-            if seen.get(r.task, 0) < cfg.max_items_per_task:
-                kept.append(r)
-                seen[r.task] = seen.get(r.task, 0) + 1
-        records = kept
+    records = first_per_task(records, None, cfg.max_items_per_task)
     if model is None:
         device = "cuda" if torch.cuda.is_available() else None
         model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
     if processor is None:
         processor = load_processor(model_path)
-    suffix = _suffix(cfg.prompt)
     t0 = time.perf_counter()
     rows = []
     for start in tqdm(range(0, len(records), cfg.batch_size), desc=f"evaluating {bench_file.name}", mininterval=5):
         chunk = records[start : start + cfg.batch_size]
-        msgs = [[{"role": "user", "content": [{"type": "image"} for _ in r.images] + [{"type": "text", "text": r.question.strip() + suffix}]}] for r in chunk]
+        msgs = [user_turn(len(r.images), with_suffix(r.question, cfg.prompt)) for r in chunk]
         imgs = [[Image.open(bench_file.parent / p).convert("RGB") for p in r.images] for r in chunk]
         replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         for r, reply in zip(chunk, replies, strict=True):

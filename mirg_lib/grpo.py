@@ -18,9 +18,9 @@ from typing import Any, Literal
 from PIL import Image
 
 from .items import Item
-from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
+from .prompts import user_turn, with_suffix
 from .rewards import RECIPE_REWARDS, get_rewards
-from .trainers import JsonlLogCallback, common_args
+from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
 
 
 @dataclass
@@ -55,21 +55,14 @@ class GRPOStageConfig:
         get_rewards(self.rewards)  # validates names and weights
 
 
-def prompt_suffix(recipe: str) -> str:
-    return ZHANG_SUFFIX if recipe == "zhang" else MIRG_SUFFIX
-
-
 def grpo_rows(items: list[Item], recipe: str, box_frame: str) -> list[dict[str, Any]]:
     """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth."""
     rows = []
-    suffix = prompt_suffix(recipe)
     for it in items:
         images = [Image.open(p).convert("RGB") for p in it.images]
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
-        content.append({"type": "text", "text": it.question.strip() + suffix})
         rows.append(
             {
-                "prompt": [{"role": "user", "content": content}],
+                "prompt": user_turn(len(images), with_suffix(it.question, recipe)),
                 "images": images,
                 "answer": list(it.answer),
                 "target_image": it.target_image,
@@ -126,24 +119,21 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
     import dataclasses
     import hashlib
 
-    from transformers.trainer_utils import get_last_checkpoint
-
     from .config import config_hash
     from .io import atomic_dir
-    from .sft import _stamp_matches, merge_and_save
+    from .sft import merge_and_save
 
     out_dir = Path(out_dir)
     ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
     digest = config_hash(cfg) + ":" + ids + ":" + str(init_path)
     final = out_dir / "checkpoint"
-    if _stamp_matches(final, digest):
+    if stamp_matches(final, digest):
         return final
     if not items:
         raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    train_resuming(trainer, work)
     with atomic_dir(final) as tmp:
         merge_and_save(trainer, tmp, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items)})
     return final

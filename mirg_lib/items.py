@@ -38,6 +38,18 @@ class Item:
     reference: str | None = None  # the dataset's own answer text, if any
 
 
+def first_per_task(objs: list[Any], tasks: list[str] | None, max_per_task: int) -> list[Any]:
+    """The first ``max_per_task`` objects (items or records) of each task in ``tasks`` (None: every
+    task; 0: no cap), in their order."""
+    seen: dict[str, int] = {}
+    out = []
+    for o in objs:
+        if (tasks is None or o.task in tasks) and (not max_per_task or seen.get(o.task, 0) < max_per_task):
+            out.append(o)
+            seen[o.task] = seen.get(o.task, 0) + 1
+    return out
+
+
 def target_image_from_question(question: str, task: str, n_images: int) -> int:
     if task == "region" or "source image" in question:
         return 1

@@ -24,7 +24,8 @@ MIRG_SUFFIX = (
 # Migician's evaluation code appends this to every question (its typo `<|box_start|>` twice kept)
 MIGICIAN_SUFFIX = "Format:<|box_start|>(x1,y1),(x2,y2)<|box_start|>. Don't generate addtional words."
 
-STYLES = ("plain", "migician", "zhang", "mirg")
+SUFFIXES = {"plain": "", "migician": " " + MIGICIAN_SUFFIX, "zhang": ZHANG_SUFFIX, "mirg": MIRG_SUFFIX}
+STYLES = tuple(SUFFIXES)
 
 
 def question_of(record: MigRecord | MGroundingRecord) -> str:
@@ -32,22 +33,24 @@ def question_of(record: MigRecord | MGroundingRecord) -> str:
     return record.question.strip()
 
 
+def with_suffix(question: str, style: str = "plain") -> str:
+    """The question followed by the recipe's instruction (``plain``: the question alone)."""
+    if style not in SUFFIXES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {STYLES}")
+    return question.strip() + SUFFIXES[style]
+
+
+def user_turn(n_images: int, text: str) -> list[dict[str, Any]]:
+    """A one-turn conversational prompt: one image entry per image, then the text (images passed
+    separately, as transformers' chat templates and trl's VLM trainers take them)."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
 def build_question(record: MigRecord | MGroundingRecord, style: str = "plain") -> str:
-    q = question_of(record)
-    if style == "plain":
-        return q
-    if style == "migician":
-        return q + " " + MIGICIAN_SUFFIX
-    if style == "zhang":
-        return q + ZHANG_SUFFIX
-    if style == "mirg":
-        return q + MIRG_SUFFIX
-    raise ValueError(f"unknown prompt style {style!r}; expected one of {STYLES}")
+    return with_suffix(question_of(record), style)
 
 
 def build_messages(record: MigRecord | MGroundingRecord, style: str = "plain") -> list[dict[str, Any]]:
-    """A one-turn conversational prompt: one image entry per image, then the question, as
-    transformers' chat templates and trl's VLM trainers take it (images passed separately)."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in record.images]
-    content.append({"type": "text", "text": build_question(record, style)})
-    return [{"role": "user", "content": content}]
+    return user_turn(len(record.images), build_question(record, style))

@@ -18,12 +18,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import config_hash
-from .cot import judge, select_items
+from .cot import judge
 from .formats import IN_DOMAIN
 from .generation import generate_batch
 from .io import atomic_dir, write_json, write_jsonl
-from .items import load_pool_items
-from .prompts import MIRG_SUFFIX, ZHANG_SUFFIX
+from .items import first_per_task, load_pool_items
+from .prompts import user_turn, with_suffix
 
 
 @dataclass
@@ -66,8 +66,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
             return RejectionResult(out_dir, old["rows"], kept, old.get("seconds", 0.0), skipped=True)
     t0 = time.perf_counter()
     pool = [it for it in load_pool_items(Path(data_dir) / "train" / "mgrounding.json") if not exclude_ids or it.id not in exclude_ids]
-    items = select_items(pool, cfg.tasks, cfg.max_items_per_task)
-    suffix = ZHANG_SUFFIX if cfg.recipe == "zhang" else MIRG_SUFFIX
+    items = first_per_task(pool, cfg.tasks, cfg.max_items_per_task)
     style = "zhang" if cfg.recipe == "zhang" else "mirg_bbox"
     hits: list[int] = []
     if cfg.enabled:
@@ -75,7 +74,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
         model, processor = load_model(model_path, device=device), load_processor(model_path)
         for it in tqdm(items, desc="rejection sampling", mininterval=5):
             imgs = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = [{"role": "user", "content": [{"type": "image"} for _ in imgs] + [{"type": "text", "text": it.question.strip() + suffix}]}]
+            msgs = user_turn(len(imgs), with_suffix(it.question, cfg.recipe))
             replies = generate_batch(model, processor, [msgs] * cfg.k, [imgs] * cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed)
             hits.append(sum(judge(style, replies, it)))
     else:

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from .grpo import prompt_suffix
 from .items import Item
-from .trainers import JsonlLogCallback, common_args
+from .prompts import user_turn, with_suffix
+from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
 
 
 @dataclass
@@ -52,14 +52,11 @@ def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dic
     """Conversational prompt/completion rows with the images."""
     if len(items) != len(completions):
         raise ValueError(f"{len(items)} items but {len(completions)} completions")
-    suffix = prompt_suffix(recipe) if recipe != "plain" else ""
     rows = []
     for it, completion in zip(items, completions, strict=True):
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in it.images]
-        content.append({"type": "text", "text": it.question.strip() + suffix})
         rows.append(
             {
-                "prompt": [{"role": "user", "content": content}],
+                "prompt": user_turn(len(it.images), with_suffix(it.question, recipe)),
                 "completion": [{"role": "assistant", "content": [{"type": "text", "text": completion}]}],
                 "images": [Image.open(p).convert("RGB") for p in it.images],
             }
@@ -109,13 +106,6 @@ def merge_and_save(trainer, path: Path, extra: dict[str, Any] | None = None) -> 
     return save_checkpoint(merged, trainer.processing_class, path, extra)
 
 
-def _stamp_matches(path: Path, digest: str) -> bool:
-    import json
-
-    f = path / "mirg.json"
-    return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
-
-
 def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path) -> Path:
     """Train LoRA on ``sft_file`` (id, completion) over the pool's items, merge, save ``out_dir/checkpoint``.
 
@@ -124,8 +114,6 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     import dataclasses
     import json
 
-    from transformers.trainer_utils import get_last_checkpoint
-
     from .config import config_hash
     from .io import atomic_dir, sha256_file
     from .items import load_pool_items
@@ -133,7 +121,7 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     out_dir, sft_file = Path(out_dir), Path(sft_file)
     digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + str(base_path)
     final = out_dir / "checkpoint"
-    if _stamp_matches(final, digest):
+    if stamp_matches(final, digest):
         return final
     wanted = [json.loads(line) for line in sft_file.read_text().splitlines() if line.strip()]
     if not wanted:
@@ -144,9 +132,7 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
         raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
     items = [by_id[w["id"]] for w in wanted]
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
-    work = out_dir / "trainer"
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    train_resuming(trainer, out_dir / "trainer")
     with atomic_dir(final) as tmp:
         merge_and_save(trainer, tmp, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items)})
     return final

@@ -37,7 +37,7 @@ from PIL import Image
 
 from .boxes import Box, Frame, qwen25_resized_size
 from .formats import ORDINAL_WORDS
-from .prompts import ZHANG_SUFFIX
+from .prompts import user_turn, with_suffix
 
 STYLES = ("zhang", "mirg_text", "mirg_bbox", "answer")
 
@@ -266,7 +266,8 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], sty
 
 
 def _prompt(question: str, style: str) -> str:
-    return question.strip() + ZHANG_SUFFIX if style in ("zhang", "mirg_text", "mirg_bbox") else question.strip()
+    """A real teacher is asked with Zhang et al.'s prompt for every reasoning style."""
+    return with_suffix(question, "plain" if style == "answer" else "zhang")
 
 
 @dataclass
@@ -291,7 +292,7 @@ class LocalVLMTeacher:
         out = []
         for it in items:
             images = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": _prompt(it.question, style)}]}]
+            msgs = user_turn(len(images), _prompt(it.question, style))
             texts = generate_batch(
                 self.model, self.processor, [msgs] * n_samples, [images] * n_samples,
                 max_new_tokens=self.max_new_tokens, temperature=self.temperature, do_sample=self.temperature > 0,

@@ -19,10 +19,24 @@ def common_args(cfg: Any, use_cpu: bool | None) -> dict[str, Any]:
         "report_to": [],
         "use_cpu": (not torch.cuda.is_available()) if use_cpu is None else use_cpu,
         "bf16": cfg.bf16,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "gradient_checkpointing": getattr(cfg, "gradient_checkpointing", False),
         "seed": cfg.seed,
         "remove_unused_columns": False,
     }
+
+
+def stamp_matches(checkpoint: Path, digest: str) -> bool:
+    """Whether a finished stage's checkpoint was made with this config digest (then the stage is skipped)."""
+    f = Path(checkpoint) / "mirg.json"
+    return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
+
+
+def train_resuming(trainer: Any, work: Path) -> None:
+    """Train, resuming from the last checkpoint an interrupted run left in ``work``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(work)) if Path(work).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
 
 
 class JsonlLogCallback:
