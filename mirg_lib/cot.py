@@ -69,9 +69,11 @@ def make_teacher(cfg: CotConfig) -> Teacher:
     return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature)
 
 
-def judge(style: str, replies: list[str], item: Item) -> list[bool]:
-    """Right = IoU >= 0.5 (and, for the MIRG styles, the right image named)."""
-    kw = {"answer": [item.answer] * len(replies), "target_image": [item.target_image] * len(replies)}
+def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image_size: tuple[int, int] | None = None) -> list[bool]:
+    """Right = IoU >= 0.5 (and, for the MIRG styles, the right image named). ``frame`` and
+    ``image_size`` say how the replies' boxes are written (``abs``: pixels of an image seen at that size)."""
+    n = len(replies)
+    kw = {"answer": [item.answer] * n, "target_image": [item.target_image] * n, "box_frame": [frame] * n, "image_size": [image_size] * n}
     ok = [v >= 0.5 for v in zhang_accuracy(replies, **kw)]
     if style.startswith("mirg") and item.scene is not None and len(item.images) > 1:
         ok = [a and b == 1.0 for a, b in zip(ok, mirg_image(replies, **kw), strict=True)]

@@ -13,9 +13,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .formats import load_mig_bench
-from .generation import generate_batch
+from .generation import generate_batch, seen_size
 from .io import write_json, write_jsonl
-from .items import first_per_task
+from .items import first_per_task, item_from_mig
 from .prompts import user_turn, with_suffix
 from .scoring import Prediction, score
 
@@ -28,7 +28,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 16
     max_items_per_task: int = 0  # 0: all
-    frame: Literal["auto", "rel1000", "abs"] = "auto"
+    frame: Literal["auto", "rel1000", "abs"] = "auto"  # auto: Migician's rule; abs: Qwen2.5-VL's pixel boxes
     protocol: Literal["migician", "lenient"] = "migician"
     bf16: bool = False
 
@@ -54,10 +54,13 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
         msgs = [user_turn(len(r.images), with_suffix(r.question, cfg.prompt)) for r in chunk]
         imgs = [[Image.open(bench_file.parent / p).convert("RGB") for p in r.images] for r in chunk]
         replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        for r, reply in zip(chunk, replies, strict=True):
-            rows.append({"index": r.index, "task": r.task, "response": reply, "frame": cfg.frame})
+        for r, reply, ims in zip(chunk, replies, imgs, strict=True):
+            row = {"index": r.index, "task": r.task, "response": reply, "frame": cfg.frame}
+            if cfg.frame == "abs":  # Qwen2.5-VL: pixels of the target image as the model saw it
+                row["image_size"] = list(seen_size(processor, ims[item_from_mig(r, bench_file.parent).target_image - 1]))
+            rows.append(row)
     seconds = time.perf_counter() - t0
-    preds = {row["index"]: Prediction(row["index"], row["response"], row["frame"], task=row["task"]) for row in rows}
+    preds = {row["index"]: Prediction(row["index"], row["response"], row["frame"], tuple(row["image_size"]) if "image_size" in row else None, row["task"]) for row in rows}
     scores = score(records, preds, protocol=cfg.protocol)
     scores["seconds"] = round(seconds, 2)
     scores["samples_per_second"] = round(len(records) / seconds, 3) if seconds > 0 else None

@@ -23,6 +23,17 @@ def clean_reply(text: str) -> str:
     return text
 
 
+def seen_size(processor, image: Image.Image) -> tuple[int, int]:
+    """(width, height) in pixels of ``image`` as the model sees it, after the processor's resize.
+
+    This is the frame of Qwen2.5-VL's absolute-pixel boxes (``abs``): read from the processor's own
+    patch grid, so it is right for any ``min_pixels`` / ``max_pixels`` the checkpoint was saved with.
+    """
+    ip = processor.image_processor
+    grid = ip(images=[image], return_tensors="pt")["image_grid_thw"][0]
+    return int(grid[2]) * int(ip.patch_size), int(grid[1]) * int(ip.patch_size)
+
+
 def build_inputs(processor, messages: Sequence[list[dict[str, Any]]], images: Sequence[list[Image.Image]]):
     texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
     flat = [img for imgs in images for img in imgs]

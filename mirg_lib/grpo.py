@@ -55,21 +55,31 @@ class GRPOStageConfig:
         get_rewards(self.rewards)  # validates names and weights
 
 
-def grpo_rows(items: list[Item], recipe: str, box_frame: str) -> list[dict[str, Any]]:
-    """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth."""
+def grpo_rows(items: list[Item], recipe: str, box_frame: str, processor=None) -> list[dict[str, Any]]:
+    """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth.
+
+    With ``box_frame: abs`` (Qwen2.5-VL writes boxes in pixels of the image it sees, after the
+    processor's resize) each row also carries ``image_size``, the target image's size as the model sees
+    it, which the rewards need to read those boxes; ``processor`` is then required.
+    """
+    from .generation import seen_size
+
+    if box_frame == "abs" and processor is None:
+        raise ValueError("box_frame 'abs' needs the processor, to know the size each image is seen at")
     rows = []
     for it in items:
         images = [Image.open(p).convert("RGB") for p in it.images]
-        rows.append(
-            {
-                "prompt": user_turn(len(images), with_suffix(it.question, recipe)),
-                "images": images,
-                "answer": list(it.answer),
-                "target_image": it.target_image,
-                "box_frame": box_frame,
-                "task": it.task,
-            }
-        )
+        row = {
+            "prompt": user_turn(len(images), with_suffix(it.question, recipe)),
+            "images": images,
+            "answer": list(it.answer),
+            "target_image": it.target_image,
+            "box_frame": box_frame,
+            "task": it.task,
+        }
+        if box_frame == "abs":
+            row["image_size"] = list(seen_size(processor, images[it.target_image - 1]))
+        rows.append(row)
     return rows
 
 
@@ -104,7 +114,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         model=model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame)),
+        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame, processor)),
         processing_class=processor,
         peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         callbacks=[log.callback],

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .config import config_hash
 from .cot import judge
 from .formats import IN_DOMAIN
-from .generation import generate_batch
+from .generation import generate_batch, seen_size
 from .io import atomic_dir, write_json, write_jsonl
 from .items import first_per_task, load_pool_items
 from .prompts import user_turn, with_suffix
@@ -37,6 +37,7 @@ class RejectionConfig:
     tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
     max_items_per_task: int = 0
     recipe: Literal["zhang", "mirg"] = "zhang"
+    frame: Literal["auto", "rel1000", "abs"] = "auto"  # abs: Qwen2.5-VL's pixel boxes
     enabled: bool = True  # false: keep every item (the "w/o rejection sampling" ablation)
     seed: int = 0
 
@@ -76,7 +77,8 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
             imgs = [Image.open(p).convert("RGB") for p in it.images]
             msgs = user_turn(len(imgs), with_suffix(it.question, cfg.recipe))
             replies = generate_batch(model, processor, [msgs] * cfg.k, [imgs] * cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed)
-            hits.append(sum(judge(style, replies, it)))
+            size = seen_size(processor, imgs[it.target_image - 1]) if cfg.frame == "abs" else None
+            hits.append(sum(judge(style, replies, it, cfg.frame, size)))
     else:
         hits = [-1] * len(items)
     counts: Counter[str] = Counter()
