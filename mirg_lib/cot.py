@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from PIL import Image
+
+from .boxes import Box, Frame, qwen25_resized_size
 from .config import config_hash
 from .formats import IN_DOMAIN
 from .io import atomic_dir, write_json, write_jsonl
@@ -45,6 +48,8 @@ class CotConfig:
     max_items_per_task: int = 0
     styles: list[str] = field(default_factory=lambda: ["zhang", "mirg_text", "mirg_bbox"])
     frame: Literal["rel1000", "abs"] = "rel1000"
+    max_new_tokens: int = 512  # local and openai teachers
+    batch_size: int = 8  # local teacher: prompts per generate call
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,12 +66,31 @@ def make_teacher(cfg: CotConfig) -> Teacher:
     if cfg.teacher == "local":
         from .teacher import LocalVLMTeacher
 
-        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature)
+        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     from .teacher import OpenAITeacher
 
     if not cfg.base_url:
         raise ValueError("cot.teacher 'openai' needs cot.base_url")
-    return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature)
+    return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
+
+
+def abs_size(item: Item) -> tuple[int, int]:
+    """The size Qwen2.5-VL sees the item's target image at (the teacher's ``abs`` boxes are in it)."""
+    with Image.open(item.images[item.target_image - 1]) as im:
+        return qwen25_resized_size(*im.size)
+
+
+_BOX_TOKENS = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>")
+
+
+def rel1000_to_abs(text: str, size: tuple[int, int]) -> str:
+    """Every Qwen2-VL box (``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``, 0-1000) rewritten in pixels of ``size``."""
+
+    def sub(m: re.Match) -> str:
+        b = Box(*(float(v) for v in m.groups()), frame=Frame.REL1000).to(Frame.ABS, size=size).rounded()
+        return box_tokens([int(v) for v in b.coords])
+
+    return _BOX_TOKENS.sub(sub, text)
 
 
 def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image_size: tuple[int, int] | None = None) -> list[bool]:
@@ -174,7 +198,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
             samples, sft = [], []
             c: Counter[str] = Counter()
             for it, rs in zip(items, replies, strict=True):
-                ok = judge(style, rs, it)
+                ok = judge(style, rs, it, cfg.frame, abs_size(it) if cfg.frame == "abs" else None)
                 samples.append({"id": it.id, "task": it.task, "samples": rs, "correct": ok})
                 c[f"{it.task}/candidates"] += 1
                 if all(ok):
@@ -192,7 +216,11 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
                     [dict(r, completion=reassemble(r["completion"], by_id[r["id"]].scene, cfg.frame)) for r in sft if by_id[r["id"]].scene is not None],
                 )
         # the answer-only SFT baseline: the same kept items, the dataset's own answers, no reasoning
-        write_jsonl(tmp / "sft_answer.jsonl", [{"id": it.id, "task": it.task, "completion": it.reference} for it in items if it.id in kept_zhang])
+        answers = [{"id": it.id, "task": it.task, "completion": it.reference} for it in items if it.id in kept_zhang]
+        if cfg.frame == "abs":  # the dataset's answers are Qwen2-VL's 0-1000 boxes: rewrite them in pixels
+            by_id = {it.id: it for it in items}
+            answers = [dict(a, completion=rel1000_to_abs(a["completion"] or "", abs_size(by_id[a["id"]]))) for a in answers]
+        write_jsonl(tmp / "sft_answer.jsonl", answers)
         rows = []
         for task in sorted({it.task for it in items}, key=lambda t: [*IN_DOMAIN, "single_refer"].index(t) if t in [*IN_DOMAIN, "single_refer"] else 99):
             row: dict[str, Any] = {"task": task}

@@ -272,33 +272,41 @@ def _prompt(question: str, style: str) -> str:
 
 @dataclass
 class LocalVLMTeacher:
-    """A local Qwen2-VL / Qwen2.5-VL checkpoint (e.g. Qwen2.5-VL-72B-Instruct in a folder)."""
+    """A local Qwen2-VL / Qwen2.5-VL checkpoint (e.g. Qwen2.5-VL-72B-Instruct in a folder).
+
+    The ``n_samples`` samples of every item are generated in batches of ``batch_size`` prompts across
+    items (left-padded, KV cache); ``seed`` makes the samples repeatable on one device."""
 
     model_path: str
     temperature: float = 0.7
     max_new_tokens: int = 512
-    batch_size: int = 4
+    batch_size: int = 8
     device: str | None = None
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
+        import torch
+
         from .models import load_model, load_processor
 
-        self.model = load_model(self.model_path, device=self.device)
+        device = self.device or ("cuda" if torch.cuda.is_available() else None)
+        self.model = load_model(self.model_path, device=device)
         self.processor = load_processor(self.model_path)
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
         from .generation import generate_batch
 
-        out = []
+        msgs, imgs = [], []
         for it in items:
             images = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = user_turn(len(images), _prompt(it.question, style))
-            texts = generate_batch(
-                self.model, self.processor, [msgs] * n_samples, [images] * n_samples,
-                max_new_tokens=self.max_new_tokens, temperature=self.temperature, do_sample=self.temperature > 0,
-            )
-            out.append(texts)
-        return out
+            for _ in range(n_samples):
+                msgs.append(user_turn(len(images), _prompt(it.question, style)))
+                imgs.append(images)
+        texts = generate_batch(
+            self.model, self.processor, msgs, imgs, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+            do_sample=self.temperature > 0, batch_size=self.batch_size, seed=self.seed,
+        )
+        return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(items))]
 
 
 @dataclass
