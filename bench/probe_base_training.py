@@ -4,10 +4,13 @@
     .venv/bin/python bench/probe_base_training.py --mode refer --data runs/embedded/data --steps 300 --lr 1e-3 --schedule cosine
     # plain localisation: one object per image, drawn here
     .venv/bin/python bench/probe_base_training.py --mode localise --cue 60 --steps 400 --lr 1e-3 --schedule constant
+    # one-word diagnostics on the same one-object images: the object's colour, or its centre's x tenth
+    .venv/bin/python bench/probe_base_training.py --mode colour --steps 1500 --batch 16 --eval-every 100
 
 A plain PyTorch loop over precomputed tensors (the same tensors and loss as ``mirg_lib.base_model``'s
 Trainer: completion-only cross-entropy on the box tokens), printing the loss, seconds and, every
-``--eval-every`` steps, greedy Acc@0.5 on held-out items.
+``--eval-every`` steps, greedy Acc@0.5 on held-out items (``colour`` / ``xbin``: the accuracy of the
+first answer token, beside the majority-class rate).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -54,9 +58,30 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path) -
         p = folder / f"{seed}_{i}.png"
         render(size, size, [o], rng.choice(BACKGROUNDS), 6.0, rng.randrange(2**31), cue=cue).save(p)
         rel = Box(*box, frame=Frame.ABS, size=(size, size)).to(Frame.REL1)
-        items.append(Item(str(i), "localise", [p], "Please provide the bounding box coordinate of the object.", list(rel.coords), 1,
-                          reference=format_box_tokens(rel)))
+        items.append(Item(f"{seed}_{i}", "localise", [p], "Please provide the bounding box coordinate of the object.", list(rel.coords), 1,
+                          scene=o.to_json(), reference=format_box_tokens(rel)))
     return items
+
+
+WORD_TARGETS = {
+    "colour": lambda it: it.scene["colour"],
+    "xbin": lambda it: str(min(9, int(5 * (it.answer[0] + it.answer[2])))),
+}
+
+
+@torch.no_grad()
+def first_token_accuracy(model, collate, data: PrecomputedVL) -> float:
+    model.eval()
+    ok = n = 0
+    for start in range(0, len(data), 50):
+        b = collate([data[i] for i in range(start, min(start + 50, len(data)))])
+        logits = model(**b).logits
+        for j, row in enumerate(b["labels"]):
+            pos = int((row != -100).nonzero()[0])
+            ok += int(logits[j, pos - 1].argmax() == row[pos])
+            n += 1
+    model.train()
+    return 100.0 * ok / n
 
 
 @torch.no_grad()
@@ -84,7 +109,7 @@ def accuracy(model, collate, data: PrecomputedVL, items: list[Item], pad: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["refer", "localise"], default="refer")
+    ap.add_argument("--mode", choices=["refer", "localise", "colour", "xbin"], default="refer")
     ap.add_argument("--data", default="runs/embedded/data")
     ap.add_argument("--cue", type=float, default=0.0)
     ap.add_argument("--size", type=int, default=112)
@@ -106,12 +131,17 @@ def main() -> None:
     else:
         folder = Path("/tmp/mirg-probe-localise")
         train = localisation_items(6000, args.size, args.cue, 0, folder)
-        test = localisation_items(100, args.size, args.cue, 1, folder)
+        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder)
+    if args.mode in WORD_TARGETS:
+        for it in train + test:
+            it.reference = WORD_TARGETS[args.mode](it)
+        top = Counter(it.reference for it in test).most_common(1)[0][1]
+        print(f"majority class: {100.0 * top / len(test):.1f} % of the test items", flush=True)
     corpus = [it.question for it in train[:200]] + [it.reference or "" for it in train]
     model, processor = create_small_model(args.preset, corpus, "qwen2_vl")
     t = time.time()
     data = PrecomputedVL(train, processor, [it.reference or "" for it in train])
-    tdata = PrecomputedVL(test, processor, ["" for _ in test])
+    tdata = PrecomputedVL(test, processor, [it.reference if args.mode in WORD_TARGETS else "" for it in test])
     tdata.tokenizer = processor.tokenizer
     print(f"encoded {len(train)} + {len(test)} items in {time.time() - t:.1f} s", flush=True)
     collate = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
@@ -135,7 +165,10 @@ def main() -> None:
         if step % 50 == 0 or step == 1:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f} s", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            print(f"step {step} Acc@0.5 {accuracy(model, collate, tdata, test, processor.tokenizer.pad_token_id):.1f} %", flush=True)
+            if args.mode in WORD_TARGETS:
+                print(f"step {step} first-token accuracy {first_token_accuracy(model, collate, tdata):.1f} %", flush=True)
+            else:
+                print(f"step {step} Acc@0.5 {accuracy(model, collate, tdata, test, processor.tokenizer.pad_token_id):.1f} %", flush=True)
 
 
 if __name__ == "__main__":
