@@ -30,11 +30,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mirg_lib.base_model import CompletionCollator, PrecomputedVL  # noqa: E402
 from mirg_lib.boxes import Box, Frame, format_box_tokens, iou_xyxy  # noqa: E402
 from mirg_lib.items import Item, load_bench_items, load_pool_items  # noqa: E402
-from mirg_lib.models import create_small_model  # noqa: E402
+from mirg_lib.models import create_small_model, pixel_stats  # noqa: E402
 from mirg_lib.parsing import parse_response  # noqa: E402
 
 
-def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path) -> list[Item]:
+def apply_cue(img, clean, kind: str, amp: float):
+    """A position cue over a rendered image: ``image`` a linear red (x) / blue (y) ramp over every pixel,
+    ``image-quadratic`` the same with a quadratic ramp (its local slope gives the position whatever the
+    colour), ``object-quadratic`` that ramp on the object's pixels only (``clean``: the image without it)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(img, dtype=np.float32).copy()
+    h, w = arr.shape[:2]
+    xs = np.arange(w, dtype=np.float32) / max(1, w - 1)
+    ys = np.arange(h, dtype=np.float32) / max(1, h - 1)
+    if kind == "image":
+        fx, fy = xs - 0.5, ys - 0.5
+    else:
+        fx, fy = xs**2 - 1 / 3, ys**2 - 1 / 3
+    mask = 1.0
+    if kind == "object-quadratic":
+        mask = (np.abs(arr - np.asarray(clean, dtype=np.float32)).sum(-1) > 0).astype(np.float32)
+    arr[:, :, 0] += mask * amp * fx[None, :]
+    arr[:, :, 2] += mask * amp * fy[:, None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, cue_kind: str = "background") -> list[Item]:
     from mirg_lib.world.objects import (
         BACKGROUNDS,
         COLOURS,
@@ -56,7 +79,11 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path) -
         box = place_box(rng, side, side, size, size, [])
         o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PATTERNS), s, box)
         p = folder / f"{seed}_{i}.png"
-        render(size, size, [o], rng.choice(BACKGROUNDS), 6.0, rng.randrange(2**31), cue=cue).save(p)
+        bg, noise_seed = rng.choice(BACKGROUNDS), rng.randrange(2**31)
+        if cue_kind == "background" or not cue:
+            render(size, size, [o], bg, 6.0, noise_seed, cue=cue).save(p)
+        else:
+            apply_cue(render(size, size, [o], bg, 6.0, noise_seed), render(size, size, [], bg, 6.0, noise_seed), cue_kind, cue).save(p)
         rel = Box(*box, frame=Frame.ABS, size=(size, size)).to(Frame.REL1)
         items.append(Item(f"{seed}_{i}", "localise", [p], "Please provide the bounding box coordinate of the object.", list(rel.coords), 1,
                           scene=o.to_json(), reference=format_box_tokens(rel)))
@@ -111,7 +138,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["refer", "localise", "colour", "xbin"], default="refer")
     ap.add_argument("--data", default="runs/embedded/data")
-    ap.add_argument("--cue", type=float, default=0.0)
+    ap.add_argument("--cue", type=float, default=0.0, help="position cue amplitude, grey levels")
+    ap.add_argument("--cue-kind", choices=["background", "image", "image-quadratic", "object-quadratic"], default="background")
+    ap.add_argument("--train-items", type=int, default=6000)
+    ap.add_argument("--normalise", choices=["clip", "data"], default="clip", help="pixel normalisation: Qwen's CLIP constants or the training images' own")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=300)
@@ -129,16 +159,20 @@ def main() -> None:
         train = [it for it in load_pool_items(Path(args.data) / "train" / "mgrounding.json") if it.task == "single_refer"]
         test = load_bench_items(Path(args.data) / "test" / "single_refer.json")
     else:
-        folder = Path("/tmp/mirg-probe-localise")
-        train = localisation_items(6000, args.size, args.cue, 0, folder)
-        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder)
+        folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}")
+        train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind)
+        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder, args.cue_kind)
     if args.mode in WORD_TARGETS:
         for it in train + test:
             it.reference = WORD_TARGETS[args.mode](it)
         top = Counter(it.reference for it in test).most_common(1)[0][1]
         print(f"majority class: {100.0 * top / len(test):.1f} % of the test items", flush=True)
     corpus = [it.question for it in train[:200]] + [it.reference or "" for it in train]
-    model, processor = create_small_model(args.preset, corpus, "qwen2_vl")
+    mean = std = None
+    if args.normalise == "data":
+        mean, std = pixel_stats([it.images[0] for it in train])
+        print(f"pixel normalisation from the training images: mean {mean} std {std}", flush=True)
+    model, processor = create_small_model(args.preset, corpus, "qwen2_vl", image_mean=mean, image_std=std)
     t = time.time()
     data = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     tdata = PrecomputedVL(test, processor, [it.reference if args.mode in WORD_TARGETS else "" for it in test])

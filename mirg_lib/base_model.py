@@ -45,6 +45,7 @@ class BaseModelConfig:
     arch: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
     preset: str = "tiny"
     image_max_pixels: int = 28 * 28 * 64
+    normalise: Literal["data", "clip"] = field(default="data", metadata={"help": "pixel normalisation: the training images' own statistics, or Qwen's CLIP constants"})
     train_tasks: list[str] = field(default_factory=lambda: ["single_refer"])
     max_steps: int = 3000
     batch_size: int = 32
@@ -160,7 +161,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     """The stage. Returns where the base checkpoint is."""
     from transformers import Trainer, TrainingArguments
 
-    from .models import count_parameters, create_small_model, save_checkpoint
+    from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
     from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
 
     out_dir = Path(out_dir)
@@ -185,7 +186,10 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     train = [it for it in pool if it.task in cfg.train_tasks]
     if not train:
         raise ValueError(f"base_model.train_tasks {cfg.train_tasks}: no such items in {data_dir}")
-    model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels)
+    mean = std = None
+    if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
+        mean, std = pixel_stats(p for it in train for p in it.images)
+    model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
     dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     work = out_dir / "trainer"
     args = TrainingArguments(

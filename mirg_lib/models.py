@@ -127,10 +127,40 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     return fast
 
 
-def build_processor(tokenizer, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280):
+def pixel_stats(paths: Iterable[str | Path], limit: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (0-1) of up to ``limit`` images: the normalisation a
+    small model trained on those images is given, as a pretrained checkpoint carries its data's."""
+    import numpy as np
+    from PIL import Image
+
+    arrs = []
+    for i, p in enumerate(paths):
+        if i >= limit:
+            break
+        with Image.open(p) as im:
+            arrs.append(np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0)
+    if not arrs:
+        raise ValueError("pixel_stats: no images")
+    flat = np.concatenate(arrs)
+    return [round(float(v), 4) for v in flat.mean(0)], [round(max(float(v), 1e-3), 4) for v in flat.std(0)]
+
+
+def build_processor(
+    tokenizer,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
+):
+    """Qwen2-VL's processor; ``image_mean`` / ``image_std`` default to Qwen's (OpenAI CLIP's)."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    norm = {}
+    if image_mean is not None:
+        norm["image_mean"] = list(image_mean)
+    if image_std is not None:
+        norm["image_std"] = list(image_std)
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **norm)
     try:
         from transformers import Qwen2VLVideoProcessor
 
@@ -203,11 +233,23 @@ def model_class(arch: str):
         raise ValueError(f"unknown architecture {arch!r}; expected qwen2_vl or qwen2_5_vl") from None
 
 
-def create_small_model(preset: str | ModelPreset, corpus: Iterable[str], arch: str = "qwen2_vl", seed: int = 0, image_max_pixels: int = 28 * 28 * 64):
-    """A freshly initialised small model and its processor (tokenizer trained on ``corpus``)."""
+def create_small_model(
+    preset: str | ModelPreset,
+    corpus: Iterable[str],
+    arch: str = "qwen2_vl",
+    seed: int = 0,
+    image_max_pixels: int = 28 * 28 * 64,
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
+):
+    """A freshly initialised small model and its processor (tokenizer trained on ``corpus``).
+
+    ``image_mean`` / ``image_std``: the pixel normalisation (see :func:`pixel_stats`). With Qwen's CLIP
+    defaults the embedded world's light backgrounds sit far from zero and every image looks alike to an
+    untrained vision tower (measured in the README)."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     tokenizer = train_tokenizer(corpus, p.vocab_size)
-    processor = build_processor(tokenizer, max_pixels=image_max_pixels)
+    processor = build_processor(tokenizer, max_pixels=image_max_pixels, image_mean=image_mean, image_std=image_std)
     torch.manual_seed(seed)
     model = model_class(arch)(build_config(p, tokenizer, arch))
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -66,3 +66,25 @@ def test_batched_greedy_generation_matches_one_at_a_time(nano_checkpoint, smoke_
     single = [generate_batch(model, proc, [m], [i], max_new_tokens=10, batch_size=1)[0] for m, i in zip(msgs, imgs, strict=True)]
     assert batched == single
     assert all(isinstance(t, str) for t in batched)
+
+
+def test_pixel_stats_and_a_data_normalised_processor_round_trip(tmp_path):
+    from mirg_lib.models import pixel_stats
+
+    paths = []
+    for i, colour in enumerate([(255, 0, 51), (0, 0, 153)]):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (20, 10), colour).save(p)
+        paths.append(p)
+    mean, std = pixel_stats(paths)
+    assert mean == pytest.approx([0.5, 0.0, 0.4], abs=1e-4)
+    assert std == pytest.approx([0.5, 0.001, 0.2], abs=1e-4)  # a constant channel gets a floor, not 0
+    assert pixel_stats(paths, limit=1)[0] == pytest.approx([1.0, 0.0, 0.2], abs=1e-4)
+    with pytest.raises(ValueError, match="no images"):
+        pixel_stats([])
+    model, proc = create_small_model("nano", CORPUS, "qwen2_vl", image_mean=mean, image_std=std)
+    p2 = load_processor(save_checkpoint(model, proc, tmp_path / "ckpt"))
+    assert list(p2.image_processor.image_mean) == mean and list(p2.image_processor.image_std) == std
+    # the processor applies them: red 1.0 with mean 0.5, std 0.5 becomes 1.0 (CLIP constants would give 1.93)
+    px = p2.image_processor(images=[Image.open(paths[0])], return_tensors="pt")["pixel_values"]
+    assert px.view(-1, 3, 2, 14, 14)[:, 0].mean().item() == pytest.approx(1.0, abs=1e-3)
