@@ -7,6 +7,8 @@
   scorer's self-check.
 * ``data --profile smoke`` builds the embedded world of a profile.
 * ``reproduce --profile embedded`` runs every notebook in order through papermill.
+* ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
+  trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
 """
 
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("reproduce", help="run every notebook in order under a profile")
     rp.add_argument("--profile", default="embedded")
 
+    bp = sub.add_parser("ship-base", help="copy a profile's trained and scored base model to a folder to commit")
+    bp.add_argument("--profile", default="embedded")
+    bp.add_argument("--to", required=True)
+
     sub.add_parser("kernel", help="install the project's Jupyter kernel")
 
     args = ap.parse_args(argv)
@@ -67,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             from .notebooks import reproduce
 
             reproduce(args.profile)
+        elif args.cmd == "ship-base":
+            from .config import load_params
+            from .pipeline import ship_base
+
+            meta = ship_base(load_params(args.profile), args.to)
+            print(json.dumps({"to": args.to, "sha256": meta["sha256"], "metrics": meta["metrics"]}, indent=1))
         elif args.cmd == "kernel":
             from .notebooks import ensure_kernel
 

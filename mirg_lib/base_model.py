@@ -22,6 +22,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,43 @@ def _check_shipped(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _warn_other_world(meta: dict[str, Any], data_dir: Path) -> None:
+    """A shipped base was trained on one world (its pixel statistics and tokenizer come from it); say so
+    when the params now build another."""
+    manifest = data_dir / "manifest.json"
+    trained_on = (meta.get("data") or {}).get("config_hash")
+    if trained_on and manifest.is_file():
+        now = json.loads(manifest.read_text()).get("config_hash")
+        if now != trained_on:
+            warnings.warn(
+                f"the shipped base was trained on the world with data config {trained_on}, the params build {now}: "
+                "its tokenizer and pixel statistics come from the other world (set base_model.shipped: '' to train one)",
+                stacklevel=3,
+            )
+
+
+def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], data_dir: str | Path) -> dict[str, Any]:
+    """Copy a trained base checkpoint to ``dest`` (e.g. a folder committed to the repository) with its
+    params, the world it was trained on, its measured ``metrics`` and a checksum in ``mirg.json``, so that
+    ``base_model.shipped: <dest>`` starts from it as a user starts from a downloaded base."""
+    src, dest = Path(src), Path(dest)
+    meta = _check_shipped(src)
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    meta = {
+        **meta,
+        "metrics": metrics,
+        "data": {"config_hash": manifest["config_hash"], "images_sha256": manifest.get("images_sha256"), "config": manifest["config"]},
+        "shipped_on": time.strftime("%Y-%m-%d"),
+    }
+    with atomic_dir(dest) as tmp:
+        for p in src.iterdir():
+            if p.is_file() and p.name != "mirg.json":
+                shutil.copy2(p, tmp / p.name)
+        meta["sha256"] = sha256_tree(tmp)
+        write_json(tmp / "mirg.json", meta)
+    return meta
+
+
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
     """The stage. Returns where the base checkpoint is."""
     from transformers import Trainer, TrainingArguments
@@ -173,7 +211,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         return BaseModelResult(path, "real", 0.0, skipped=True)
     if cfg.shipped:
         path = (ROOT / cfg.shipped).resolve()
-        _check_shipped(path)
+        meta = _check_shipped(path)
+        _warn_other_world(meta, Path(data_dir))
         return BaseModelResult(path, "shipped", 0.0, skipped=True)
 
     digest = config_hash(cfg)
@@ -208,7 +247,9 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         **common_args(cfg, None),
     )
     log = JsonlLogCallback(out_dir / "train_log.jsonl")
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id), callbacks=[log.callback])
+    collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
+    # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=processor, callbacks=[log.callback])
     train_resuming(trainer, work)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:

@@ -51,6 +51,24 @@ def base_path(params: Params) -> Path:
     return _need(stage_dir(params.profile, "base_model") / "checkpoint" / "mirg.json", "the base model (00_base_model)").parent
 
 
+def ship_base(params: Params, dest: str | Path) -> dict[str, Any]:
+    """Copy the base this profile trained, with the scores notebook 00 measured, to ``dest`` (then set
+    ``base_model.shipped: <dest>`` in the profile's params)."""
+    from .base_model import ship_checkpoint
+
+    src = _need(stage_dir(params.profile, "base_model") / "checkpoint" / "mirg.json", "the trained base model (00_base_model)").parent
+    ev = stage_dir(params.profile, "eval")
+    single = json.loads(_need(ev / "base_single" / "scores.json", "the base's single-image scores (run notebook 00 to the end)").read_text())
+    multi = json.loads(_need(ev / "base" / "scores.json", "the base's MIG-Bench scores (run notebook 00 to the end)").read_text())
+    metrics = {
+        "single_image_acc@0.5": single["avg"],
+        "mig_bench_avg_acc@0.5": multi["avg"],
+        "mig_bench_tasks": {t: v["acc"] for t, v in multi["tasks"].items()},
+        "protocol": multi["protocol"],
+    }
+    return ship_checkpoint(src, dest, metrics, data_dir(params))
+
+
 def cot(params: Params):
     from .cot import CotConfig, run_cot
 

@@ -28,6 +28,7 @@ def test_interrupted_base_training_resumes(smoke_world, tmp_path, monkeypatch):
         run_base_model(CFG, smoke_world.root, out, progress=False)
     assert not (out / "checkpoint").exists()  # nothing half-written for the next stage
     assert (out / "trainer" / "checkpoint-4").is_dir()
+    assert (out / "trainer" / "checkpoint-4" / "processor_config.json").is_file()  # loadable on its own
     logged = len(_losses(out / "train_log.jsonl"))
     monkeypatch.undo()
     result = run_base_model(CFG, smoke_world.root, out, progress=False)
@@ -59,3 +60,22 @@ def test_shipped_checkpoint_is_checked(smoke_world, tmp_path, monkeypatch):
         run_base_model(BaseModelConfig(shipped="base/checkpoint"), smoke_world.root, tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_base_model(BaseModelConfig(model_name_or_path=str(tmp_path / "nope")), smoke_world.root, tmp_path / "x")
+
+
+def test_ship_checkpoint_records_metrics_world_and_checksum(smoke_world, tmp_path, monkeypatch):
+    built = run_base_model(CFG, smoke_world.root, tmp_path / "base", progress=False)
+    meta = bm.ship_checkpoint(built.path, tmp_path / "ship" / "tiny-base", {"single_image_acc@0.5": 12.5}, smoke_world.root)
+    assert meta["metrics"] == {"single_image_acc@0.5": 12.5}
+    assert meta["data"]["config_hash"] == smoke_world.config_hash
+    monkeypatch.setattr(bm, "ROOT", tmp_path)
+    ok = run_base_model(BaseModelConfig(shipped="ship/tiny-base"), smoke_world.root, tmp_path / "x")
+    assert ok.source == "shipped" and load_model(ok.path) is not None
+    # a world other than the one it was trained on: the stage says so, and still starts from it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"config_hash": "another-world"}))
+    with pytest.warns(UserWarning, match="another-world"):
+        run_base_model(BaseModelConfig(shipped="ship/tiny-base"), other, tmp_path / "x")
+    # shipping what is not a finished base is refused
+    with pytest.raises(FileNotFoundError, match="mirg.json"):
+        bm.ship_checkpoint(tmp_path / "base", tmp_path / "ship2", {}, smoke_world.root)
