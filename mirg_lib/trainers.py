@@ -31,12 +31,24 @@ def stamp_matches(checkpoint: Path, digest: str) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
 
 
-def train_resuming(trainer: Any, work: Path) -> None:
-    """Train, resuming from the last checkpoint an interrupted run left in ``work``."""
+def train_resuming(trainer: Any, work: Path, digest: str, log_path: Path | None = None) -> None:
+    """Train, resuming from the last checkpoint an interrupted run *of the same config* left in ``work``.
+
+    ``work`` carries the config digest it was started with; checkpoints of another config (a changed
+    schedule, other data) are removed with their training log, and training starts over."""
+    import shutil
+
     from transformers.trainer_utils import get_last_checkpoint
 
-    last = get_last_checkpoint(str(work)) if Path(work).is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    work = Path(work)
+    stamp = work / "mirg_config_hash.txt"
+    if work.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+        shutil.rmtree(work)
+        if log_path is not None and Path(log_path).is_file():
+            Path(log_path).unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(work)))
 
 
 class JsonlLogCallback:

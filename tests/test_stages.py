@@ -79,3 +79,21 @@ def test_ship_checkpoint_records_metrics_world_and_checksum(smoke_world, tmp_pat
     # shipping what is not a finished base is refused
     with pytest.raises(FileNotFoundError, match="mirg.json"):
         bm.ship_checkpoint(tmp_path / "base", tmp_path / "ship2", {}, smoke_world.root)
+
+
+def test_changed_config_does_not_resume_another_configs_checkpoint(smoke_world, tmp_path, monkeypatch):
+    out = tmp_path / "base"
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mirg_lib.models.save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_base_model(CFG, smoke_world.root, out, progress=False)
+    monkeypatch.undo()
+    assert (out / "trainer" / "checkpoint-4").is_dir()
+    other = BaseModelConfig(preset="nano", max_steps=3, batch_size=4, save_steps=2, logging_steps=1, learning_rate=5e-4)
+    run_base_model(other, smoke_world.root, out, progress=False)
+    rows = _losses(out / "train_log.jsonl")
+    # trained from step 0 under the new config (3 logged steps), not resumed past its own max_steps
+    assert [r["step"] for r in rows] == [1, 2, 3]
