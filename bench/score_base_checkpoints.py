@@ -37,15 +37,15 @@ def main() -> None:
     bench = stage_dir(params.profile, "data") / "test" / "single_refer.json"
     out = stage / "checkpoint_scores.jsonl"
     done = {json.loads(line)["checkpoint"] for line in out.read_text().splitlines()} if out.is_file() else set()
-    ckpts = sorted((stage / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for ck in ckpts:
+    ckpts = {int(ck.name.split("-")[1]): ck for ck in (stage / "trainer").glob("checkpoint-*")}
+    for step, ck in sorted(ckpts.items()):
         if ck.name in done or not (ck / "processor_config.json").is_file():
             continue
         cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
         s = evaluate_checkpoint(ck, bench, cfg, stage / "checkpoint_eval" / ck.name)
         row = {
             "checkpoint": ck.name,
-            "step": int(ck.name.split("-")[1]),
+            "step": step,
             "single_image_acc@0.5": s["avg"],
             "mean_iou": round(s["tasks"]["single_refer"]["mean_iou"], 4),
             "unparseable": s["unparseable"],

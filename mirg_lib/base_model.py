@@ -250,7 +250,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=processor, callbacks=[log.callback])
-    train_resuming(trainer, work, digest, out_dir / "train_log.jsonl")
+    train_resuming(trainer, work, digest)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:
         raise FloatingPointError(f"base-model training produced a non-finite loss at step {nan[0]['step']}; lower learning_rate or use float32")

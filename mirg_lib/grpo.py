@@ -143,7 +143,7 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
         raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
-    train_resuming(trainer, work, digest, out_dir / "train_log.jsonl")
+    train_resuming(trainer, work, digest)
     with atomic_dir(final) as tmp:
         merge_and_save(trainer, tmp, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items)})
     return final

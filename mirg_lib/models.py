@@ -12,6 +12,7 @@ Qwen2.5-VL-7B-Instruct goes through :func:`load_model` and :func:`load_processor
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -134,9 +135,7 @@ def pixel_stats(paths: Iterable[str | Path], limit: int = 256) -> tuple[list[flo
     from PIL import Image
 
     arrs = []
-    for i, p in enumerate(paths):
-        if i >= limit:
-            break
+    for p in itertools.islice(paths, limit):
         with Image.open(p) as im:
             arrs.append(np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0)
     if not arrs:

@@ -132,7 +132,7 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
         raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
     items = [by_id[w["id"]] for w in wanted]
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
-    train_resuming(trainer, out_dir / "trainer", digest, out_dir / "train_log.jsonl")
+    train_resuming(trainer, out_dir / "trainer", digest)
     with atomic_dir(final) as tmp:
         merge_and_save(trainer, tmp, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items)})
     return final

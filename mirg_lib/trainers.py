@@ -31,23 +31,25 @@ def stamp_matches(checkpoint: Path, digest: str) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
 
 
-def train_resuming(trainer: Any, work: Path, digest: str, log_path: Path | None = None) -> None:
+def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     """Train, resuming from the last checkpoint an interrupted run *of the same config* left in ``work``.
 
-    ``work`` carries the config digest it was started with; checkpoints of another config (a changed
-    schedule, other data) are removed with their training log, and training starts over."""
+    ``work`` is stamped with the config digest like a finished checkpoint (:func:`stamp_matches`);
+    checkpoints of another config (a changed schedule, other data) are removed with the trainer's
+    :class:`JsonlLogCallback` logs, and training starts over."""
     import shutil
 
     from transformers.trainer_utils import get_last_checkpoint
 
+    from .io import write_json
+
     work = Path(work)
-    stamp = work / "mirg_config_hash.txt"
-    if work.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+    if work.is_dir() and not stamp_matches(work, digest):
         shutil.rmtree(work)
-        if log_path is not None and Path(log_path).is_file():
-            Path(log_path).unlink()
-    work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(digest + "\n")
+        for cb in trainer.callback_handler.callbacks:
+            if getattr(cb, "log_path", None) is not None:
+                cb.log_path.unlink(missing_ok=True)
+    write_json(work / "mirg.json", {"config_hash": digest})
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(work)))
 
 
@@ -69,3 +71,4 @@ class JsonlLogCallback:
                         f.write(json.dumps(row) + "\n")
 
         self.callback = _CB()
+        self.callback.log_path = self.path  # train_resuming removes it when the config changed

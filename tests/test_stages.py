@@ -17,20 +17,25 @@ def _losses(path):
     return [json.loads(line) for line in path.read_text().splitlines() if "loss" in json.loads(line)]
 
 
-def test_interrupted_base_training_resumes(smoke_world, tmp_path, monkeypatch):
-    out = tmp_path / "base"
+def _interrupt_before_saving(world, out, monkeypatch):
+    """Train CFG to its end, then crash while saving the final checkpoint (the trainer's stay)."""
 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("mirg_lib.models.save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_base_model(CFG, smoke_world.root, out, progress=False)
+        run_base_model(CFG, world.root, out, progress=False)
+    monkeypatch.undo()
+
+
+def test_interrupted_base_training_resumes(smoke_world, tmp_path, monkeypatch):
+    out = tmp_path / "base"
+    _interrupt_before_saving(smoke_world, out, monkeypatch)
     assert not (out / "checkpoint").exists()  # nothing half-written for the next stage
     assert (out / "trainer" / "checkpoint-4").is_dir()
     assert (out / "trainer" / "checkpoint-4" / "processor_config.json").is_file()  # loadable on its own
     logged = len(_losses(out / "train_log.jsonl"))
-    monkeypatch.undo()
     result = run_base_model(CFG, smoke_world.root, out, progress=False)
     assert result.source == "trained" and (result.path / "model.safetensors").is_file()
     assert len(_losses(out / "train_log.jsonl")) == logged  # resumed at step 4: no step trained twice
@@ -83,14 +88,7 @@ def test_ship_checkpoint_records_metrics_world_and_checksum(smoke_world, tmp_pat
 
 def test_changed_config_does_not_resume_another_configs_checkpoint(smoke_world, tmp_path, monkeypatch):
     out = tmp_path / "base"
-
-    def crash(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("mirg_lib.models.save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_base_model(CFG, smoke_world.root, out, progress=False)
-    monkeypatch.undo()
+    _interrupt_before_saving(smoke_world, out, monkeypatch)
     assert (out / "trainer" / "checkpoint-4").is_dir()
     other = BaseModelConfig(preset="nano", max_steps=3, batch_size=4, save_steps=2, logging_steps=1, learning_rate=5e-4)
     run_base_model(other, smoke_world.root, out, progress=False)
