@@ -3,7 +3,7 @@
     # referring expressions from a world built by `make data` (or any data folder of the data stage)
     .venv/bin/python bench/probe_base_training.py --mode refer --data runs/embedded/data --steps 300 --lr 1e-3 --schedule cosine
     # plain localisation: one object per image, drawn here
-    .venv/bin/python bench/probe_base_training.py --mode localise --cue 60 --steps 400 --lr 1e-3 --schedule constant
+    .venv/bin/python bench/probe_base_training.py --mode localise --cue 150 --cue-kind coord --normalise data --steps 750 --schedule constant
     # one-word diagnostics on the same one-object images: the object's colour, or its centre's x tenth
     .venv/bin/python bench/probe_base_training.py --mode colour --steps 1500 --batch 16 --eval-every 100
 
@@ -35,7 +35,8 @@ from mirg_lib.parsing import parse_response  # noqa: E402
 
 
 def apply_cue(img, clean, kind: str, amp: float):
-    """A position cue over a rendered image: ``image`` a linear red (x) / blue (y) ramp over every pixel,
+    """A position cue over a rendered image: ``coord`` the background's red and blue set to 50 + amp * x and
+    50 + amp * y (the world's ``position_cue_kind: coord``), ``image`` a linear red (x) / blue (y) ramp over every pixel,
     ``image-quadratic`` the same with a quadratic ramp (its local slope gives the position whatever the
     colour), ``object-quadratic`` that ramp on the object's pixels only (``clean``: the image without it)."""
     import numpy as np
@@ -49,6 +50,14 @@ def apply_cue(img, clean, kind: str, amp: float):
         fx, fy = xs - 0.5, ys - 0.5
     else:
         fx, fy = xs**2 - 1 / 3, ys**2 - 1 / 3
+    if kind == "coord":
+        # CoordConv-style: the background's red and blue *are* the coordinates (fixed, full range), not a tint
+        c = np.asarray(clean, dtype=np.float32)
+        bg = (np.abs(arr - c).sum(-1) == 0).astype(np.float32)
+        med = np.median(c.reshape(-1, 3), axis=0)
+        arr[:, :, 0] += bg * (50 + amp * xs[None, :] - med[0])
+        arr[:, :, 2] += bg * (50 + amp * ys[:, None] - med[2])
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     mask = 1.0
     if kind == "object-quadratic":
         mask = (np.abs(arr - np.asarray(clean, dtype=np.float32)).sum(-1) > 0).astype(np.float32)
@@ -139,7 +148,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["refer", "localise", "colour", "xbin"], default="refer")
     ap.add_argument("--data", default="runs/embedded/data")
     ap.add_argument("--cue", type=float, default=0.0, help="position cue amplitude, grey levels")
-    ap.add_argument("--cue-kind", choices=["background", "image", "image-quadratic", "object-quadratic"], default="background")
+    ap.add_argument("--cue-kind", choices=["background", "image", "image-quadratic", "object-quadratic", "coord"], default="background")
     ap.add_argument("--train-items", type=int, default=6000)
     ap.add_argument("--normalise", choices=["clip", "data"], default="clip", help="pixel normalisation: Qwen's CLIP constants or the training images' own")
     ap.add_argument("--size", type=int, default=112)
@@ -151,6 +160,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--init", default="", help="start from this checkpoint folder (model and processor) instead of a new model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,7 +182,12 @@ def main() -> None:
     if args.normalise == "data":
         mean, std = pixel_stats([it.images[0] for it in train])
         print(f"pixel normalisation from the training images: mean {mean} std {std}", flush=True)
-    model, processor = create_small_model(args.preset, corpus, "qwen2_vl", image_mean=mean, image_std=std)
+    if args.init:
+        from mirg_lib.models import load_model, load_processor
+
+        model, processor = load_model(args.init, dtype=torch.float32), load_processor(args.init)
+    else:
+        model, processor = create_small_model(args.preset, corpus, "qwen2_vl", image_mean=mean, image_std=std)
     t = time.time()
     data = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     tdata = PrecomputedVL(test, processor, [it.reference if args.mode in WORD_TARGETS else "" for it in test])

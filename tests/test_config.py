@@ -12,7 +12,8 @@ def test_profiles_layer_over_base():
     cfg = stage_config(DataConfig, p, "data")
     assert cfg.image_size == 112 and cfg.n_test_per_task == 4  # from smoke
     assert cfg.noise == 6.0  # from base
-    assert stage_config(DataConfig, load_params("embedded"), "data").image_size == 140
+    emb = stage_config(DataConfig, load_params("embedded"), "data")
+    assert emb.image_size == 112 and emb.position_cue_kind == "coord" and emb.noise == 6.0  # embedded over base
 
 
 def test_unknown_key_is_named_with_a_suggestion():

@@ -14,8 +14,8 @@ import pytest
 from mirg_lib.formats import MIG_TASKS, load_mgrounding, load_mig_bench
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
-from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS
-from mirg_lib.world.tasks import REASONING_RULES
+from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, render
+from mirg_lib.world.tasks import LOCATE_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
 
@@ -156,6 +156,8 @@ def check_unique(row):
         reg = row["meta"]["regions"][row["meta"]["region_index"] - 1]
         assert reg["box"] == t["box"]
         assert sum(_ident(o) == _ident(t) for o in src) == 1
+    elif task == LOCATE_TASK:
+        assert len(imgs) == 1 and objs[0] == [t]
     else:
         raise AssertionError(task)
 
@@ -199,3 +201,32 @@ def test_the_uniqueness_check_catches_an_ambiguous_scene(smoke_world):
             bad["images"][1]["objects"].append(dict(bad["images"][0]["objects"][0], oid=998))
         with pytest.raises(AssertionError):
             check_unique(bad)
+
+
+def test_coord_cue_makes_the_background_the_coordinates():
+    """``position_cue_kind: coord``: away from objects, red and blue read back x and y whatever the
+    background drawn, up to the noise; the tint kind only shifts each image's own background colour."""
+    import numpy as np
+
+    for bg in ((200, 200, 196), (180, 180, 184)):
+        arr = np.asarray(render(112, 112, [], bg, 6.0, 3, cue=150, cue_kind="coord"), dtype=np.float64)
+        xs = np.arange(112) / 111
+        assert np.abs(arr[:, :, 0].mean(0) - (50 + 150 * xs)).max() < 3.5
+        assert np.abs(arr[:, :, 2].mean(1) - (50 + 150 * xs)).max() < 3.5
+        assert abs(arr[:, :, 1].mean() - bg[1]) < 1.0
+    tint = np.asarray(render(112, 112, [], (200, 200, 196), 0.0, 3, cue=60), dtype=np.float64)
+    assert abs(tint[:, 0, 0].mean() - 170) < 1.5 and abs(tint[:, -1, 0].mean() - 230) < 1.5
+    with pytest.raises(ValueError, match="position_cue"):
+        DataConfig(position_cue=150)  # beyond the tint's range
+    assert DataConfig(position_cue=150, position_cue_kind="coord").knobs().position_cue_kind == "coord"
+
+
+def test_locate_items_join_the_pool_only_when_asked(tmp_path):
+    m = run_data_synthesis(dataclasses.replace(TINY, n_single_locate_train=3, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
+    pool = load_mgrounding(m.root / "train" / "mgrounding.json")
+    locate = [r for r in pool if r.type == LOCATE_TASK]
+    assert len(locate) == 3 and m.counts["train"][LOCATE_TASK] == 3 and LOCATE_TASK not in m.counts["test"]
+    assert all(len(r.images) == 1 and "bounding box" in r.conversations[0]["value"] for r in locate)
+    rows = [r for r in _scenes(m, "train") if r["task"] == LOCATE_TASK]
+    assert len(rows) == 3 and all(len(r["images"][0]["objects"]) == 1 for r in rows)
+    assert LOCATE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]

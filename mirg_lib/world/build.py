@@ -4,7 +4,7 @@ Output (``runs/<profile>/data/``), all paths inside the JSON files relative to t
 
 * ``test/mig_bench.json``      -- MIG-Bench format, the ten tasks (the embedded benchmark)
 * ``test/single_refer.json``   -- MIG-Bench format, single-image referring expressions
-* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer``
+* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer`` (+ ``single_locate``)
 * ``{test,train}/scenes.jsonl``-- every object of every image, line by line with the records
                                   (what the scripted teacher reasons from); never shown to a model
 * ``contact_sheet.png``        -- one example per task with the ground truth drawn
@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm  # text bars: they show in papermill logs and executed notebooks alike
@@ -31,7 +31,7 @@ from tqdm import tqdm  # text bars: they show in papermill logs and executed not
 from ..config import config_hash
 from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
 from ..io import atomic_dir, sha256_file, sha256_tree, write_json, write_jsonl
-from .tasks import GENERATORS, SINGLE_TASK, Sample, WorldKnobs, generate
+from .tasks import GENERATORS, LOCATE_TASK, SINGLE_TASK, Sample, WorldKnobs, generate
 
 ALL_TASKS = list(MIG_TASKS)
 
@@ -56,12 +56,14 @@ class DataConfig:
     view_shift: float = field(default=0.15, metadata={"help": "camera shift of multi_view / view_diff, fraction of the image"})
     extra_attribute_prob: float = field(default=0.3, metadata={"help": "chance a referring expression names one attribute more than needed"})
     position_cue: float = field(default=0.0, metadata={"help": "background colour ramp (grey levels) that tells a from-scratch model where it is"})
+    position_cue_kind: Literal["tint", "coord"] = field(default="tint", metadata={"help": "tint: ramp added to each image's background colour; coord: the background's red/blue are the coordinates"})
+    n_single_locate_train: int = field(default=0, metadata={"help": "training-pool items with one object to locate (the base model's curriculum)"})
     contact_sheet: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 56 or self.image_size % 28:
             raise ValueError(f"image_size must be a multiple of 28 and at least 56, got {self.image_size}")
-        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train"):
+        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", "n_single_locate_train"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("test_tasks", "train_tasks"):
@@ -78,8 +80,8 @@ class DataConfig:
             raise ValueError("object_scale must lie in [0.5, 1.5]")
         if not 2 <= self.max_images <= 6:
             raise ValueError("max_images must lie in [2, 6]")
-        if not 0.0 <= self.position_cue <= 120.0:
-            raise ValueError("position_cue must lie in [0, 120] grey levels")
+        if not 0.0 <= self.position_cue <= (200.0 if self.position_cue_kind == "coord" else 120.0):
+            raise ValueError("position_cue must lie in [0, 120] grey levels ([0, 200] for position_cue_kind coord)")
         if not 0.0 <= self.view_shift <= 0.3:
             raise ValueError("view_shift must lie in [0, 0.3]")
 
@@ -94,6 +96,7 @@ class DataConfig:
             view_shift=self.view_shift,
             extra_attribute_prob=self.extra_attribute_prob,
             position_cue=self.position_cue,
+            position_cue_kind=self.position_cue_kind,
         )
 
 
@@ -128,7 +131,7 @@ class WorldManifest:
 
 
 def _task_order(t: str) -> int:
-    order = ALL_TASKS + [SINGLE_TASK]
+    order = ALL_TASKS + [SINGLE_TASK, LOCATE_TASK]
     return order.index(t) if t in order else len(order)
 
 
@@ -159,6 +162,8 @@ def _scene_row(sid: str, split: str, index: int, s: Sample) -> dict[str, Any]:
 def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
     test = [(t, cfg.n_test_per_task) for t in cfg.test_tasks] + [(SINGLE_TASK, cfg.n_single_test)]
     train = [(t, cfg.n_train_per_task) for t in cfg.train_tasks] + [(SINGLE_TASK, cfg.n_single_train)]
+    if cfg.n_single_locate_train:
+        train.append((LOCATE_TASK, cfg.n_single_locate_train))
     return {"test": test, "train": train}
 
 

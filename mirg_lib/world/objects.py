@@ -226,17 +226,25 @@ def render(
     noise_seed: int,
     brightness: float = 1.0,
     cue: float = 0.0,
+    cue_kind: str = "tint",
 ) -> Image.Image:
     """Background with seeded noise, then the objects in order (later ones on top).
 
-    ``cue`` (grey levels) tints the background with a left-to-right red and top-to-bottom blue ramp:
+    ``cue`` (grey levels) gives the background a left-to-right red and top-to-bottom blue ramp
+    (``cue_kind`` ``tint``: added to the drawn background colour; ``coord``: red and blue set to
+    ``50 + cue * x`` and ``50 + cue * y``, the same in every image):
     a position cue a small model trained from scratch can read, standing in for the absolute-position
     sense a pretrained vision tower brings (Qwen's ViT has only relative rotary positions).
     """
     rs = np.random.default_rng(noise_seed)
     base = np.empty((height, width, 3), dtype=np.float32)
     base[:] = background
-    if cue:
+    if cue and cue_kind == "coord":
+        # CoordConv-style (Liu et al. 2018): the background's red and blue *are* the coordinates, the same in
+        # every image (the tint below rides on a background colour drawn per image, so its level is ambiguous)
+        base[:, :, 0] = 50.0 + cue * np.arange(width, dtype=np.float32)[None, :] / max(1, width - 1)
+        base[:, :, 2] = 50.0 + cue * np.arange(height, dtype=np.float32)[:, None] / max(1, height - 1)
+    elif cue:
         base[:, :, 0] += cue * (np.arange(width, dtype=np.float32)[None, :] / max(1, width - 1) - 0.5)
         base[:, :, 2] += cue * (np.arange(height, dtype=np.float32)[:, None] / max(1, height - 1) - 0.5)
     if noise > 0:

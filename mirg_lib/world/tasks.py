@@ -40,6 +40,13 @@ from .objects import (
 )
 
 SINGLE_TASK = "single_refer"
+# training-pool only: one object per image, "where is it" (the base model's localisation curriculum)
+LOCATE_TASK = "single_locate"
+LOCATE_TEMPLATES = (
+    "Please provide the bounding box coordinate of the object.",
+    "Locate the object in the image and give its bounding box.",
+    "Where is the object? Answer with its bounding box coordinates.",
+)
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -68,6 +75,7 @@ class WorldKnobs:
     view_shift: float = 0.15
     extra_attribute_prob: float = 0.3
     position_cue: float = 0.0
+    position_cue_kind: str = "tint"
 
 
 @dataclass
@@ -140,7 +148,7 @@ def _bg(rng: random.Random) -> tuple[int, int, int]:
 
 def _draw(rng: random.Random, k: WorldKnobs, objs: list[Obj], bg=None, brightness: float = 1.0, size=None) -> Image.Image:
     w, h = size or (k.image_size, k.image_size)
-    return render(w, h, objs, bg or _bg(rng), k.noise, rng.randrange(2**31), brightness, k.position_cue)
+    return render(w, h, objs, bg or _bg(rng), k.noise, rng.randrange(2**31), brightness, k.position_cue, k.position_cue_kind)
 
 
 def _count(objs: list[Obj], pred: Callable[[Obj], bool]) -> int:
@@ -220,7 +228,7 @@ def gen_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(_differences(a, b) == 1, "exactly one difference")
     bg = _bg(rng)
     seed = rng.randrange(2**31)
-    images = [render(k.image_size, k.image_size, s, bg, k.noise, seed, cue=k.position_cue) for s in (a, b)]
+    images = [render(k.image_size, k.image_size, s, bg, k.noise, seed, cue=k.position_cue, cue_kind=k.position_cue_kind) for s in (a, b)]
     q = "Compare these two images carefully and give me the coordinates of their difference. "
     meta = {"change": kind, "before": before.to_json() if before else None}
     return Sample("diff", images, [a, b], q, 2, tobj, meta=meta)
@@ -240,8 +248,8 @@ def gen_view_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     b, tobj, kind, before = _change(rng, k, shifted)
     _unique(_differences(a, b, dx, dy) == 1, "exactly one real difference")
     bg = _bg(rng)
-    img_a = render(s, s, a, bg, k.noise, rng.randrange(2**31), cue=k.position_cue)
-    img_b = render(s, s, b, bg, k.noise, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15), cue=k.position_cue)
+    img_a = render(s, s, a, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind)
+    img_b = render(s, s, b, bg, k.noise, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15), cue=k.position_cue, cue_kind=k.position_cue_kind)
     q = "Compare these two images carefully and give me the coordinates of their real difference in the second image.  Find it and locate it in the second image. "
     meta = {"change": kind, "shift": [dx, dy], "before": before.to_json() if before else None}
     return Sample("view_diff", [img_a, img_b], [a, b], q, 2, tobj, meta=meta)
@@ -275,7 +283,7 @@ def gen_object_tracking(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(fr, lambda o: o.identity == target) == 1, "target unique in every frame")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, fr, bg, k.noise, rng.randrange(2**31), cue=k.position_cue) for fr in frames]
+    images = [render(s, s, fr, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind) for fr in frames]
     mark_box(images[0], first[0].box)
     q = (
         "These are a sequence of images containing moving objects. For the object in the first image marked with red "
@@ -323,7 +331,7 @@ def gen_multi_view(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(sc, lambda o: o.oid == t.oid) == 1, "target fully in every view")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, [full for full, _ in v], bg, k.noise, rng.randrange(2**31), cue=k.position_cue) for v in views]
+    images = [render(s, s, [full for full, _ in v], bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind) for v in views]
     first_t = scenes[0][0]
     mark_box(images[0], first_t.box)
     q = (
@@ -343,7 +351,7 @@ def gen_region(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(len(unique_objs) >= n - 1, "enough distinguishable regions")
     chosen = rng.sample(unique_objs, n - 1)
     bg = _bg(rng)
-    src = render(s, s, objs, bg, k.noise, rng.randrange(2**31), cue=k.position_cue)
+    src = render(s, s, objs, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind)
     crops, regions = [], []
     for o in chosen:
         w, h = o.box[2] - o.box[0], o.box[3] - o.box[1]
@@ -494,6 +502,11 @@ def gen_single_refer(rng: random.Random, k: WorldKnobs) -> Sample:
     return Sample(SINGLE_TASK, [_draw(rng, k, scene)], [scene], q, 1, tobj, need_format=False, meta={"expression": ref})
 
 
+def gen_single_locate(rng: random.Random, k: WorldKnobs) -> Sample:
+    scene = _scene(rng, k, [random_identity(rng)])
+    return Sample(LOCATE_TASK, [_draw(rng, k, scene)], [scene], rng.choice(LOCATE_TEMPLATES), 1, scene[0], need_format=False, meta={})
+
+
 GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     "diff": gen_diff,
     "view_diff": gen_view_diff,
@@ -506,6 +519,7 @@ GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     "reasoning": gen_reasoning,
     "correspondence": gen_correspondence,
     SINGLE_TASK: gen_single_refer,
+    LOCATE_TASK: gen_single_locate,
 }
 
 
