@@ -4,7 +4,7 @@
     .venv/bin/python bench/probe_base_training.py --mode refer --data runs/embedded/data --steps 300 --lr 1e-3 --schedule cosine
     # plain localisation: one object per image, drawn here
     .venv/bin/python bench/probe_base_training.py --mode localise --cue 150 --cue-kind coord --normalise data --steps 750 --schedule constant
-    # one-word diagnostics on the same one-object images: the object's colour, or its centre's x tenth
+    # one-word diagnostics on the same one-object images: the object's colour or shape, or its centre's x tenth
     .venv/bin/python bench/probe_base_training.py --mode colour --steps 1500 --batch 16 --eval-every 100
 
 A plain PyTorch loop over precomputed tensors (the same tensors and loss as ``mirg_lib.base_model``'s
@@ -16,6 +16,7 @@ first answer token, beside the majority-class rate).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -66,7 +67,7 @@ def apply_cue(img, clean, kind: str, amp: float):
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, cue_kind: str = "background") -> list[Item]:
+def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, cue_kind: str = "background", scale: float = 1.0) -> list[Item]:
     from mirg_lib.world.objects import (
         BACKGROUNDS,
         COLOURS,
@@ -84,7 +85,7 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, c
     items = []
     for i in range(n):
         s = rng.choice(SIZES)
-        side = object_side(rng, s, size, 1.0)
+        side = object_side(rng, s, size, scale)
         box = place_box(rng, side, side, size, size, [])
         o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PATTERNS), s, box)
         p = folder / f"{seed}_{i}.png"
@@ -101,6 +102,7 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, c
 
 WORD_TARGETS = {
     "colour": lambda it: it.scene["colour"],
+    "shape": lambda it: it.scene["shape"],
     "xbin": lambda it: str(min(9, int(5 * (it.answer[0] + it.answer[2])))),
 }
 
@@ -145,13 +147,14 @@ def accuracy(model, collate, data: PrecomputedVL, items: list[Item], pad: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["refer", "localise", "colour", "xbin"], default="refer")
+    ap.add_argument("--mode", choices=["refer", "localise", "colour", "shape", "xbin"], default="refer")
     ap.add_argument("--data", default="runs/embedded/data")
     ap.add_argument("--cue", type=float, default=0.0, help="position cue amplitude, grey levels")
     ap.add_argument("--cue-kind", choices=["background", "image", "image-quadratic", "object-quadratic", "coord"], default="background")
     ap.add_argument("--train-items", type=int, default=6000)
     ap.add_argument("--normalise", choices=["clip", "data"], default="clip", help="pixel normalisation: Qwen's CLIP constants or the training images' own")
     ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--object-scale", type=float, default=1.0, help="the world's object_scale for the one-object items")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -161,6 +164,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default="", help="start from this checkpoint folder (model and processor) instead of a new model")
+    ap.add_argument("--vision-init", default="", help="a new model whose vision tower is this one (probe_vision_tower.py --save), with its pixel statistics")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -169,9 +173,9 @@ def main() -> None:
         train = [it for it in load_pool_items(Path(args.data) / "train" / "mgrounding.json") if it.task == "single_refer"]
         test = load_bench_items(Path(args.data) / "test" / "single_refer.json")
     else:
-        folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}")
-        train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind)
-        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder, args.cue_kind)
+        folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}")
+        train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale)
+        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale)
     if args.mode in WORD_TARGETS:
         for it in train + test:
             it.reference = WORD_TARGETS[args.mode](it)
@@ -179,7 +183,10 @@ def main() -> None:
         print(f"majority class: {100.0 * top / len(test):.1f} % of the test items", flush=True)
     corpus = [it.question for it in train[:200]] + [it.reference or "" for it in train]
     mean = std = None
-    if args.normalise == "data":
+    if args.vision_init:
+        stats = json.loads(Path(args.vision_init).with_suffix(".json").read_text())
+        mean, std = stats["image_mean"], stats["image_std"]
+    elif args.normalise == "data":
         mean, std = pixel_stats([it.images[0] for it in train])
         print(f"pixel normalisation from the training images: mean {mean} std {std}", flush=True)
     if args.init:
@@ -188,6 +195,11 @@ def main() -> None:
         model, processor = load_model(args.init, dtype=torch.float32), load_processor(args.init)
     else:
         model, processor = create_small_model(args.preset, corpus, "qwen2_vl", image_mean=mean, image_std=std)
+        if args.vision_init:
+            from safetensors.torch import load_file
+
+            model.model.visual.load_state_dict(load_file(args.vision_init))
+            print(f"vision tower from {args.vision_init}", flush=True)
     t = time.time()
     data = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     tdata = PrecomputedVL(test, processor, [it.reference if args.mode in WORD_TARGETS else "" for it in test])

@@ -4,7 +4,8 @@
 
 Every ``runs/<profile>/base_model/trainer/checkpoint-N`` (a complete folder: weights and processor) is
 scored greedily on the profile's single-image referring test with the evaluation stage's own code; each
-result is printed and appended to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config
+result (and, for each curriculum task in the base's mix, Acc@0.5 on held-out one-object items; for
+``single_describe`` also the exact descriptions and right shapes) is printed and appended to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config
 digest the work folder is stamped with (a checkpoint already scored there *for the same config* is skipped;
 rows of another config's run stay in the file, told apart by that digest).
 """
@@ -12,6 +13,7 @@ rows of another config's run stay in the file, told apart by that digest).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,29 +27,51 @@ from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 
+CURRICULUM = ("single_locate", "single_describe")
 
-def locate_bench(params, folder: Path, n: int) -> Path:
-    """``n`` one-object items of the profile's world drawn with seeds the data stage never uses (split
-    ``heldout``), in MIG-Bench format: does the base localise a lone object, the curriculum task?"""
+
+def curriculum_bench(params, task: str, folder: Path, n: int) -> Path:
+    """``n`` one-object items of a curriculum task (``single_locate`` / ``single_describe``) of the profile's
+    world drawn with seeds the data stage never uses (split ``heldout``), in MIG-Bench format, with the
+    expected descriptions beside them (``expressions.json``)."""
     from mirg_lib.config import stage_config
     from mirg_lib.formats import MigRecord, write_mig_bench
     from mirg_lib.world import DataConfig, generate
     from mirg_lib.world.build import sample_seed
-    from mirg_lib.world.tasks import LOCATE_TASK
 
     data_cfg = stage_config(DataConfig, params, "data")
-    bench = folder / "single_locate.json"
-    if bench.is_file() and len(json.loads(bench.read_text())) == n:
+    bench = folder / f"{task}.json"
+    if bench.is_file() and len(json.loads(bench.read_text())) == n and (folder / "expressions.json").is_file():
         return bench
-    records = []
+    records, expressions = [], []
     for i in range(n):
-        s = generate(LOCATE_TASK, sample_seed(data_cfg.seed, "heldout", LOCATE_TASK, i), data_cfg.knobs())
+        s = generate(task, sample_seed(data_cfg.seed, "heldout", task, i), data_cfg.knobs())
         rel = f"images/{i:05d}.png"
         (folder / "images").mkdir(parents=True, exist_ok=True)
         s.images[0].save(folder / rel)
-        records.append(MigRecord(LOCATE_TASK, [rel], s.question, s.answer_rel(), need_format=False, index=i))
+        records.append(MigRecord(task, [rel], s.question, s.answer_rel(), need_format=False, index=i))
+        expressions.append(s.meta.get("expression", ""))
     write_mig_bench(records, bench)
+    (folder / "expressions.json").write_text(json.dumps(expressions))
     return bench
+
+
+def description_scores(predictions: Path, expressions: list[str]) -> dict[str, float]:
+    """Exact full descriptions, and each attribute named right (size, colour, pattern, shape: the words of
+    "the <size> <colour> <pattern> <shape>"), among the answers' ``<|object_ref_start|>`` texts."""
+    import re
+
+    said = {}
+    for line in predictions.read_text().splitlines():
+        p = json.loads(line)
+        m = re.search(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", p.get("response", ""))
+        said[p["index"]] = m.group(1).split() if m else []
+    n = max(1, len(expressions))
+    out = {"describe_exact": round(100.0 * sum(said.get(i) == e.split() for i, e in enumerate(expressions)) / n, 1)}
+    for k, attr in enumerate(("size", "colour", "pattern", "shape"), start=1):
+        right = sum(len(said.get(i, [])) == 5 and said[i][k] == e.split()[k] for i, e in enumerate(expressions))
+        out[f"describe_{attr}"] = round(100.0 * right / n, 1)
+    return out
 
 
 def main() -> None:
@@ -55,7 +79,7 @@ def main() -> None:
     ap.add_argument("--profile", default="embedded")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (leave the rest to the training)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--locate", type=int, default=100, help="also score N held-out one-object items (single_locate, the curriculum task); 0: off")
+    ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out one-object items of each curriculum task the base trains on (single_locate, single_describe); 0: off")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.profile)
@@ -69,7 +93,11 @@ def main() -> None:
     digest = json.loads(stamp.read_text()).get("config_hash") if stamp.is_file() else None
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
     done = {r["checkpoint"] for r in rows if r.get("config_hash") == digest}
-    locate = locate_bench(params, stage / "locate_test", args.locate) if args.locate else None
+    from mirg_lib.base_model import BaseModelConfig
+    from mirg_lib.config import stage_config
+
+    tasks = [t for t in CURRICULUM if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
+    curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
     ckpts = {int(ck.name.split("-")[1]): ck for ck in (stage / "trainer").glob("checkpoint-*")}
     if (final / "mirg.json").is_file():
         ckpts[10**9] = final  # scored last, under the name "checkpoint"
@@ -87,9 +115,13 @@ def main() -> None:
             "unparseable": s["unparseable"],
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }
-        if locate is not None:
-            loc = evaluate_checkpoint(ck, locate, cfg, stage / "checkpoint_eval" / ck.name / "locate")
-            row["locate_acc@0.5"] = loc["avg"]
+        for task, cbench in curricula.items():
+            ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))
+            sc = evaluate_checkpoint(ck, cbench, ccfg, stage / "checkpoint_eval" / ck.name / task)
+            row[f"{task.removeprefix('single_')}_acc@0.5"] = sc["avg"]
+            if task == "single_describe":
+                row.update(description_scores(stage / "checkpoint_eval" / ck.name / task / "predictions.jsonl",
+                                              json.loads((cbench.parent / "expressions.json").read_text())))
         print(json.dumps(row), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

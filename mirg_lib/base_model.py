@@ -55,6 +55,7 @@ class BaseModelConfig:
     weight_decay: float = 0.01
     lr_scheduler_type: str = "constant_with_warmup"
     save_steps: int = 500
+    keep_checkpoints: int = field(default=2, metadata={"help": "intermediate checkpoints kept (the newest), for scoring while training goes on"})
     logging_steps: int = 25
     bf16: bool = False
     seed: int = 0
@@ -241,7 +242,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         lr_scheduler_type=cfg.lr_scheduler_type,
         max_grad_norm=1.0,
         adam_beta2=0.98,
-        save_total_limit=2,
+        save_total_limit=cfg.keep_checkpoints,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
         **common_args(cfg, None),

@@ -12,10 +12,11 @@ from collections import Counter
 import pytest
 
 from mirg_lib.formats import MIG_TASKS, load_mgrounding, load_mig_bench
+from mirg_lib.parsing import parse_response
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
 from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, render
-from mirg_lib.world.tasks import LOCATE_TASK, REASONING_RULES
+from mirg_lib.world.tasks import DESCRIBE_TASK, LOCATE_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
 
@@ -156,7 +157,7 @@ def check_unique(row):
         reg = row["meta"]["regions"][row["meta"]["region_index"] - 1]
         assert reg["box"] == t["box"]
         assert sum(_ident(o) == _ident(t) for o in src) == 1
-    elif task == LOCATE_TASK:
+    elif task in (LOCATE_TASK, DESCRIBE_TASK):
         assert len(imgs) == 1 and objs[0] == [t]
     else:
         raise AssertionError(task)
@@ -230,3 +231,19 @@ def test_locate_items_join_the_pool_only_when_asked(tmp_path):
     rows = [r for r in _scenes(m, "train") if r["task"] == LOCATE_TASK]
     assert len(rows) == 3 and all(len(r["images"][0]["objects"]) == 1 for r in rows)
     assert LOCATE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
+
+
+def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
+    m = run_data_synthesis(dataclasses.replace(TINY, n_single_describe_train=4, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
+    pool = [r for r in load_mgrounding(m.root / "train" / "mgrounding.json") if r.type == DESCRIBE_TASK]
+    rows = [r for r in _scenes(m, "train") if r["task"] == DESCRIBE_TASK]
+    assert len(pool) == len(rows) == 4 and m.counts["train"][DESCRIBE_TASK] == 4 and DESCRIBE_TASK not in m.counts["test"]
+    for rec, row in zip(pool, rows, strict=True):
+        check_unique(row)
+        answer = rec.conversations[1]["value"]
+        t = row["target"]
+        words = {"medium": "medium-sized"}.get(t["size"], t["size"])
+        assert answer.startswith(f"<|object_ref_start|>the {words} {t['colour']} {t['pattern']} {t['shape']}<|object_ref_end|><|box_start|>")
+        parsed = parse_response(answer)
+        assert parsed.box is not None and all(abs(v - 1000 * a) <= 1 for v, a in zip(parsed.box.values, row["answer"], strict=True))
+    assert DESCRIBE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]

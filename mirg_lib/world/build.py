@@ -4,7 +4,7 @@ Output (``runs/<profile>/data/``), all paths inside the JSON files relative to t
 
 * ``test/mig_bench.json``      -- MIG-Bench format, the ten tasks (the embedded benchmark)
 * ``test/single_refer.json``   -- MIG-Bench format, single-image referring expressions
-* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer`` (+ ``single_locate``)
+* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer`` (+ ``single_locate``, ``single_describe``)
 * ``{test,train}/scenes.jsonl``-- every object of every image, line by line with the records
                                   (what the scripted teacher reasons from); never shown to a model
 * ``contact_sheet.png``        -- one example per task with the ground truth drawn
@@ -31,7 +31,7 @@ from tqdm import tqdm  # text bars: they show in papermill logs and executed not
 from ..config import config_hash
 from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
 from ..io import atomic_dir, sha256_file, sha256_tree, write_json, write_jsonl
-from .tasks import GENERATORS, LOCATE_TASK, SINGLE_TASK, Sample, WorldKnobs, generate
+from .tasks import DESCRIBE_TASK, GENERATORS, LOCATE_TASK, SINGLE_TASK, Sample, WorldKnobs, generate
 
 ALL_TASKS = list(MIG_TASKS)
 
@@ -58,12 +58,13 @@ class DataConfig:
     position_cue: float = field(default=0.0, metadata={"help": "background colour ramp (grey levels) that tells a from-scratch model where it is"})
     position_cue_kind: Literal["tint", "coord"] = field(default="tint", metadata={"help": "tint: ramp added to each image's background colour; coord: the background's red/blue are the coordinates"})
     n_single_locate_train: int = field(default=0, metadata={"help": "training-pool items with one object to locate (the base model's curriculum)"})
+    n_single_describe_train: int = field(default=0, metadata={"help": "training-pool items with one object to name in full and box (the base model's curriculum)"})
     contact_sheet: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 56 or self.image_size % 28:
             raise ValueError(f"image_size must be a multiple of 28 and at least 56, got {self.image_size}")
-        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", "n_single_locate_train"):
+        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", "n_single_locate_train", "n_single_describe_train"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("test_tasks", "train_tasks"):
@@ -131,7 +132,7 @@ class WorldManifest:
 
 
 def _task_order(t: str) -> int:
-    order = ALL_TASKS + [SINGLE_TASK, LOCATE_TASK]
+    order = ALL_TASKS + [SINGLE_TASK, LOCATE_TASK, DESCRIBE_TASK]
     return order.index(t) if t in order else len(order)
 
 
@@ -164,6 +165,8 @@ def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
     train = [(t, cfg.n_train_per_task) for t in cfg.train_tasks] + [(SINGLE_TASK, cfg.n_single_train)]
     if cfg.n_single_locate_train:
         train.append((LOCATE_TASK, cfg.n_single_locate_train))
+    if cfg.n_single_describe_train:
+        train.append((DESCRIBE_TASK, cfg.n_single_describe_train))
     return {"test": test, "train": train}
 
 

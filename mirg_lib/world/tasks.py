@@ -47,6 +47,15 @@ LOCATE_TEMPLATES = (
     "Locate the object in the image and give its bounding box.",
     "Where is the object? Answer with its bounding box coordinates.",
 )
+# training-pool only: one object per image, named in full and then boxed, in Qwen-VL's grounded-caption form
+# (<|object_ref_start|>the small red striped circle<|object_ref_end|><|box_start|>...<|box_end|>): direct
+# supervision of every attribute, the base model's perception curriculum
+DESCRIBE_TASK = "single_describe"
+DESCRIBE_TEMPLATES = (
+    "Describe the object in the image and give its bounding box.",
+    "What is the object in the image? Name it and locate it.",
+    "Name the object you see and provide its bounding box coordinate.",
+)
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -101,6 +110,8 @@ class Sample:
     def answer_text(self) -> str:
         """The MGrounding-style answer: box tokens in 0-1000 (with the image named for group grounding)."""
         tokens = format_box_tokens(self.answer_box)
+        if self.task == DESCRIBE_TASK:
+            return f"<|object_ref_start|>the {self.target.describe()}<|object_ref_end|>{tokens}"
         if self.task == "group_grounding":
             return f"It's in the {ORDINAL_WORDS[self.target_image - 1]} image. {tokens}"
         return tokens
@@ -507,6 +518,12 @@ def gen_single_locate(rng: random.Random, k: WorldKnobs) -> Sample:
     return Sample(LOCATE_TASK, [_draw(rng, k, scene)], [scene], rng.choice(LOCATE_TEMPLATES), 1, scene[0], need_format=False, meta={})
 
 
+def gen_single_describe(rng: random.Random, k: WorldKnobs) -> Sample:
+    scene = _scene(rng, k, [random_identity(rng)])
+    return Sample(DESCRIBE_TASK, [_draw(rng, k, scene)], [scene], rng.choice(DESCRIBE_TEMPLATES), 1, scene[0], need_format=False,
+                  meta={"expression": "the " + scene[0].describe()})
+
+
 GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     "diff": gen_diff,
     "view_diff": gen_view_diff,
@@ -520,6 +537,7 @@ GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     "correspondence": gen_correspondence,
     SINGLE_TASK: gen_single_refer,
     LOCATE_TASK: gen_single_locate,
+    DESCRIBE_TASK: gen_single_describe,
 }
 
 
