@@ -100,6 +100,14 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, c
     return items
 
 
+def one_object_items(args: argparse.Namespace, n_test: int) -> tuple[list[Item], list[Item]]:
+    """``--train-items`` training and ``n_test`` test items of one object each, drawn (once per setting) under /tmp
+    from the ``--cue``, ``--cue-kind``, ``--size`` and ``--object-scale`` arguments."""
+    folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}")
+    train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale)
+    return train, localisation_items(n_test, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale)
+
+
 WORD_TARGETS = {
     "colour": lambda it: it.scene["colour"],
     "shape": lambda it: it.scene["shape"],
@@ -173,9 +181,7 @@ def main() -> None:
         train = [it for it in load_pool_items(Path(args.data) / "train" / "mgrounding.json") if it.task == "single_refer"]
         test = load_bench_items(Path(args.data) / "test" / "single_refer.json")
     else:
-        folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}")
-        train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale)
-        test = localisation_items(300 if args.mode in WORD_TARGETS else 100, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale)
+        train, test = one_object_items(args, 300 if args.mode in WORD_TARGETS else 100)
     if args.mode in WORD_TARGETS:
         for it in train + test:
             it.reference = WORD_TARGETS[args.mode](it)

@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from probe_base_training import localisation_items  # noqa: E402
+from probe_base_training import one_object_items  # noqa: E402
 
 from mirg_lib.models import create_small_model, pixel_stats  # noqa: E402
 
@@ -44,9 +44,7 @@ def add_shape_args(ap: argparse.ArgumentParser) -> None:
 
 def shape_items(args: argparse.Namespace):
     """Training and test items (the same images as ``probe_base_training.py``'s) and the sorted shape names."""
-    folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}")
-    train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale)
-    test = localisation_items(300, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale)
+    train, test = one_object_items(args, 300)
     return train, test, sorted({it.scene["shape"] for it in train})
 
 

@@ -5,8 +5,8 @@
 Every ``runs/<profile>/base_model/trainer/checkpoint-N`` (a complete folder: weights and processor) is
 scored greedily on the profile's single-image referring test with the evaluation stage's own code; each
 result (and, for each curriculum task in the base's mix, Acc@0.5 on held-out one-object items; for
-``single_describe`` also the exact descriptions and right shapes) is printed and appended to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config
-digest the work folder is stamped with (a checkpoint already scored there *for the same config* is skipped;
+``single_describe`` also the exact descriptions and each attribute named right) is printed and appended
+to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config digest the work folder is stamped with (a checkpoint already scored there *for the same config* is skipped;
 rows of another config's run stay in the file, told apart by that digest).
 """
 
@@ -27,22 +27,20 @@ from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 
-CURRICULUM = ("single_locate", "single_describe")
 
-
-def curriculum_bench(params, task: str, folder: Path, n: int) -> Path:
+def curriculum_bench(params, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
     """``n`` one-object items of a curriculum task (``single_locate`` / ``single_describe``) of the profile's
     world drawn with seeds the data stage never uses (split ``heldout``), in MIG-Bench format, with the
-    expected descriptions beside them (``expressions.json``)."""
+    expected descriptions beside them (``expressions.json``); returns the file and those descriptions."""
     from mirg_lib.config import stage_config
     from mirg_lib.formats import MigRecord, write_mig_bench
     from mirg_lib.world import DataConfig, generate
     from mirg_lib.world.build import sample_seed
 
     data_cfg = stage_config(DataConfig, params, "data")
-    bench = folder / f"{task}.json"
-    if bench.is_file() and len(json.loads(bench.read_text())) == n and (folder / "expressions.json").is_file():
-        return bench
+    bench, wanted = folder / f"{task}.json", folder / "expressions.json"
+    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file():
+        return bench, json.loads(wanted.read_text())
     records, expressions = [], []
     for i in range(n):
         s = generate(task, sample_seed(data_cfg.seed, "heldout", task, i), data_cfg.knobs())
@@ -52,8 +50,8 @@ def curriculum_bench(params, task: str, folder: Path, n: int) -> Path:
         records.append(MigRecord(task, [rel], s.question, s.answer_rel(), need_format=False, index=i))
         expressions.append(s.meta.get("expression", ""))
     write_mig_bench(records, bench)
-    (folder / "expressions.json").write_text(json.dumps(expressions))
-    return bench
+    wanted.write_text(json.dumps(expressions))
+    return bench, expressions
 
 
 def description_scores(predictions: Path, expressions: list[str]) -> dict[str, float]:
@@ -66,10 +64,11 @@ def description_scores(predictions: Path, expressions: list[str]) -> dict[str, f
         p = json.loads(line)
         m = re.search(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", p.get("response", ""))
         said[p["index"]] = m.group(1).split() if m else []
-    n = max(1, len(expressions))
-    out = {"describe_exact": round(100.0 * sum(said.get(i) == e.split() for i, e in enumerate(expressions)) / n, 1)}
+    want = [e.split() for e in expressions]
+    n = max(1, len(want))
+    out = {"describe_exact": round(100.0 * sum(said.get(i) == w for i, w in enumerate(want)) / n, 1)}
     for k, attr in enumerate(("size", "colour", "pattern", "shape"), start=1):
-        right = sum(len(said.get(i, [])) == 5 and said[i][k] == e.split()[k] for i, e in enumerate(expressions))
+        right = sum(len(said.get(i, [])) == 5 and said[i][k] == w[k] for i, w in enumerate(want))
         out[f"describe_{attr}"] = round(100.0 * right / n, 1)
     return out
 
@@ -95,33 +94,33 @@ def main() -> None:
     done = {r["checkpoint"] for r in rows if r.get("config_hash") == digest}
     from mirg_lib.base_model import BaseModelConfig
     from mirg_lib.config import stage_config
+    from mirg_lib.world.tasks import CURRICULUM_TASKS, DESCRIBE_TASK
 
-    tasks = [t for t in CURRICULUM if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
+    tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
-    ckpts = {int(ck.name.split("-")[1]): ck for ck in (stage / "trainer").glob("checkpoint-*")}
-    if (final / "mirg.json").is_file():
-        ckpts[10**9] = final  # scored last, under the name "checkpoint"
-    for step, ck in sorted(ckpts.items()):
+    ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in (stage / "trainer").glob("checkpoint-*"))
+    if (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
+        ckpts.append((json.loads((final / "mirg.json").read_text()).get("config", {}).get("max_steps"), final))
+    cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
+    ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box
+    for step, ck in ckpts:
         if ck.name in done or not (ck / "processor_config.json").is_file():
             continue
-        cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
         s = evaluate_checkpoint(ck, bench, cfg, stage / "checkpoint_eval" / ck.name)
         row = {
             "checkpoint": ck.name,
-            "step": step if step < 10**9 else json.loads((final / "mirg.json").read_text()).get("config", {}).get("max_steps"),
+            "step": step,
             "config_hash": digest,
             "single_image_acc@0.5": s["avg"],
             "mean_iou": round(s["tasks"]["single_refer"]["mean_iou"], 4),
             "unparseable": s["unparseable"],
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }
-        for task, cbench in curricula.items():
-            ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))
+        for task, (cbench, expressions) in curricula.items():
             sc = evaluate_checkpoint(ck, cbench, ccfg, stage / "checkpoint_eval" / ck.name / task)
             row[f"{task.removeprefix('single_')}_acc@0.5"] = sc["avg"]
-            if task == "single_describe":
-                row.update(description_scores(stage / "checkpoint_eval" / ck.name / task / "predictions.jsonl",
-                                              json.loads((cbench.parent / "expressions.json").read_text())))
+            if task == DESCRIBE_TASK:
+                row.update(description_scores(stage / "checkpoint_eval" / ck.name / task / "predictions.jsonl", expressions))
         print(json.dumps(row), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -242,8 +242,7 @@ def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
         check_unique(row)
         answer = rec.conversations[1]["value"]
         t = row["target"]
-        words = {"medium": "medium-sized"}.get(t["size"], t["size"])
-        assert answer.startswith(f"<|object_ref_start|>the {words} {t['colour']} {t['pattern']} {t['shape']}<|object_ref_end|><|box_start|>")
+        assert answer.startswith(f"<|object_ref_start|>the {SIZE_WORDS[t['size']]} {t['colour']} {t['pattern']} {t['shape']}<|object_ref_end|><|box_start|>")
         parsed = parse_response(answer)
         assert parsed.box is not None and all(abs(v - 1000 * a) <= 1 for v, a in zip(parsed.box.values, row["answer"], strict=True))
     assert DESCRIBE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]

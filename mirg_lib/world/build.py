@@ -31,7 +31,7 @@ from tqdm import tqdm  # text bars: they show in papermill logs and executed not
 from ..config import config_hash
 from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
 from ..io import atomic_dir, sha256_file, sha256_tree, write_json, write_jsonl
-from .tasks import DESCRIBE_TASK, GENERATORS, LOCATE_TASK, SINGLE_TASK, Sample, WorldKnobs, generate
+from .tasks import CURRICULUM_TASKS, GENERATORS, SINGLE_TASK, Sample, WorldKnobs, generate
 
 ALL_TASKS = list(MIG_TASKS)
 
@@ -64,7 +64,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.image_size < 56 or self.image_size % 28:
             raise ValueError(f"image_size must be a multiple of 28 and at least 56, got {self.image_size}")
-        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", "n_single_locate_train", "n_single_describe_train"):
+        for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", *CURRICULUM_TASKS.values()):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("test_tasks", "train_tasks"):
@@ -132,7 +132,7 @@ class WorldManifest:
 
 
 def _task_order(t: str) -> int:
-    order = ALL_TASKS + [SINGLE_TASK, LOCATE_TASK, DESCRIBE_TASK]
+    order = ALL_TASKS + [SINGLE_TASK, *CURRICULUM_TASKS]
     return order.index(t) if t in order else len(order)
 
 
@@ -163,10 +163,7 @@ def _scene_row(sid: str, split: str, index: int, s: Sample) -> dict[str, Any]:
 def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
     test = [(t, cfg.n_test_per_task) for t in cfg.test_tasks] + [(SINGLE_TASK, cfg.n_single_test)]
     train = [(t, cfg.n_train_per_task) for t in cfg.train_tasks] + [(SINGLE_TASK, cfg.n_single_train)]
-    if cfg.n_single_locate_train:
-        train.append((LOCATE_TASK, cfg.n_single_locate_train))
-    if cfg.n_single_describe_train:
-        train.append((DESCRIBE_TASK, cfg.n_single_describe_train))
+    train += [(task, getattr(cfg, n)) for task, n in CURRICULUM_TASKS.items() if getattr(cfg, n)]
     return {"test": test, "train": train}
 
 

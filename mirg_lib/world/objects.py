@@ -239,14 +239,16 @@ def render(
     rs = np.random.default_rng(noise_seed)
     base = np.empty((height, width, 3), dtype=np.float32)
     base[:] = background
-    if cue and cue_kind == "coord":
-        # CoordConv-style (Liu et al. 2018): the background's red and blue *are* the coordinates, the same in
-        # every image (the tint below rides on a background colour drawn per image, so its level is ambiguous)
-        base[:, :, 0] = 50.0 + cue * np.arange(width, dtype=np.float32)[None, :] / max(1, width - 1)
-        base[:, :, 2] = 50.0 + cue * np.arange(height, dtype=np.float32)[:, None] / max(1, height - 1)
-    elif cue:
-        base[:, :, 0] += cue * (np.arange(width, dtype=np.float32)[None, :] / max(1, width - 1) - 0.5)
-        base[:, :, 2] += cue * (np.arange(height, dtype=np.float32)[:, None] / max(1, height - 1) - 0.5)
+    if cue:
+        xs, ys = np.arange(width, dtype=np.float32)[None, :], np.arange(height, dtype=np.float32)[:, None]
+        if cue_kind == "coord":
+            # CoordConv-style (Liu et al. 2018): the background's red and blue *are* the coordinates, the same in
+            # every image (the tint below rides on a background colour drawn per image, so its level is ambiguous)
+            base[:, :, 0] = 50.0 + cue * xs / max(1, width - 1)
+            base[:, :, 2] = 50.0 + cue * ys / max(1, height - 1)
+        else:
+            base[:, :, 0] += cue * (xs / max(1, width - 1) - 0.5)
+            base[:, :, 2] += cue * (ys / max(1, height - 1) - 0.5)
     if noise > 0:
         base += rs.normal(0.0, noise, size=(height, width, 1)).astype(np.float32)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")

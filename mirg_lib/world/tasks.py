@@ -56,6 +56,8 @@ DESCRIBE_TEMPLATES = (
     "What is the object in the image? Name it and locate it.",
     "Name the object you see and provide its bounding box coordinate.",
 )
+# the base model's curriculum tasks, each with the DataConfig field that sizes it in the training pool
+CURRICULUM_TASKS = {LOCATE_TASK: "n_single_locate_train", DESCRIBE_TASK: "n_single_describe_train"}
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -157,9 +159,14 @@ def _bg(rng: random.Random) -> tuple[int, int, int]:
     return rng.choice(BACKGROUNDS)
 
 
-def _draw(rng: random.Random, k: WorldKnobs, objs: list[Obj], bg=None, brightness: float = 1.0, size=None) -> Image.Image:
+def _render(k: WorldKnobs, objs: list[Obj], bg, noise_seed: int, brightness: float = 1.0, size=None) -> Image.Image:
+    """``render`` with the world's noise and position cue, at the world's image size unless ``size``."""
     w, h = size or (k.image_size, k.image_size)
-    return render(w, h, objs, bg or _bg(rng), k.noise, rng.randrange(2**31), brightness, k.position_cue, k.position_cue_kind)
+    return render(w, h, objs, bg, k.noise, noise_seed, brightness, k.position_cue, k.position_cue_kind)
+
+
+def _draw(rng: random.Random, k: WorldKnobs, objs: list[Obj], bg=None, brightness: float = 1.0, size=None) -> Image.Image:
+    return _render(k, objs, bg or _bg(rng), rng.randrange(2**31), brightness, size)
 
 
 def _count(objs: list[Obj], pred: Callable[[Obj], bool]) -> int:
@@ -239,7 +246,7 @@ def gen_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(_differences(a, b) == 1, "exactly one difference")
     bg = _bg(rng)
     seed = rng.randrange(2**31)
-    images = [render(k.image_size, k.image_size, s, bg, k.noise, seed, cue=k.position_cue, cue_kind=k.position_cue_kind) for s in (a, b)]
+    images = [_render(k, s, bg, seed) for s in (a, b)]
     q = "Compare these two images carefully and give me the coordinates of their difference. "
     meta = {"change": kind, "before": before.to_json() if before else None}
     return Sample("diff", images, [a, b], q, 2, tobj, meta=meta)
@@ -259,8 +266,8 @@ def gen_view_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     b, tobj, kind, before = _change(rng, k, shifted)
     _unique(_differences(a, b, dx, dy) == 1, "exactly one real difference")
     bg = _bg(rng)
-    img_a = render(s, s, a, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind)
-    img_b = render(s, s, b, bg, k.noise, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15), cue=k.position_cue, cue_kind=k.position_cue_kind)
+    img_a = _render(k, a, bg, rng.randrange(2**31))
+    img_b = _render(k, b, bg, rng.randrange(2**31), brightness=rng.uniform(0.8, 1.15))
     q = "Compare these two images carefully and give me the coordinates of their real difference in the second image.  Find it and locate it in the second image. "
     meta = {"change": kind, "shift": [dx, dy], "before": before.to_json() if before else None}
     return Sample("view_diff", [img_a, img_b], [a, b], q, 2, tobj, meta=meta)
@@ -294,7 +301,7 @@ def gen_object_tracking(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(fr, lambda o: o.identity == target) == 1, "target unique in every frame")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, fr, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind) for fr in frames]
+    images = [_render(k, fr, bg, rng.randrange(2**31)) for fr in frames]
     mark_box(images[0], first[0].box)
     q = (
         "These are a sequence of images containing moving objects. For the object in the first image marked with red "
@@ -342,7 +349,7 @@ def gen_multi_view(rng: random.Random, k: WorldKnobs) -> Sample:
         _unique(_count(sc, lambda o: o.oid == t.oid) == 1, "target fully in every view")
     kk = rng.randint(2, n)
     bg = _bg(rng)
-    images = [render(s, s, [full for full, _ in v], bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind) for v in views]
+    images = [_render(k, [full for full, _ in v], bg, rng.randrange(2**31)) for v in views]
     first_t = scenes[0][0]
     mark_box(images[0], first_t.box)
     q = (
@@ -362,7 +369,7 @@ def gen_region(rng: random.Random, k: WorldKnobs) -> Sample:
     _unique(len(unique_objs) >= n - 1, "enough distinguishable regions")
     chosen = rng.sample(unique_objs, n - 1)
     bg = _bg(rng)
-    src = render(s, s, objs, bg, k.noise, rng.randrange(2**31), cue=k.position_cue, cue_kind=k.position_cue_kind)
+    src = _render(k, objs, bg, rng.randrange(2**31))
     crops, regions = [], []
     for o in chosen:
         w, h = o.box[2] - o.box[0], o.box[3] - o.box[1]
@@ -513,15 +520,17 @@ def gen_single_refer(rng: random.Random, k: WorldKnobs) -> Sample:
     return Sample(SINGLE_TASK, [_draw(rng, k, scene)], [scene], q, 1, tobj, need_format=False, meta={"expression": ref})
 
 
-def gen_single_locate(rng: random.Random, k: WorldKnobs) -> Sample:
+def _one_object(rng: random.Random, k: WorldKnobs, task: str, templates: tuple[str, ...], meta: Callable[[Obj], dict]) -> Sample:
     scene = _scene(rng, k, [random_identity(rng)])
-    return Sample(LOCATE_TASK, [_draw(rng, k, scene)], [scene], rng.choice(LOCATE_TEMPLATES), 1, scene[0], need_format=False, meta={})
+    return Sample(task, [_draw(rng, k, scene)], [scene], rng.choice(templates), 1, scene[0], need_format=False, meta=meta(scene[0]))
+
+
+def gen_single_locate(rng: random.Random, k: WorldKnobs) -> Sample:
+    return _one_object(rng, k, LOCATE_TASK, LOCATE_TEMPLATES, lambda o: {})
 
 
 def gen_single_describe(rng: random.Random, k: WorldKnobs) -> Sample:
-    scene = _scene(rng, k, [random_identity(rng)])
-    return Sample(DESCRIBE_TASK, [_draw(rng, k, scene)], [scene], rng.choice(DESCRIBE_TEMPLATES), 1, scene[0], need_format=False,
-                  meta={"expression": "the " + scene[0].describe()})
+    return _one_object(rng, k, DESCRIBE_TASK, DESCRIBE_TEMPLATES, lambda o: {"expression": "the " + o.describe()})
 
 
 GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
