@@ -50,7 +50,35 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
             if getattr(cb, "log_path", None) is not None:
                 cb.log_path.unlink(missing_ok=True)
     write_json(work / "mirg.json", {"config_hash": digest})
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(work)))
+    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    if last is not None:
+        load_full_checkpoint(trainer.model, last)
+    trainer.train(resume_from_checkpoint=last)
+
+
+def load_full_checkpoint(model: Any, checkpoint: str | Path) -> None:
+    """Put a Trainer checkpoint's weights into ``model``, every tensor or an error.
+
+    The Trainer's own resume reads ``model.safetensors`` straight into ``load_state_dict(strict=False)``.
+    ``save_pretrained`` writes Qwen2-VL under its original key names (``model.layers.*``) while the
+    live model's are ``model.language_model.layers.*``, so that load restores the vision tower and
+    silently leaves the language model at its initialisation (measured: loss 3.9 instead of 0.7 after
+    resuming the embedded base; README). ``from_pretrained`` maps the names; its weights are copied in
+    strictly here, and the Trainer's own load that follows finds nothing new. Adapter checkpoints
+    (LoRA: SFT, GRPO) are stored under the live names and are left to the Trainer."""
+    from transformers import PreTrainedModel
+
+    checkpoint = Path(checkpoint)
+    if not isinstance(model, PreTrainedModel) or not (checkpoint / "config.json").is_file():
+        return
+    loaded, info = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype, output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        raise ValueError(f"{checkpoint}: does not match the model being resumed: {bad}")
+    try:
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as e:  # another architecture or size under the same class
+        raise ValueError(f"{checkpoint}: does not match the model being resumed: {e}") from None
 
 
 class JsonlLogCallback:

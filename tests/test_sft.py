@@ -48,3 +48,39 @@ def test_sft_trains_language_lora_and_merges(rows, nano_checkpoint, tmp_path):
     differ = {k for k in sb if not torch.equal(sb[k], sm[k])}
     assert differ and all("language_model" in k and k.endswith("proj.weight") for k in differ)
     assert not any("visual" in k for k in differ)
+
+
+def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tmp_path, monkeypatch):
+    """Crash after the step-2 checkpoint and resume: steps 3-4 and the merged weights match an unbroken run."""
+    from mirg_lib.trainers import train_resuming
+
+    cfg = SFTStageConfig(per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=4, learning_rate=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0, logging_steps=1, save_steps=2)
+
+    def run(name):
+        trainer = make_trainer(cfg, nano_checkpoint, rows, tmp_path / name / "trainer", log_path=tmp_path / name / "log.jsonl")
+        train_resuming(trainer, tmp_path / name / "trainer", "digest")
+        return merge_and_save(trainer, tmp_path / name / "merged")
+
+    def losses(name):
+        return {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if "loss" in r}
+
+    whole = run("whole")
+    cls = type(make_trainer(cfg, nano_checkpoint, rows, tmp_path / "probe"))
+    step = cls.training_step
+
+    def crash_at_step_3(self, *a, **k):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(cls, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed")
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / "trainer" / "checkpoint-2").is_dir()
+    resumed = run("resumed")
+    want, got = losses("whole"), losses("resumed")
+    assert sorted(got) == [1, 2, 3, 4]
+    assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], rel=1e-4)
+    sw, sr = load_model(whole).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.allclose(sw[k], sr[k], atol=1e-5) for k in sw)

@@ -8,7 +8,7 @@ import torch
 
 from mirg_lib import base_model as bm
 from mirg_lib.base_model import BaseModelConfig, run_base_model
-from mirg_lib.models import load_model
+from mirg_lib.models import ModelPreset, load_model
 
 CFG = BaseModelConfig(preset="nano", max_steps=4, batch_size=4, save_steps=2, logging_steps=1)
 
@@ -40,6 +40,48 @@ def test_interrupted_base_training_resumes(smoke_world, tmp_path, monkeypatch):
     assert result.source == "trained" and (result.path / "model.safetensors").is_file()
     assert len(_losses(out / "train_log.jsonl")) == logged  # resumed at step 4: no step trained twice
     assert run_base_model(CFG, smoke_world.root, out, progress=False).skipped
+
+
+def test_resumed_training_continues_from_the_checkpoints_weights(smoke_world, tmp_path, monkeypatch):
+    """Crash after checkpoint-2, resume: steps 3-4 and the final weights are those of an unbroken run.
+
+    The Trainer's own resume loaded Qwen2-VL's legacy key names non-strictly and left the language
+    model at its initialisation (loss 3.9 instead of 0.7 on the embedded base); this catches that."""
+    from transformers import Trainer
+
+    whole = run_base_model(CFG, smoke_world.root, tmp_path / "whole", progress=False)
+    step = Trainer.training_step
+
+    def crash_at_step_3(self, *a, **k):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_base_model(CFG, smoke_world.root, out, progress=False)
+    monkeypatch.undo()
+    assert (out / "trainer" / "checkpoint-2").is_dir() and not (out / "trainer" / "checkpoint-4").exists()
+    resumed = run_base_model(CFG, smoke_world.root, out, progress=False)
+    want = {r["step"]: r["loss"] for r in _losses(tmp_path / "whole" / "train_log.jsonl")}
+    got = {r["step"]: r["loss"] for r in _losses(out / "train_log.jsonl")}
+    assert sorted(got) == [1, 2, 3, 4]
+    assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], rel=1e-4)
+    sw, sr = load_model(whole.path).state_dict(), load_model(resumed.path).state_dict()
+    assert sw.keys() == sr.keys()
+    assert all(torch.allclose(sw[k], sr[k], atol=1e-5) for k in sw)
+
+
+def test_a_checkpoint_of_another_model_is_refused(smoke_world, tmp_path):
+    from mirg_lib.models import create_small_model
+    from mirg_lib.trainers import load_full_checkpoint
+
+    built = run_base_model(CFG, smoke_world.root, tmp_path / "base", progress=False)
+    other, _ = create_small_model(ModelPreset(512, 64, 128, 2, 2, 1, 32, 2, 2), ["a b c"] * 50)  # one more vision layer
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not match"):
+        load_full_checkpoint(load_model(built.path), tmp_path / "other")
 
 
 def test_same_params_same_numbers_on_cpu(smoke_world, tmp_path):
