@@ -67,7 +67,7 @@ def apply_cue(img, clean, kind: str, amp: float):
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, cue_kind: str = "background", scale: float = 1.0) -> list[Item]:
+def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, cue_kind: str = "background", scale: float = 1.0, grid: int = 0, snap_sides: bool = False) -> list[Item]:
     from mirg_lib.world.objects import (
         BACKGROUNDS,
         COLOURS,
@@ -87,6 +87,10 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, c
         s = rng.choice(SIZES)
         side = object_side(rng, s, size, scale)
         box = place_box(rng, side, side, size, size, [])
+        if grid:  # the box's corner (with --snap-sides its sides too) on the vision tower's patch grid
+            w = max(grid, grid * round(side / grid)) if snap_sides else box[2] - box[0]
+            x, y = min(size - w, grid * round(box[0] / grid)), min(size - w, grid * round(box[1] / grid))
+            box = (x, y, x + w, y + w)
         o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(PATTERNS), s, box)
         p = folder / f"{seed}_{i}.png"
         bg, noise_seed = rng.choice(BACKGROUNDS), rng.randrange(2**31)
@@ -103,9 +107,10 @@ def localisation_items(n: int, size: int, cue: float, seed: int, folder: Path, c
 def one_object_items(args: argparse.Namespace, n_test: int) -> tuple[list[Item], list[Item]]:
     """``--train-items`` training and ``n_test`` test items of one object each, drawn (once per setting) under /tmp
     from the ``--cue``, ``--cue-kind``, ``--size`` and ``--object-scale`` arguments."""
-    folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}")
-    train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale)
-    return train, localisation_items(n_test, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale)
+    grid, snap = getattr(args, "grid", 0), getattr(args, "snap_sides", False)
+    folder = Path(f"/tmp/mirg-probe-localise-{args.cue_kind}-{args.cue:g}-{args.size}-{args.object_scale:g}" + (f"-grid{grid}" if grid else "") + ("-snap" if snap else ""))
+    train = localisation_items(args.train_items, args.size, args.cue, 0, folder, args.cue_kind, args.object_scale, grid, snap)
+    return train, localisation_items(n_test, args.size, args.cue, 1, folder, args.cue_kind, args.object_scale, grid, snap)
 
 
 WORD_TARGETS = {

@@ -40,6 +40,8 @@ def add_shape_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--grid", type=int, default=0, help="put each object's top-left corner on this pixel grid (14: the patch grid)")
+    ap.add_argument("--snap-sides", action="store_true", help="with --grid: object sides are multiples of the grid too")
 
 
 def shape_items(args: argparse.Namespace):

@@ -15,7 +15,7 @@ from mirg_lib.formats import MIG_TASKS, load_mgrounding, load_mig_bench
 from mirg_lib.parsing import parse_response
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
-from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, render
+from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, grid_side, render
 from mirg_lib.world.tasks import DESCRIBE_TASK, LOCATE_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
@@ -170,9 +170,10 @@ def test_every_written_question_has_one_answer(smoke_world):
         check_unique(row)
 
 
+@pytest.mark.parametrize("grid", [0, 14])
 @pytest.mark.parametrize("task", sorted(GENERATORS))
-def test_generators_many_seeds(task):
-    knobs = WorldKnobs(image_size=112, distractor_similarity=0.9)
+def test_generators_many_seeds(task, grid):
+    knobs = WorldKnobs(image_size=112, distractor_similarity=0.9, object_grid=grid)
     for seed in range(25):
         s = generate(task, seed, knobs)
         img = s.images[s.target_image - 1]
@@ -246,3 +247,45 @@ def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
         parsed = parse_response(answer)
         assert parsed.box is not None and all(abs(v - 1000 * a) <= 1 for v, a in zip(parsed.box.values, row["answer"], strict=True))
     assert DESCRIBE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
+
+
+# tasks that place objects and never move a camera over them: every object sits on the grid
+PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, LOCATE_TASK)
+
+
+@pytest.mark.parametrize("task", PLACED_ONLY)
+def test_object_grid_puts_every_placed_object_on_the_patch_grid(task):
+    """``object_grid: 14``: squares whose corners and sides are whole patches, one side per size class,
+    so the same object is the same patches wherever it stands (README: why the base needs it)."""
+    knobs = WorldKnobs(image_size=112, object_grid=14)
+    sides = {size: grid_side(size, 112, 1.0, 14) for size in SIZE_WORDS}
+    assert sides == {"small": 14, "medium": 28, "large": 42}
+    seen = Counter()
+    for seed in range(20):
+        s = generate(task, seed, knobs)
+        for sc in s.scenes:
+            for o in sc:
+                x1, y1, x2, y2 = o.box
+                assert all(v % 14 == 0 for v in o.box), (task, seed, o)
+                assert x2 - x1 == y2 - y1 and (x2 - x1 in (sides[o.size], 56)), (task, seed, o)  # 56: the query picture's showcase
+                seen[o.size] += 1
+    assert set(seen) == set(SIZE_WORDS)
+
+
+def test_object_grid_draws_the_same_patches_wherever_the_object_stands():
+    import numpy as np
+
+    from mirg_lib.world.objects import Obj
+
+    a = Obj("star", "red", "striped", "medium", (14.0, 28.0, 42.0, 56.0))
+    b = a.moved((70.0, 0.0, 98.0, 28.0))
+    ia, ib = (np.asarray(render(112, 112, [o], (200, 200, 196), 0.0, 0)) for o in (a, b))
+    assert np.array_equal(ia[28:56, 14:42], ib[0:28, 70:98])
+
+
+def test_object_grid_is_checked():
+    with pytest.raises(ValueError, match="same sides"):
+        DataConfig(image_size=140, object_grid=14)  # small and medium both round to two patches
+    with pytest.raises(ValueError, match="object_grid"):
+        DataConfig(image_size=112, object_grid=2)
+    assert DataConfig(image_size=112, object_grid=14).knobs().object_grid == 14

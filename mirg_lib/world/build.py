@@ -31,6 +31,7 @@ from tqdm import tqdm  # text bars: they show in papermill logs and executed not
 from ..config import config_hash
 from ..formats import MIG_TASKS, MGroundingRecord, MigRecord, write_mgrounding, write_mig_bench
 from ..io import atomic_dir, sha256_file, sha256_tree, write_json, write_jsonl
+from .objects import SIZES, grid_side
 from .tasks import CURRICULUM_TASKS, GENERATORS, SINGLE_TASK, Sample, WorldKnobs, generate
 
 ALL_TASKS = list(MIG_TASKS)
@@ -59,6 +60,7 @@ class DataConfig:
     position_cue_kind: Literal["tint", "coord"] = field(default="tint", metadata={"help": "tint: ramp added to each image's background colour; coord: the background's red/blue are the coordinates"})
     n_single_locate_train: int = field(default=0, metadata={"help": "training-pool items with one object to locate (the base model's curriculum)"})
     n_single_describe_train: int = field(default=0, metadata={"help": "training-pool items with one object to name in full and box (the base model's curriculum)"})
+    object_grid: int = field(default=0, metadata={"help": "pixels; >0: objects are squares whose corners and sides lie on this grid (14: the vision tower's patch grid), 0: anywhere (README: why)"})
     contact_sheet: bool = True
 
     def __post_init__(self) -> None:
@@ -85,6 +87,12 @@ class DataConfig:
             raise ValueError("position_cue must lie in [0, 120] grey levels ([0, 200] for position_cue_kind coord)")
         if not 0.0 <= self.view_shift <= 0.3:
             raise ValueError("view_shift must lie in [0, 0.3]")
+        if self.object_grid:
+            if not 4 <= self.object_grid <= self.image_size // 4:
+                raise ValueError(f"object_grid must be 0 or lie in [4, image_size / 4], got {self.object_grid}")
+            sides = [grid_side(s, self.image_size, self.object_scale, self.object_grid) for s in SIZES]
+            if len(set(sides)) < len(sides):
+                raise ValueError(f"object_grid {self.object_grid}: the size classes round to the same sides {dict(zip(SIZES, sides, strict=True))} at image_size {self.image_size}; use a finer grid")
 
     def knobs(self) -> WorldKnobs:
         return WorldKnobs(
@@ -98,6 +106,7 @@ class DataConfig:
             extra_attribute_prob=self.extra_attribute_prob,
             position_cue=self.position_cue,
             position_cue_kind=self.position_cue_kind,
+            object_grid=self.object_grid,
         )
 
 

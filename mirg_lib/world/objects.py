@@ -109,6 +109,12 @@ def object_side(rng: random.Random, size: str, image_side: int, scale: float) ->
     return rng.uniform(lo, hi) * scale * image_side
 
 
+def grid_side(size: str, image_side: int, scale: float, grid: int) -> int:
+    """The side of a ``size`` object in a gridded world: its class's middle side rounded to whole grid cells."""
+    lo, hi = SIZE_RANGES[size]
+    return grid * max(1, round((lo + hi) / 2 * scale * image_side / grid))
+
+
 def boxes_overlap(a: tuple[float, ...], b: tuple[float, ...], gap: float = 0.0) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
@@ -123,8 +129,21 @@ def place_box(
     gap: float = 3.0,
     margin: float = 2.0,
     tries: int = 200,
+    grid: int = 0,
 ) -> tuple[float, float, float, float] | None:
-    """A box of size ``w x h`` inside the image, clear of ``taken``; None if none is found."""
+    """A box of size ``w x h`` inside the image, clear of ``taken``; None if none is found.
+
+    ``grid``: the box's corner on that pixel grid (no margin; neighbours may share an edge)."""
+    if grid:
+        nx, ny = int((width - w) // grid), int((height - h) // grid)
+        if nx < 0 or ny < 0:
+            return None
+        for _ in range(tries):
+            x, y = grid * rng.randint(0, nx), grid * rng.randint(0, ny)
+            box = (float(x), float(y), float(x + w), float(y + h))
+            if not any(boxes_overlap(box, t) for t in taken):
+                return box
+        return None
     if w + 2 * margin > width or h + 2 * margin > height:
         return None
     for _ in range(tries):

@@ -31,6 +31,7 @@ from .objects import (
     Identity,
     Obj,
     distractor_identities,
+    grid_side,
     mark_box,
     near_identity,
     object_side,
@@ -87,6 +88,7 @@ class WorldKnobs:
     extra_attribute_prob: float = 0.3
     position_cue: float = 0.0
     position_cue_kind: str = "tint"
+    object_grid: int = 0
 
 
 @dataclass
@@ -147,7 +149,11 @@ def _scene(
         size = sizes[i] if sizes else rng.choice(SIZES)
         side = object_side(rng, size, min(w, h), k.object_scale)
         aspect = rng.uniform(0.85, 1.15)
-        box = place_box(rng, side * aspect, side / aspect, w, h, taken)
+        if k.object_grid:  # square, its side and corner on the grid (DataConfig.object_grid)
+            g = grid_side(size, min(w, h), k.object_scale, k.object_grid)
+            box = place_box(rng, g, g, w, h, taken, grid=k.object_grid)
+        else:
+            box = place_box(rng, side * aspect, side / aspect, w, h, taken)
         if box is None:
             raise WorldError("scene too crowded")
         taken.append(box)
@@ -214,7 +220,9 @@ def _change(rng: random.Random, k: WorldKnobs, objs: list[Obj]) -> tuple[list[Ob
         ident = random_identity(rng)
         size = rng.choice(SIZES)
         side = object_side(rng, size, k.image_size, k.object_scale)
-        box = place_box(rng, side, side, k.image_size, k.image_size, [o.box for o in objs])
+        if k.object_grid:
+            side = grid_side(size, k.image_size, k.object_scale, k.object_grid)
+        box = place_box(rng, side, side, k.image_size, k.image_size, [o.box for o in objs], grid=k.object_grid)
         if box is None:
             raise WorldError("no room to add an object")
         new = Obj(*ident, size, box, max(o.oid for o in objs) + 1)
@@ -260,8 +268,9 @@ def gen_view_diff(rng: random.Random, k: WorldKnobs) -> Sample:
     min_x, min_y = min(o.box[0] for o in a), min(o.box[1] for o in a)
     max_x, max_y = max(o.box[2] for o in a), max(o.box[3] for o in a)
     lim = k.view_shift * s
-    dx = round(rng.uniform(max(-lim, 1 - min_x), min(lim, s - 1 - max_x)))
-    dy = round(rng.uniform(max(-lim, 1 - min_y), min(lim, s - 1 - max_y)))
+    edge = 0 if k.object_grid else 1  # gridded objects may touch the border
+    dx = round(rng.uniform(max(-lim, edge - min_x), min(lim, s - edge - max_x)))
+    dy = round(rng.uniform(max(-lim, edge - min_y), min(lim, s - edge - max_y)))
     shifted = [o.moved((o.box[0] + dx, o.box[1] + dy, o.box[2] + dx, o.box[3] + dy)) for o in a]
     b, tobj, kind, before = _change(rng, k, shifted)
     _unique(_differences(a, b, dx, dy) == 1, "exactly one real difference")
@@ -292,6 +301,9 @@ def gen_object_tracking(rng: random.Random, k: WorldKnobs) -> Sample:
                 vx = -vx
             if y1 + vy < 1 or y2 + vy > s - 1:
                 vy = -vy
+            # an object touching the border (object_grid places them there) would leave the image either way
+            vx = vx if 0 <= x1 + vx and x2 + vx <= s else 0.0
+            vy = vy if 0 <= y1 + vy and y2 + vy <= s else 0.0
             vel[j] = (vx, vy)
             cur.append(o.moved((round(x1 + vx), round(y1 + vy), round(x2 + vx), round(y2 + vy))))
         frames.append(cur)
@@ -390,6 +402,10 @@ def _showcase(rng: random.Random, k: WorldKnobs, ident: Identity, size: str = "l
     s = k.image_size
     side = object_side(rng, size, s, k.object_scale) * 1.3
     x, y = (s - side) / 2 + rng.uniform(-4, 4), (s - side) / 2 + rng.uniform(-4, 4)
+    if k.object_grid:
+        g = k.object_grid
+        side = g * round(grid_side(size, s, k.object_scale, g) * 1.3 / g)
+        x = y = g * ((s - side) // (2 * g))
     o = Obj(*ident, size, (round(x), round(y), round(x + side), round(y + side)), 0)
     return _draw(rng, k, [o]), o
 
