@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--normalise", choices=["clip", "data"], default="clip", help="pixel normalisation: Qwen's CLIP constants or the training images' own")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--object-scale", type=float, default=1.0, help="the world's object_scale for the one-object items")
+    ap.add_argument("--grid", type=int, default=0, help="one-object items: each object's corner on this pixel grid (14: the patch grid)")
+    ap.add_argument("--snap-sides", action="store_true", help="with --grid: object sides are multiples of the grid too")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     add_shape_args(ap)
     ap.add_argument("--save", default="", help="write the trained tower here (safetensors) with its pixel statistics beside it (.json), for probe_base_training.py --vision-init")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train, test, classes = shape_items(args)
     mean, std = pixel_stats([it.images[0] for it in train])

@@ -59,12 +59,17 @@ class BaseModelConfig:
     logging_steps: int = 25
     bf16: bool = False
     seed: int = 0
+    vision_warmup_steps: int = field(default=0, metadata={"help": "first train the vision tower alone this many steps on naming one-object items' shape, colour, pattern and size (as Qwen2-VL's tower comes pretrained); 0: off (README)"})
+    vision_warmup_lr: float = 1e-3
+    vision_warmup_batch_size: int = 16
 
     def __post_init__(self) -> None:
         from .models import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
+        if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
+            raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
 
 
 @dataclass
@@ -147,6 +152,93 @@ class CompletionCollator:
         }
 
 
+ATTRIBUTES = ("shape", "colour", "pattern", "size")
+
+
+def one_object_items(items: list[Item]) -> list[Item]:
+    """Items whose one image holds one object of the embedded world (its scene says which)."""
+    return [it for it in items if it.scene is not None and len(it.images) == 1 and len(it.scene["images"][0]["objects"]) == 1]
+
+
+class AttributeHeads(torch.nn.Module):
+    """The vision tower with a linear head per attribute on its max-pooled merged tokens: the warm-up's model."""
+
+    def __init__(self, visual: torch.nn.Module, dim: int):
+        from .world.objects import COLOURS, PATTERNS, SHAPES, SIZES
+
+        super().__init__()
+        self.visual = visual
+        self.classes = {"shape": list(SHAPES), "colour": list(COLOURS), "pattern": list(PATTERNS), "size": list(SIZES)}
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(c)) for a, c in self.classes.items()})
+
+    def labels(self, scene: dict[str, Any]) -> torch.Tensor:
+        obj = scene["images"][0]["objects"][0]
+        return torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        tokens = self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
+        merge = self.visual.spatial_merge_size**2
+        pooled = torch.stack([t.max(0).values for t in tokens.split((image_grid_thw.prod(-1) // merge).tolist())])
+        logits = [self.heads[a](pooled) for a in ATTRIBUTES]
+        out = {"logits": torch.cat(logits, -1)}
+        if labels is not None:
+            out["loss"] = sum(torch.nn.functional.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
+        return out
+
+
+def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], work: Path, progress: bool = True) -> dict[str, float]:
+    """Train ``model``'s vision tower alone for ``cfg.vision_warmup_steps`` on naming the shape, colour, pattern
+    and size of one-object items, as Qwen2-VL's tower comes pretrained before its language model sees it.
+    Returns the last logged loss and each attribute's accuracy on the training items (README: why)."""
+    from transformers import Trainer, TrainingArguments
+
+    from .trainers import JsonlLogCallback
+
+    one = one_object_items(items)
+    if not one:
+        raise ValueError("base_model.vision_warmup_steps needs one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)")
+    net = AttributeHeads(model.model.visual, model.config.text_config.hidden_size)  # the merger's width
+    examples = []
+    for it in one:
+        enc = processor.image_processor([Image.open(it.images[0]).convert("RGB")], return_tensors="pt")
+        examples.append({"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"], "labels": net.labels(it.scene)})
+
+    def collate(batch):
+        return {"pixel_values": torch.cat([e["pixel_values"] for e in batch]), "image_grid_thw": torch.cat([e["image_grid_thw"] for e in batch]), "labels": torch.stack([e["labels"] for e in batch])}
+
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=cfg.vision_warmup_steps,
+        per_device_train_batch_size=cfg.vision_warmup_batch_size,
+        learning_rate=cfg.vision_warmup_lr,
+        warmup_steps=min(50, cfg.vision_warmup_steps // 10),
+        lr_scheduler_type="constant_with_warmup",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        adam_beta2=0.98,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+    log = JsonlLogCallback(work.parent / "vision_warmup_log.jsonl")
+    Trainer(model=net, args=args, train_dataset=examples, data_collator=collate, callbacks=[log.callback]).train()
+    shutil.rmtree(work, ignore_errors=True)  # nothing kept: the warmed tower lives on in ``model``
+    net.eval()
+    right = torch.zeros(len(ATTRIBUTES))
+    with torch.no_grad():
+        for i in range(0, len(examples), 64):
+            batch = collate(examples[i : i + 64])
+            logits = net(batch["pixel_values"], batch["image_grid_thw"])["logits"].split([len(net.classes[a]) for a in ATTRIBUTES], -1)
+            right += torch.stack([(lg.argmax(-1) == batch["labels"][:, j]).sum() for j, lg in enumerate(logits)]).float()
+    model.train()
+    return {a: round(100.0 * float(right[j]) / len(examples), 1) for j, a in enumerate(ATTRIBUTES)}
+
+
 def _check_shipped(path: Path) -> dict[str, Any]:
     meta_file = path / "mirg.json"
     if not meta_file.is_file():
@@ -201,7 +293,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     from transformers import Trainer, TrainingArguments
 
     from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
-    from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
+    from .trainers import JsonlLogCallback, common_args, resumable, stamp_matches, train_resuming
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -232,6 +324,10 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
     dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     work = out_dir / "trainer"
+    if cfg.vision_warmup_steps and not resumable(work, digest):  # a resumed run's checkpoint holds the warmed tower
+        t1 = time.perf_counter()
+        acc = warm_up_vision(cfg, model, processor, train, out_dir / "vision_warmup", progress)
+        write_json(out_dir / "vision_warmup.json", {"config_hash": digest, "steps": cfg.vision_warmup_steps, "train_accuracy": acc, "seconds": round(time.perf_counter() - t1, 1)})
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=cfg.max_steps,
@@ -266,6 +362,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
             "seconds": round(seconds, 1),
             "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         }
+        if cfg.vision_warmup_steps and (out_dir / "vision_warmup.json").is_file():
+            meta["vision_warmup"] = json.loads((out_dir / "vision_warmup.json").read_text())
         meta["sha256"] = sha256_tree(tmp)
         write_json(tmp / "mirg.json", meta)
     shutil.rmtree(work, ignore_errors=True)

@@ -31,6 +31,14 @@ def stamp_matches(checkpoint: Path, digest: str) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
 
 
+def resumable(work: Path, digest: str) -> bool:
+    """Whether :func:`train_resuming` will resume from a checkpoint in ``work`` (same config digest)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    work = Path(work)
+    return work.is_dir() and stamp_matches(work, digest) and get_last_checkpoint(str(work)) is not None
+
+
 def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     """Train, resuming from the last checkpoint an interrupted run *of the same config* left in ``work``.
 

@@ -137,3 +137,63 @@ def test_changed_config_does_not_resume_another_configs_checkpoint(smoke_world, 
     rows = _losses(out / "train_log.jsonl")
     # trained from step 0 under the new config (3 logged steps), not resumed past its own max_steps
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def describe_world(tmp_path_factory):
+    from mirg_lib.world import DataConfig, run_data_synthesis
+
+    cfg = DataConfig(n_test_per_task=1, n_train_per_task=1, n_single_test=2, n_single_train=4, n_single_describe_train=16, image_size=112, object_grid=14, contact_sheet=False)
+    return run_data_synthesis(cfg, tmp_path_factory.mktemp("describe") / "data", progress=False)
+
+
+def test_vision_warmup_trains_the_tower_alone_on_one_object_attributes(describe_world, tmp_path):
+    from mirg_lib.base_model import ATTRIBUTES, one_object_items, tokenizer_corpus, warm_up_vision
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = load_pool_items(describe_world.train_file)
+    one = one_object_items(pool)
+    assert len(one) == 16 and {it.task for it in one} == {"single_describe"}  # referring scenes hold 3+ objects
+    model, processor = create_small_model("nano", tokenizer_corpus(pool))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = BaseModelConfig(preset="nano", vision_warmup_steps=40, vision_warmup_lr=3e-3, vision_warmup_batch_size=8, logging_steps=10)
+    acc = warm_up_vision(cfg, model, processor, pool, tmp_path / "warm", progress=False)
+    assert set(acc) == set(ATTRIBUTES)
+    assert acc["colour"] >= 75.0  # 16 items memorised: the tower carries what it was taught (chance 12.5 %)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed)
+    assert not (tmp_path / "warm").exists() and (tmp_path / "vision_warmup_log.jsonl").is_file()
+    with pytest.raises(ValueError, match="one-object items"):
+        warm_up_vision(cfg, model, processor, [it for it in pool if it.task == "single_refer"], tmp_path / "warm", progress=False)
+
+
+def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_it(describe_world, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    cfg = BaseModelConfig(preset="nano", max_steps=4, batch_size=4, save_steps=2, logging_steps=1, train_tasks=["single_describe", "single_refer"], vision_warmup_steps=4, vision_warmup_batch_size=4)
+    step = Trainer.training_step
+
+    def crash_at_step_3(self, *a, **k):
+        if self.state.global_step == 2 and not hasattr(self.model, "heads"):  # the main run, not the warm-up
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    out = tmp_path / "base"
+    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_base_model(cfg, describe_world.root, out, progress=False)
+    monkeypatch.undo()
+    first = json.loads((out / "vision_warmup.json").read_text())
+    assert first["steps"] == 4 and set(first["train_accuracy"]) == {"shape", "colour", "pattern", "size"}
+
+    def no_second_warmup(*a, **k):
+        raise AssertionError("the warm-up ran again on resuming")
+
+    monkeypatch.setattr(bm, "warm_up_vision", no_second_warmup)
+    result = run_base_model(cfg, describe_world.root, out, progress=False)
+    meta = json.loads((result.path / "mirg.json").read_text())
+    assert meta["vision_warmup"] == first
+    with pytest.raises(ValueError, match="vision_warmup"):
+        BaseModelConfig(vision_warmup_steps=-1)
