@@ -58,3 +58,22 @@ def nano_checkpoint(tmp_path_factory, smoke_world):
     corpus = [t["value"] for r in pool for t in r.conversations]
     model, processor = create_small_model("nano", corpus, "qwen2_vl", seed=0)
     return save_checkpoint(model, processor, tmp_path_factory.mktemp("nano") / "ckpt")
+
+
+@pytest.fixture
+def crash_before_step(monkeypatch):
+    """``crash_before_step(cls, n)``: a trainer of class ``cls`` raises KeyboardInterrupt when about to train
+    step ``n + 1`` (after the step-``n`` checkpoint), as a killed run would; the vision warm-up's trainer
+    (a model with attribute ``heads``) is spared. ``monkeypatch.undo()`` disarms it."""
+
+    def arm(cls, n: int) -> None:
+        original = cls.training_step
+
+        def crash(self, *a, **k):
+            if self.state.global_step == n and not hasattr(self.model, "heads"):
+                raise KeyboardInterrupt
+            return original(self, *a, **k)
+
+        monkeypatch.setattr(cls, "training_step", crash)
+
+    return arm

@@ -50,7 +50,7 @@ def test_sft_trains_language_lora_and_merges(rows, nano_checkpoint, tmp_path):
     assert not any("visual" in k for k in differ)
 
 
-def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tmp_path, monkeypatch):
+def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tmp_path, monkeypatch, crash_before_step):
     """Crash after the step-2 checkpoint and resume: steps 3-4 and the merged weights match an unbroken run."""
     from mirg_lib.trainers import train_resuming
 
@@ -65,15 +65,7 @@ def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tm
         return {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if "loss" in r}
 
     whole = run("whole")
-    cls = type(make_trainer(cfg, nano_checkpoint, rows, tmp_path / "probe"))
-    step = cls.training_step
-
-    def crash_at_step_3(self, *a, **k):
-        if self.state.global_step == 2:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(cls, "training_step", crash_at_step_3)
+    crash_before_step(type(make_trainer(cfg, nano_checkpoint, rows, tmp_path / "probe")), 2)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
     monkeypatch.undo()

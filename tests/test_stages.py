@@ -42,7 +42,7 @@ def test_interrupted_base_training_resumes(smoke_world, tmp_path, monkeypatch):
     assert run_base_model(CFG, smoke_world.root, out, progress=False).skipped
 
 
-def test_resumed_training_continues_from_the_checkpoints_weights(smoke_world, tmp_path, monkeypatch):
+def test_resumed_training_continues_from_the_checkpoints_weights(smoke_world, tmp_path, monkeypatch, crash_before_step):
     """Crash after checkpoint-2, resume: steps 3-4 and the final weights are those of an unbroken run.
 
     The Trainer's own resume loaded Qwen2-VL's legacy key names non-strictly and left the language
@@ -50,15 +50,8 @@ def test_resumed_training_continues_from_the_checkpoints_weights(smoke_world, tm
     from transformers import Trainer
 
     whole = run_base_model(CFG, smoke_world.root, tmp_path / "whole", progress=False)
-    step = Trainer.training_step
-
-    def crash_at_step_3(self, *a, **k):
-        if self.state.global_step == 2:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    crash_before_step(Trainer, 2)
     with pytest.raises(KeyboardInterrupt):
         run_base_model(CFG, smoke_world.root, out, progress=False)
     monkeypatch.undo()
@@ -169,19 +162,12 @@ def test_vision_warmup_trains_the_tower_alone_on_one_object_attributes(describe_
         warm_up_vision(cfg, model, processor, [it for it in pool if it.task == "single_refer"], tmp_path / "warm", progress=False)
 
 
-def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_it(describe_world, tmp_path, monkeypatch):
+def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_it(describe_world, tmp_path, monkeypatch, crash_before_step):
     from transformers import Trainer
 
     cfg = BaseModelConfig(preset="nano", max_steps=4, batch_size=4, save_steps=2, logging_steps=1, train_tasks=["single_describe", "single_refer"], vision_warmup_steps=4, vision_warmup_batch_size=4)
-    step = Trainer.training_step
-
-    def crash_at_step_3(self, *a, **k):
-        if self.state.global_step == 2 and not hasattr(self.model, "heads"):  # the main run, not the warm-up
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
     out = tmp_path / "base"
-    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    crash_before_step(Trainer, 2)  # the main run's step 3, not the warm-up's
     with pytest.raises(KeyboardInterrupt):
         run_base_model(cfg, describe_world.root, out, progress=False)
     monkeypatch.undo()
