@@ -3,7 +3,7 @@
     .venv/bin/python bench/probe_vision_tower.py --steps 3000 --lr 1e-3
 
 The tower of ``create_small_model(preset)`` (transformers' Qwen2-VL vision transformer with its patch merger),
-max-pooled over its output tokens, and a linear head trained with cross-entropy on the shape: the most direct
+max-pooled over its output tokens (``base_model.pooled_vision_tokens``, as the stage's vision warm-up), and a linear head trained with cross-entropy on the shape: the most direct
 signal the tower can get. Same one-object images as ``probe_base_training.py --mode shape``; compare with the
 convolutional control ``probe_shape_cnn.py``.
 """
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probe_base_training import one_object_items  # noqa: E402
 
+from mirg_lib.base_model import pooled_vision_tokens  # noqa: E402
 from mirg_lib.models import create_small_model, pixel_stats  # noqa: E402
 
 
@@ -73,8 +74,7 @@ def main() -> None:
         return out["pixel_values"], out["image_grid_thw"]
 
     def logits(pv, grid):
-        h = visual(pv, grid_thw=grid).pooler_output  # merged tokens of every image, one after another
-        return head(h.view(grid.shape[0], -1, h.shape[-1]).max(1).values)
+        return head(pooled_vision_tokens(visual, pv, grid))
 
     ytr = torch.tensor([classes.index(it.scene["shape"]) for it in train])
     yte = torch.tensor([classes.index(it.scene["shape"]) for it in test])

@@ -155,31 +155,39 @@ class CompletionCollator:
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
 
 
-def one_object_items(items: list[Item]) -> list[Item]:
+def lone_object_items(items: list[Item]) -> list[Item]:
     """Items whose one image holds one object of the embedded world (its scene says which)."""
     return [it for it in items if it.scene is not None and len(it.images) == 1 and len(it.scene["images"][0]["objects"]) == 1]
 
 
+def pooled_vision_tokens(visual: torch.nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """One vector per image: the max over its merged tokens from a Qwen2-VL vision tower (and merger)."""
+    tokens = visual(pixel_values, grid_thw=image_grid_thw).pooler_output  # every image's tokens, one after another
+    per_image = (image_grid_thw.prod(-1) // visual.spatial_merge_size**2).tolist()
+    return torch.stack([t.max(0).values for t in tokens.split(per_image)])
+
+
 class AttributeHeads(torch.nn.Module):
-    """The vision tower with a linear head per attribute on its max-pooled merged tokens: the warm-up's model."""
+    """The vision tower with a linear head per attribute on its pooled tokens: the warm-up's model."""
 
     def __init__(self, visual: torch.nn.Module, dim: int):
         from .world.objects import COLOURS, PATTERNS, SHAPES, SIZES
 
         super().__init__()
         self.visual = visual
-        self.classes = {"shape": list(SHAPES), "colour": list(COLOURS), "pattern": list(PATTERNS), "size": list(SIZES)}
+        self.classes = {a: list(values) for a, values in zip(ATTRIBUTES, (SHAPES, COLOURS, PATTERNS, SIZES), strict=True)}
         self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(c)) for a, c in self.classes.items()})
 
     def labels(self, scene: dict[str, Any]) -> torch.Tensor:
         obj = scene["images"][0]["objects"][0]
         return torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
 
+    def attribute_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        pooled = pooled_vision_tokens(self.visual, pixel_values, image_grid_thw)
+        return [self.heads[a](pooled) for a in ATTRIBUTES]
+
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        tokens = self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
-        merge = self.visual.spatial_merge_size**2
-        pooled = torch.stack([t.max(0).values for t in tokens.split((image_grid_thw.prod(-1) // merge).tolist())])
-        logits = [self.heads[a](pooled) for a in ATTRIBUTES]
+        logits = self.attribute_logits(pixel_values, image_grid_thw)
         out = {"logits": torch.cat(logits, -1)}
         if labels is not None:
             out["loss"] = sum(torch.nn.functional.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
@@ -188,13 +196,13 @@ class AttributeHeads(torch.nn.Module):
 
 def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], work: Path, progress: bool = True) -> dict[str, float]:
     """Train ``model``'s vision tower alone for ``cfg.vision_warmup_steps`` on naming the shape, colour, pattern
-    and size of one-object items, as Qwen2-VL's tower comes pretrained before its language model sees it.
-    Returns the last logged loss and each attribute's accuracy on the training items (README: why)."""
+    and size of the lone-object items among ``items``, as Qwen2-VL's tower comes pretrained before its language
+    model sees it. Returns each attribute's accuracy (%) on those training items (README: why)."""
     from transformers import Trainer, TrainingArguments
 
-    from .trainers import JsonlLogCallback
+    from .trainers import JsonlLogCallback, common_args
 
-    one = one_object_items(items)
+    one = lone_object_items(items)
     if not one:
         raise ValueError("base_model.vision_warmup_steps needs one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)")
     net = AttributeHeads(model.model.visual, model.config.text_config.hidden_size)  # the merger's width
@@ -216,14 +224,9 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
         weight_decay=0.01,
         max_grad_norm=1.0,
         adam_beta2=0.98,
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
+        **{**common_args(cfg, None), "save_strategy": "no"},
     )
     log = JsonlLogCallback(work.parent / "vision_warmup_log.jsonl")
     Trainer(model=net, args=args, train_dataset=examples, data_collator=collate, callbacks=[log.callback]).train()
@@ -233,7 +236,7 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
     with torch.no_grad():
         for i in range(0, len(examples), 64):
             batch = collate(examples[i : i + 64])
-            logits = net(batch["pixel_values"], batch["image_grid_thw"])["logits"].split([len(net.classes[a]) for a in ATTRIBUTES], -1)
+            logits = net.attribute_logits(batch["pixel_values"], batch["image_grid_thw"])
             right += torch.stack([(lg.argmax(-1) == batch["labels"][:, j]).sum() for j, lg in enumerate(logits)]).float()
     model.train()
     return {a: round(100.0 * float(right[j]) / len(examples), 1) for j, a in enumerate(ATTRIBUTES)}
@@ -293,7 +296,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     from transformers import Trainer, TrainingArguments
 
     from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
-    from .trainers import JsonlLogCallback, common_args, resumable, stamp_matches, train_resuming
+    from .trainers import JsonlLogCallback, common_args, last_checkpoint, stamp_matches, train_resuming
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -324,7 +327,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
     dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train])
     work = out_dir / "trainer"
-    if cfg.vision_warmup_steps and not resumable(work, digest):  # a resumed run's checkpoint holds the warmed tower
+    if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         t1 = time.perf_counter()
         acc = warm_up_vision(cfg, model, processor, train, out_dir / "vision_warmup", progress)
         write_json(out_dir / "vision_warmup.json", {"config_hash": digest, "steps": cfg.vision_warmup_steps, "train_accuracy": acc, "seconds": round(time.perf_counter() - t1, 1)})

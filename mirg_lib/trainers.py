@@ -31,12 +31,13 @@ def stamp_matches(checkpoint: Path, digest: str) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
 
 
-def resumable(work: Path, digest: str) -> bool:
-    """Whether :func:`train_resuming` will resume from a checkpoint in ``work`` (same config digest)."""
+def last_checkpoint(work: Path, digest: str) -> str | None:
+    """The checkpoint :func:`train_resuming` resumes from: the last one in ``work`` if it was stamped with
+    this config digest, else None."""
     from transformers.trainer_utils import get_last_checkpoint
 
     work = Path(work)
-    return work.is_dir() and stamp_matches(work, digest) and get_last_checkpoint(str(work)) is not None
+    return get_last_checkpoint(str(work)) if work.is_dir() and stamp_matches(work, digest) else None
 
 
 def train_resuming(trainer: Any, work: Path, digest: str) -> None:
@@ -47,18 +48,16 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     :class:`JsonlLogCallback` logs, and training starts over."""
     import shutil
 
-    from transformers.trainer_utils import get_last_checkpoint
-
     from .io import write_json
 
     work = Path(work)
+    last = last_checkpoint(work, digest)
     if work.is_dir() and not stamp_matches(work, digest):
         shutil.rmtree(work)
         for cb in trainer.callback_handler.callbacks:
             if getattr(cb, "log_path", None) is not None:
                 cb.log_path.unlink(missing_ok=True)
     write_json(work / "mirg.json", {"config_hash": digest})
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
     if last is not None:
         load_full_checkpoint(trainer.model, last)
     trainer.train(resume_from_checkpoint=last)

@@ -141,12 +141,12 @@ def describe_world(tmp_path_factory):
 
 
 def test_vision_warmup_trains_the_tower_alone_on_one_object_attributes(describe_world, tmp_path):
-    from mirg_lib.base_model import ATTRIBUTES, one_object_items, tokenizer_corpus, warm_up_vision
+    from mirg_lib.base_model import ATTRIBUTES, lone_object_items, tokenizer_corpus, warm_up_vision
     from mirg_lib.items import load_pool_items
     from mirg_lib.models import create_small_model
 
     pool = load_pool_items(describe_world.train_file)
-    one = one_object_items(pool)
+    one = lone_object_items(pool)
     assert len(one) == 16 and {it.task for it in one} == {"single_describe"}  # referring scenes hold 3+ objects
     model, processor = create_small_model("nano", tokenizer_corpus(pool))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -147,18 +147,23 @@ def _scene(
     objs = []
     for i, ident in enumerate(identities):
         size = sizes[i] if sizes else rng.choice(SIZES)
-        side = object_side(rng, size, min(w, h), k.object_scale)
-        aspect = rng.uniform(0.85, 1.15)
-        if k.object_grid:  # square, its side and corner on the grid (DataConfig.object_grid)
-            g = grid_side(size, min(w, h), k.object_scale, k.object_grid)
-            box = place_box(rng, g, g, w, h, taken, grid=k.object_grid)
-        else:
-            box = place_box(rng, side * aspect, side / aspect, w, h, taken)
+        box = _place(rng, k, size, w, h, taken)
         if box is None:
             raise WorldError("scene too crowded")
         taken.append(box)
         objs.append(Obj(ident[0], ident[1], ident[2], size, box, first_oid + i))
     return objs
+
+
+def _place(rng: random.Random, k: WorldKnobs, size: str, w: int, h: int, taken: list[tuple[float, ...]], aspect: bool = True) -> tuple[float, float, float, float] | None:
+    """A free box for a ``size`` object: a drawn side (and aspect) anywhere, or with ``object_grid`` a square of
+    whole grid cells on the grid. The side and aspect are drawn either way, so the grid changes no other draw."""
+    side = object_side(rng, size, min(w, h), k.object_scale)
+    a = rng.uniform(0.85, 1.15) if aspect else 1.0
+    if k.object_grid:
+        g = grid_side(size, min(w, h), k.object_scale, k.object_grid)
+        return place_box(rng, g, g, w, h, taken, grid=k.object_grid)
+    return place_box(rng, side * a, side / a, w, h, taken)
 
 
 def _bg(rng: random.Random) -> tuple[int, int, int]:
@@ -219,10 +224,7 @@ def _change(rng: random.Random, k: WorldKnobs, objs: list[Obj]) -> tuple[list[Ob
     if kind == "add":
         ident = random_identity(rng)
         size = rng.choice(SIZES)
-        side = object_side(rng, size, k.image_size, k.object_scale)
-        if k.object_grid:
-            side = grid_side(size, k.image_size, k.object_scale, k.object_grid)
-        box = place_box(rng, side, side, k.image_size, k.image_size, [o.box for o in objs], grid=k.object_grid)
+        box = _place(rng, k, size, k.image_size, k.image_size, [o.box for o in objs], aspect=False)
         if box is None:
             raise WorldError("no room to add an object")
         new = Obj(*ident, size, box, max(o.oid for o in objs) + 1)
@@ -402,7 +404,7 @@ def _showcase(rng: random.Random, k: WorldKnobs, ident: Identity, size: str = "l
     s = k.image_size
     side = object_side(rng, size, s, k.object_scale) * 1.3
     x, y = (s - side) / 2 + rng.uniform(-4, 4), (s - side) / 2 + rng.uniform(-4, 4)
-    if k.object_grid:
+    if k.object_grid:  # centred on the grid (the side and jitter above are drawn either way)
         g = k.object_grid
         side = g * round(grid_side(size, s, k.object_scale, g) * 1.3 / g)
         x = y = g * ((s - side) // (2 * g))
