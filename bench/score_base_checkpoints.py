@@ -3,7 +3,8 @@
     .venv/bin/python bench/score_base_checkpoints.py --profile embedded [--threads 1]
 
 Every ``runs/<profile>/base_model/trainer/checkpoint-N`` (a complete folder: weights and processor) is
-scored greedily on the profile's single-image referring test with the evaluation stage's own code; each
+scored greedily on the profile's single-image referring test with the evaluation stage's own code (and how
+many of its answers box *some* object of the scene, ``any_object@0.5``: boxing without choosing); each
 result (and, for each curriculum task in the base's mix, Acc@0.5 on held-out one-object items; for
 ``single_describe`` also the exact descriptions and each attribute named right) is printed and appended
 to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config digest the work folder is stamped with (a checkpoint already scored there *for the same config* is skipped;
@@ -73,6 +74,31 @@ def description_scores(predictions: Path, expressions: list[str]) -> dict[str, f
     return out
 
 
+def object_hits(predictions: Path, scenes_file: Path, task: str = "single_refer") -> float:
+    """% of the answers whose box lands on *some* object of the item's scene (IoU >= 0.5): far above
+    Acc@0.5, the base boxes objects but does not choose the described one."""
+    from mirg_lib.boxes import iou_xyxy
+    from mirg_lib.parsing import parse_response
+
+    scenes = {}
+    for line in scenes_file.read_text().splitlines():
+        s = json.loads(line)
+        if s["task"] == task:
+            scenes[s["record_index"]] = s["images"][s["target_image"] - 1]
+    hits = n = 0
+    for line in predictions.read_text().splitlines():
+        p = json.loads(line)
+        n += 1
+        box = parse_response(p.get("response", "")).box
+        image = scenes.get(p["index"])
+        if box is None or image is None:
+            continue
+        w, h = image["size"]
+        b = [v / 1000 for v in box.values]
+        hits += any(iou_xyxy(b, [o["box"][0] / w, o["box"][1] / h, o["box"][2] / w, o["box"][3] / h]) >= 0.5 for o in image["objects"])
+    return round(100.0 * hits / max(1, n), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="embedded")
@@ -113,6 +139,7 @@ def main() -> None:
             "config_hash": digest,
             "single_image_acc@0.5": s["avg"],
             "mean_iou": round(s["tasks"]["single_refer"]["mean_iou"], 4),
+            "any_object@0.5": object_hits(stage / "checkpoint_eval" / ck.name / "predictions.jsonl", bench.parent / "scenes.jsonl"),
             "unparseable": s["unparseable"],
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }

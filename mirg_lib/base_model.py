@@ -62,6 +62,7 @@ class BaseModelConfig:
     vision_warmup_steps: int = field(default=0, metadata={"help": "first train the vision tower alone this many steps on naming one-object items' shape, colour, pattern and size (as Qwen2-VL's tower comes pretrained); 0: off (README)"})
     vision_warmup_lr: float = 1e-3
     vision_warmup_batch_size: int = 16
+    vision_warmup_targets: Literal["lone", "dense"] = field(default="lone", metadata={"help": "lone: name the attributes of one-object images from pooled tokens; dense: every merged token of every single-image item names the object whose centre it holds (or none), that object's box in patches, and its own row and column (README)"})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -70,6 +71,8 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
+        if self.vision_warmup_targets not in ("lone", "dense"):
+            raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
 
 
 @dataclass
@@ -167,52 +170,116 @@ def pooled_vision_tokens(visual: torch.nn.Module, pixel_values: torch.Tensor, im
     return torch.stack([t.max(0).values for t in tokens.split(per_image)])
 
 
+def _attribute_classes() -> dict[str, list[str]]:
+    from .world.objects import COLOURS, PATTERNS, SHAPES, SIZES
+
+    return {a: list(values) for a, values in zip(ATTRIBUTES, (SHAPES, COLOURS, PATTERNS, SIZES), strict=True)}
+
+
 class AttributeHeads(torch.nn.Module):
-    """The vision tower with a linear head per attribute on its pooled tokens: the warm-up's model."""
+    """The vision tower with a linear head per attribute on its pooled tokens: the ``lone`` warm-up's model.
+    ``labels`` is one row per image; ``targets`` names its columns."""
+
+    targets = ATTRIBUTES
 
     def __init__(self, visual: torch.nn.Module, dim: int):
-        from .world.objects import COLOURS, PATTERNS, SHAPES, SIZES
-
         super().__init__()
         self.visual = visual
-        self.classes = {a: list(values) for a, values in zip(ATTRIBUTES, (SHAPES, COLOURS, PATTERNS, SIZES), strict=True)}
+        self.classes = _attribute_classes()
         self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(c)) for a, c in self.classes.items()})
 
-    def labels(self, scene: dict[str, Any]) -> torch.Tensor:
+    def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
         obj = scene["images"][0]["objects"][0]
-        return torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
+        return torch.tensor([[self.classes[a].index(obj[a]) for a in ATTRIBUTES]])
 
-    def attribute_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    def target_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         pooled = pooled_vision_tokens(self.visual, pixel_values, image_grid_thw)
         return [self.heads[a](pooled) for a in ATTRIBUTES]
 
+    def scored(self, labels: torch.Tensor, j: int) -> torch.Tensor:
+        """Which rows count towards target ``j``'s accuracy."""
+        return labels[:, j] >= 0
+
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.attribute_logits(pixel_values, image_grid_thw)
+        logits = self.target_logits(pixel_values, image_grid_thw)
         out = {"logits": torch.cat(logits, -1)}
         if labels is not None:
-            out["loss"] = sum(torch.nn.functional.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
+            out["loss"] = sum(torch.nn.functional.cross_entropy(lg, labels[:, i], ignore_index=-100) for i, lg in enumerate(logits))
         return out
 
 
+class DenseAttributeHeads(AttributeHeads):
+    """The ``dense`` warm-up's model: linear heads on every merged token (raster order, as the tower emits them).
+    A token names the attributes of the object whose box centre lies in its cell (the largest, if several;
+    ``none`` if no centre does), that object's box corners in patches (0 .. grid side), and its own row and
+    column: object-centric tokens that carry where they are, which a lone-object warm-up does not teach
+    (README: the selection hop). ``labels`` is one row per token, -100 where a target does not apply."""
+
+    targets = ATTRIBUTES + ("x1", "y1", "x2", "y2", "row", "col")
+
+    def __init__(self, visual: torch.nn.Module, dim: int, side: int):
+        torch.nn.Module.__init__(self)
+        self.visual = visual
+        self.merge = visual.spatial_merge_size
+        self.side = side
+        self.classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
+        sizes = {**{a: len(c) for a, c in self.classes.items()}, **dict.fromkeys(("x1", "y1", "x2", "y2"), side + 1), "row": side, "col": side}
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(dim, sizes[t]) for t in self.targets})
+
+    def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
+        _, h, w = (int(v) for v in grid_thw.reshape(-1))
+        if max(h, w) > self.side:
+            raise ValueError(f"an image of {h} x {w} patches is larger than the warm-up's {self.side}")
+        rows, cols = h // self.merge, w // self.merge
+        image = scene["images"][0]
+        iw, ih = image["size"]
+        lab = torch.full((rows * cols, len(self.targets)), -100, dtype=torch.long)
+        lab[:, :4] = torch.tensor([len(self.classes[a]) - 1 for a in ATTRIBUTES])  # none
+        lab[:, 8] = torch.arange(rows * cols) // cols
+        lab[:, 9] = torch.arange(rows * cols) % cols
+        for obj in sorted(image["objects"], key=lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
+            x1, y1, x2, y2 = obj["box"]
+            r = min(rows - 1, max(0, int((y1 + y2) / 2 / ih * rows)))
+            c = min(cols - 1, max(0, int((x1 + x2) / 2 / iw * cols)))
+            lab[r * cols + c, :4] = torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
+            corners = (x1 / iw * w, y1 / ih * h, x2 / iw * w, y2 / ih * h)
+            lab[r * cols + c, 4:8] = torch.tensor([min(self.side, max(0, round(v))) for v in corners])
+        return lab
+
+    def target_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.visual(pixel_values, grid_thw=image_grid_thw).pooler_output
+        return [self.heads[t](tokens) for t in self.targets]
+
+    def scored(self, labels: torch.Tensor, j: int) -> torch.Tensor:
+        """Attributes and corners on the tokens that hold an object; row and column on every token."""
+        return labels[:, j] >= 0 if j >= 8 else labels[:, 4] >= 0
+
+
 def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], work: Path, progress: bool = True) -> dict[str, float]:
-    """Train ``model``'s vision tower alone for ``cfg.vision_warmup_steps`` on naming the shape, colour, pattern
-    and size of the lone-object items among ``items``, as Qwen2-VL's tower comes pretrained before its language
-    model sees it. Returns each attribute's accuracy (%) on those training items (README: why)."""
+    """Train ``model``'s vision tower alone for ``cfg.vision_warmup_steps``, as Qwen2-VL's tower comes pretrained
+    before its language model sees it: ``lone`` names the shape, colour, pattern and size of the lone-object
+    items among ``items``; ``dense`` teaches every merged token of every single-image item of the embedded
+    world its object and place (``DenseAttributeHeads``). Returns each target's accuracy (%) on those
+    training items (README: why)."""
     from transformers import Trainer, TrainingArguments
 
     from .trainers import JsonlLogCallback, common_args
 
-    one = lone_object_items(items)
-    if not one:
-        raise ValueError("base_model.vision_warmup_steps needs one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)")
-    net = AttributeHeads(model.model.visual, model.config.text_config.hidden_size)  # the merger's width
-    examples = []
-    for it in one:
-        enc = processor.image_processor([Image.open(it.images[0]).convert("RGB")], return_tensors="pt")
-        examples.append({"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"], "labels": net.labels(it.scene)})
+    dense = cfg.vision_warmup_targets == "dense"
+    chosen = [it for it in items if it.scene is not None and len(it.images) == 1] if dense else lone_object_items(items)
+    if not chosen:
+        need = "single-image items of the embedded world (with scenes)" if dense else "one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)"
+        raise ValueError(f"base_model.vision_warmup_steps needs {need}")
+    encoded = [processor.image_processor([Image.open(it.images[0]).convert("RGB")], return_tensors="pt") for it in chosen]
+    dim = model.config.text_config.hidden_size  # the merger's width
+    if dense:
+        net = DenseAttributeHeads(model.model.visual, dim, max(int(v) for e in encoded for v in e["image_grid_thw"][0, 1:]))
+    else:
+        net = AttributeHeads(model.model.visual, dim)
+    examples = [{"pixel_values": e["pixel_values"], "image_grid_thw": e["image_grid_thw"], "labels": net.labels(it.scene, e["image_grid_thw"])} for it, e in zip(chosen, encoded, strict=True)]
 
     def collate(batch):
-        return {"pixel_values": torch.cat([e["pixel_values"] for e in batch]), "image_grid_thw": torch.cat([e["image_grid_thw"] for e in batch]), "labels": torch.stack([e["labels"] for e in batch])}
+        return {k: torch.cat([e[k] for e in batch]) for k in ("pixel_values", "image_grid_thw", "labels")}
 
     args = TrainingArguments(
         output_dir=str(work),
@@ -232,14 +299,17 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
     Trainer(model=net, args=args, train_dataset=examples, data_collator=collate, callbacks=[log.callback]).train()
     shutil.rmtree(work, ignore_errors=True)  # nothing kept: the warmed tower lives on in ``model``
     net.eval()
-    right = torch.zeros(len(ATTRIBUTES))
+    right, total = torch.zeros(len(net.targets)), torch.zeros(len(net.targets))
     with torch.no_grad():
         for i in range(0, len(examples), 64):
             batch = collate(examples[i : i + 64])
-            logits = net.attribute_logits(batch["pixel_values"], batch["image_grid_thw"])
-            right += torch.stack([(lg.argmax(-1) == batch["labels"][:, j]).sum() for j, lg in enumerate(logits)]).float()
+            logits = net.target_logits(batch["pixel_values"], batch["image_grid_thw"])
+            for j, lg in enumerate(logits):
+                keep = net.scored(batch["labels"], j)
+                right[j] += float((lg.argmax(-1) == batch["labels"][:, j])[keep].sum())
+                total[j] += float(keep.sum())
     model.train()
-    return {a: round(100.0 * float(right[j]) / len(examples), 1) for j, a in enumerate(ATTRIBUTES)}
+    return {t: round(100.0 * float(right[j]) / max(1.0, float(total[j])), 1) for j, t in enumerate(net.targets)}
 
 
 def _check_shipped(path: Path) -> dict[str, Any]:

@@ -162,6 +162,61 @@ def test_vision_warmup_trains_the_tower_alone_on_one_object_attributes(describe_
         warm_up_vision(cfg, model, processor, [it for it in pool if it.task == "single_refer"], tmp_path / "warm", progress=False)
 
 
+def test_dense_warmup_labels_name_each_tokens_object_its_box_and_place():
+    from mirg_lib.base_model import ATTRIBUTES, DenseAttributeHeads
+
+    class Tower(torch.nn.Module):
+        spatial_merge_size = 2
+
+    heads = DenseAttributeHeads(Tower(), 8, side=8)
+
+    def obj(shape, colour, box, size="medium", pattern="solid"):
+        return {"shape": shape, "colour": colour, "pattern": pattern, "size": size, "box": box}
+
+    scene = {"images": [{"size": [112, 112], "objects": [
+        obj("star", "red", [56.0, 0.0, 84.0, 28.0]),  # centre (70, 14): row 0, column 2
+        obj("circle", "blue", [0.0, 70.0, 14.0, 84.0], size="small"),  # centre (7, 77): row 2, column 0
+        obj("square", "green", [0.0, 56.0, 42.0, 98.0], size="large"),  # centre (21, 77): the same cell, larger: it wins
+    ]}]}  # fmt: skip
+    lab = heads.labels(scene, torch.tensor([[1, 8, 8]]))
+    assert lab.shape == (16, 10)
+    assert lab[2, :4].tolist() == [heads.classes[a].index(v) for a, v in zip(ATTRIBUTES, ("star", "red", "solid", "medium"), strict=True)]
+    assert lab[2, 4:].tolist() == [4, 0, 6, 2, 0, 2]  # corners in patches, then the token's own row and column
+    assert heads.classes["shape"][lab[8, 0]] == "square" and lab[8, 4:8].tolist() == [0, 4, 3, 7]
+    assert lab[0, :4].tolist() == [len(heads.classes[a]) - 1 for a in ATTRIBUTES]  # none
+    assert lab[0, 4:8].tolist() == [-100] * 4 and lab[15, 8:].tolist() == [3, 3]
+    assert heads.scored(lab, 0).sum() == 2 and heads.scored(lab, 9).sum() == 16
+    with pytest.raises(ValueError, match="larger"):
+        heads.labels(scene, torch.tensor([[1, 10, 10]]))
+
+
+def test_dense_vision_warmup_trains_the_tower_alone_on_every_token(describe_world, tmp_path):
+    from mirg_lib.base_model import DenseAttributeHeads, tokenizer_corpus, warm_up_vision
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = load_pool_items(describe_world.train_file)
+    model, processor = create_small_model("nano", tokenizer_corpus(pool))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = BaseModelConfig(preset="nano", vision_warmup_steps=60, vision_warmup_lr=3e-3, vision_warmup_batch_size=8, logging_steps=10, vision_warmup_targets="dense")
+    acc = warm_up_vision(cfg, model, processor, pool, tmp_path / "warm", progress=False)
+    assert set(acc) == set(DenseAttributeHeads.targets)
+    # 60 steps on 20 images: the objects' tokens place their box corners well above the commonest corner's rate
+    heads = DenseAttributeHeads(model.model.visual, 8, side=8)
+    lab = torch.cat([heads.labels(it.scene, torch.tensor([[1, 8, 8]])) for it in pool if len(it.images) == 1])
+    for j, corner in enumerate(("x1", "y1", "x2", "y2"), start=4):
+        held = lab[lab[:, 4] >= 0, j]
+        assert acc[corner] >= 100.0 * torch.bincount(held).max().item() / len(held) + 10.0, corner
+    losses = [r["loss"] for r in _losses(tmp_path / "vision_warmup_log.jsonl")]
+    assert losses[-1] < 0.85 * losses[0]
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed)
+    with pytest.raises(ValueError, match="single-image items"):
+        warm_up_vision(cfg, model, processor, [it for it in pool if len(it.images) > 1], tmp_path / "warm", progress=False)
+    with pytest.raises(ValueError, match="lone or dense"):
+        BaseModelConfig(vision_warmup_targets="pooled")
+
+
 def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_it(describe_world, tmp_path, monkeypatch, crash_before_step):
     from transformers import Trainer
 
