@@ -59,7 +59,7 @@ class BaseModelConfig:
     logging_steps: int = 25
     bf16: bool = False
     seed: int = 0
-    vision_warmup_steps: int = field(default=0, metadata={"help": "first train the vision tower alone this many steps on naming one-object items' shape, colour, pattern and size (as Qwen2-VL's tower comes pretrained); 0: off (README)"})
+    vision_warmup_steps: int = field(default=0, metadata={"help": "first train the vision tower alone this many steps on the targets vision_warmup_targets names (as Qwen2-VL's tower comes pretrained); 0: off (README)"})
     vision_warmup_lr: float = 1e-3
     vision_warmup_batch_size: int = 16
     vision_warmup_targets: Literal["lone", "dense"] = field(default="lone", metadata={"help": "lone: name the attributes of one-object images from pooled tokens; dense: every merged token of every single-image item names the object whose centre it holds (or none), that object's box in patches, and its own row and column (README)"})
