@@ -74,29 +74,28 @@ def description_scores(predictions: Path, expressions: list[str]) -> dict[str, f
     return out
 
 
-def object_hits(predictions: Path, scenes_file: Path, task: str = "single_refer") -> float:
-    """% of the answers whose box lands on *some* object of the item's scene (IoU >= 0.5): far above
-    Acc@0.5, the base boxes objects but does not choose the described one."""
-    from mirg_lib.boxes import iou_xyxy
+def on_some_object(found, item) -> bool:
+    """Whether a parsed answer box (``parse_response(...).box``, 0-1000 as the small models write it; None:
+    none) lands on *some* object of the item's target image (IoU >= 0.5; the embedded world's scene says where)."""
+    from mirg_lib.boxes import Box, Frame, iou
+
+    if found is None:
+        return False
+    image = item.scene["images"][item.target_image - 1]
+    box, size = Box(*found.values, frame=Frame.REL1000), tuple(image["size"])
+    return any(iou(box, Box(*o["box"], frame=Frame.ABS, size=size)) >= 0.5 for o in image["objects"])
+
+
+def object_hits(predictions: Path, bench: Path) -> float:
+    """% of the answers to ``bench`` whose box lands on *some* object of the item's scene: far above Acc@0.5,
+    the base boxes objects but does not choose the described one."""
+    from mirg_lib.items import load_bench_items
     from mirg_lib.parsing import parse_response
 
-    scenes = {}
-    for line in scenes_file.read_text().splitlines():
-        s = json.loads(line)
-        if s["task"] == task:
-            scenes[s["record_index"]] = s["images"][s["target_image"] - 1]
-    hits = n = 0
-    for line in predictions.read_text().splitlines():
-        p = json.loads(line)
-        n += 1
-        box = parse_response(p.get("response", "")).box
-        image = scenes.get(p["index"])
-        if box is None or image is None:
-            continue
-        w, h = image["size"]
-        b = [v / 1000 for v in box.values]
-        hits += any(iou_xyxy(b, [o["box"][0] / w, o["box"][1] / h, o["box"][2] / w, o["box"][3] / h]) >= 0.5 for o in image["objects"])
-    return round(100.0 * hits / max(1, n), 1)
+    items = {it.scene["record_index"]: it for it in load_bench_items(bench) if it.scene is not None}
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    hits = sum(p["index"] in items and on_some_object(parse_response(p.get("response", "")).box, items[p["index"]]) for p in rows)
+    return round(100.0 * hits / max(1, len(rows)), 1)
 
 
 def main() -> None:
@@ -139,7 +138,7 @@ def main() -> None:
             "config_hash": digest,
             "single_image_acc@0.5": s["avg"],
             "mean_iou": round(s["tasks"]["single_refer"]["mean_iou"], 4),
-            "any_object@0.5": object_hits(stage / "checkpoint_eval" / ck.name / "predictions.jsonl", bench.parent / "scenes.jsonl"),
+            "any_object@0.5": object_hits(stage / "checkpoint_eval" / ck.name / "predictions.jsonl", bench),
             "unparseable": s["unparseable"],
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }

@@ -156,11 +156,17 @@ class CompletionCollator:
 
 
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
+CORNERS = ("x1", "y1", "x2", "y2")  # the dense warm-up's box targets, in patches
+
+
+def single_image_scene_items(items: list[Item]) -> list[Item]:
+    """Items of one image whose objects the embedded world's scene lists."""
+    return [it for it in items if it.scene is not None and len(it.images) == 1]
 
 
 def lone_object_items(items: list[Item]) -> list[Item]:
     """Items whose one image holds one object of the embedded world (its scene says which)."""
-    return [it for it in items if it.scene is not None and len(it.images) == 1 and len(it.scene["images"][0]["objects"]) == 1]
+    return [it for it in single_image_scene_items(items) if len(it.scene["images"][0]["objects"]) == 1]
 
 
 def pooled_vision_tokens(visual: torch.nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
@@ -182,11 +188,13 @@ class AttributeHeads(torch.nn.Module):
 
     targets = ATTRIBUTES
 
-    def __init__(self, visual: torch.nn.Module, dim: int):
+    def __init__(self, visual: torch.nn.Module, dim: int, classes: dict[str, list[str]] | None = None, sizes: dict[str, int] | None = None):
+        """``classes``: each attribute's values (default: the world's); ``sizes``: the other targets' class counts."""
         super().__init__()
         self.visual = visual
-        self.classes = _attribute_classes()
-        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(c)) for a, c in self.classes.items()})
+        self.classes = classes or _attribute_classes()
+        sizes = {**{a: len(c) for a, c in self.classes.items()}, **(sizes or {})}
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(dim, sizes[t]) for t in self.targets})
 
     def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
         obj = scene["images"][0]["objects"][0]
@@ -215,16 +223,13 @@ class DenseAttributeHeads(AttributeHeads):
     column: object-centric tokens that carry where they are, which a lone-object warm-up does not teach
     (README: the selection hop). ``labels`` is one row per token, -100 where a target does not apply."""
 
-    targets = ATTRIBUTES + ("x1", "y1", "x2", "y2", "row", "col")
+    targets = ATTRIBUTES + CORNERS + ("row", "col")
 
     def __init__(self, visual: torch.nn.Module, dim: int, side: int):
-        torch.nn.Module.__init__(self)
-        self.visual = visual
+        classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
+        super().__init__(visual, dim, classes, {**dict.fromkeys(CORNERS, side + 1), "row": side, "col": side})
         self.merge = visual.spatial_merge_size
         self.side = side
-        self.classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
-        sizes = {**{a: len(c) for a, c in self.classes.items()}, **dict.fromkeys(("x1", "y1", "x2", "y2"), side + 1), "row": side, "col": side}
-        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(dim, sizes[t]) for t in self.targets})
 
     def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
         _, h, w = (int(v) for v in grid_thw.reshape(-1))
@@ -266,7 +271,7 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
     from .trainers import JsonlLogCallback, common_args
 
     dense = cfg.vision_warmup_targets == "dense"
-    chosen = [it for it in items if it.scene is not None and len(it.images) == 1] if dense else lone_object_items(items)
+    chosen = single_image_scene_items(items) if dense else lone_object_items(items)
     if not chosen:
         need = "single-image items of the embedded world (with scenes)" if dense else "one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)"
         raise ValueError(f"base_model.vision_warmup_steps needs {need}")

@@ -154,7 +154,8 @@ def _save_png(img: Image.Image, path: Path) -> None:
     img.save(path, format="PNG", optimize=False, compress_level=6)
 
 
-def _scene_row(sid: str, split: str, index: int, s: Sample) -> dict[str, Any]:
+def scene_row(sid: str, split: str, index: int, s: Sample) -> dict[str, Any]:
+    """A sample's line of ``scenes.jsonl``: every image's size and objects, the target, the answer (an ``Item.scene``)."""
     return {
         "id": sid,
         "split": split,
@@ -201,14 +202,14 @@ def write_world(cfg: DataConfig, out: Path, progress: bool = True) -> dict[str, 
                     target = single if task == SINGLE_TASK else mig
                     rec = MigRecord(s.task, rel_images, s.question, s.answer_rel(), s.additional_info, s.need_format, len(target))
                     target.append(rec)
-                    scenes.append(_scene_row(sid, split, rec.index, s))
+                    scenes.append(scene_row(sid, split, rec.index, s))
                     examples.setdefault(task, s)
                 else:
                     human = "<image>\n" * len(rel_images) + s.question
                     mg.append(
                         MGroundingRecord(sid, rel_images, [{"from": "human", "value": human}, {"from": "gpt", "value": s.answer_text()}], s.task, len(mg))
                     )
-                    scenes.append(_scene_row(sid, split, len(mg) - 1, s))
+                    scenes.append(scene_row(sid, split, len(mg) - 1, s))
                 counter[task] += 1
                 bar.update(1)
         if split == "test":

@@ -113,12 +113,19 @@ class Sample:
 
     def answer_text(self) -> str:
         """The MGrounding-style answer: box tokens in 0-1000 (with the image named for group grounding)."""
-        tokens = format_box_tokens(self.answer_box)
         if self.task == DESCRIBE_TASK:
-            return f"<|object_ref_start|>the {self.target.describe()}<|object_ref_end|>{tokens}"
+            return grounded_caption(self.target, self.answer_box.size)
+        tokens = format_box_tokens(self.answer_box)
         if self.task == "group_grounding":
             return f"It's in the {ORDINAL_WORDS[self.target_image - 1]} image. {tokens}"
         return tokens
+
+
+def grounded_caption(obj: Obj, size: tuple[int, int]) -> str:
+    """Qwen-VL's grounded caption of one object: ``<|object_ref_start|>the small red striped circle<|object_ref_end|>``
+    then its box tokens (0-1000) in an image of ``size`` (width, height) pixels."""
+    box = format_box_tokens(Box(*obj.box, frame=Frame.ABS, size=size))
+    return f"<|object_ref_start|>the {obj.describe()}<|object_ref_end|>{box}"
 
 
 def _unique(condition: bool, what: str) -> None:
