@@ -104,15 +104,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (leave the rest to the training)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out one-object items of each curriculum task the base trains on (single_locate, single_describe); 0: off")
+    ap.add_argument("--trainer", default="", help="a kept run's trainer folder (its checkpoints and stamp) instead of the stage's; its predictions go beside it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(args.profile)
     stage = stage_dir(params.profile, "base_model")
     bench = stage_dir(params.profile, "data") / "test" / "single_refer.json"
     out = stage / "checkpoint_scores.jsonl"
-    stamp = stage / "trainer" / "mirg.json"
+    trainer = Path(args.trainer) if args.trainer else stage / "trainer"
+    evals = trainer.with_name(trainer.name + "_checkpoint_eval") if args.trainer else stage / "checkpoint_eval"
+    stamp = trainer / "mirg.json"
     final = stage / "checkpoint"
-    if not stamp.is_file() and (final / "mirg.json").is_file():
+    if not args.trainer and not stamp.is_file() and (final / "mirg.json").is_file():
         stamp = final / "mirg.json"  # the run has finished: its work folder is gone, the final checkpoint stays
     digest = json.loads(stamp.read_text()).get("config_hash") if stamp.is_file() else None
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
@@ -123,30 +126,30 @@ def main() -> None:
 
     tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
-    ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in (stage / "trainer").glob("checkpoint-*"))
-    if (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
+    ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in trainer.glob("checkpoint-*"))
+    if not args.trainer and (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
         ckpts.append((json.loads((final / "mirg.json").read_text()).get("config", {}).get("max_steps"), final))
     cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
     ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box
     for step, ck in ckpts:
         if ck.name in done or not (ck / "processor_config.json").is_file():
             continue
-        s = evaluate_checkpoint(ck, bench, cfg, stage / "checkpoint_eval" / ck.name)
+        s = evaluate_checkpoint(ck, bench, cfg, evals / ck.name)
         row = {
             "checkpoint": ck.name,
             "step": step,
             "config_hash": digest,
             "single_image_acc@0.5": s["avg"],
             "mean_iou": round(s["tasks"]["single_refer"]["mean_iou"], 4),
-            "any_object@0.5": object_hits(stage / "checkpoint_eval" / ck.name / "predictions.jsonl", bench),
+            "any_object@0.5": object_hits(evals / ck.name / "predictions.jsonl", bench),
             "unparseable": s["unparseable"],
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }
         for task, (cbench, expressions) in curricula.items():
-            sc = evaluate_checkpoint(ck, cbench, ccfg, stage / "checkpoint_eval" / ck.name / task)
+            sc = evaluate_checkpoint(ck, cbench, ccfg, evals / ck.name / task)
             row[f"{task.removeprefix('single_')}_acc@0.5"] = sc["avg"]
             if task == DESCRIBE_TASK:
-                row.update(description_scores(stage / "checkpoint_eval" / ck.name / task / "predictions.jsonl", expressions))
+                row.update(description_scores(evals / ck.name / task / "predictions.jsonl", expressions))
         print(json.dumps(row), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -63,6 +63,10 @@ class BaseModelConfig:
     vision_warmup_lr: float = 1e-3
     vision_warmup_batch_size: int = 16
     vision_warmup_targets: Literal["lone", "dense"] = field(default="lone", metadata={"help": "lone: name the attributes of one-object images from pooled tokens; dense: every merged token of every single-image item names the object whose centre it holds (or none), that object's box in patches, and its own row and column (README)"})
+    vision_warmup_word_aligned: bool = field(default=False, metadata={"help": "the warm-up's attribute classifiers are the language model's own embeddings of the attribute words (trained with the tower): vision tokens land where their words are, as a CLIP-trained tower's do (README)", "digest_when_set": True})
+    grounding_attention_weight: float = field(default=0.0, metadata={"help": "weight of a supervised-attention loss: head 0 of grounding_attention_layers attends, from the answer, to the image token holding the target (README: the selection hop); 0: off", "digest_when_set": True})
+    grounding_attention_span: int = field(default=3, metadata={"help": "the grounding-attention loss looks from the positions that predict the answer's first N tokens (before a coordinate is written: written digits give the place away); 0: every answer position", "digest_when_set": True})
+    grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 the grounding-attention loss supervises", "digest_when_set": True})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -73,6 +77,11 @@ class BaseModelConfig:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
         if self.vision_warmup_targets not in ("lone", "dense"):
             raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
+        if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
+            raise ValueError("base_model.grounding_attention_weight and grounding_attention_span must be >= 0 and, with a weight, grounding_attention_layers must name a layer")
+        depth = PRESETS[self.preset].num_hidden_layers
+        if any(not -depth <= i < depth for i in self.grounding_attention_layers):
+            raise ValueError(f"base_model.grounding_attention_layers {self.grounding_attention_layers}: preset {self.preset!r} has {depth} layers")
 
 
 @dataclass
@@ -101,9 +110,10 @@ def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> l
 
 
 class PrecomputedVL(torch.utils.data.Dataset):
-    """Prompt ids, answer ids and processed pixels of every item, computed once."""
+    """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
+    which image token holds the item's target (:func:`target_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str]):
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False):
         self.examples = []
         tok = processor.tokenizer
         for it, ans in zip(items, answers, strict=True):
@@ -111,14 +121,15 @@ class PrecomputedVL(torch.utils.data.Dataset):
             msgs = user_turn(len(imgs), it.question)
             text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             enc = processor(text=[text], images=imgs, return_tensors="pt")
-            self.examples.append(
-                {
-                    "prompt_ids": enc["input_ids"][0],
-                    "answer_ids": torch.tensor(tok(ans + "<|im_end|>", add_special_tokens=False)["input_ids"]),
-                    "pixel_values": enc["pixel_values"],
-                    "image_grid_thw": enc["image_grid_thw"],
-                }
-            )
+            example = {
+                "prompt_ids": enc["input_ids"][0],
+                "answer_ids": torch.tensor(tok(ans + "<|im_end|>", add_special_tokens=False)["input_ids"]),
+                "pixel_values": enc["pixel_values"],
+                "image_grid_thw": enc["image_grid_thw"],
+            }
+            if grounding:
+                example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
+            self.examples.append(example)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -145,7 +156,7 @@ class CompletionCollator:
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
             labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
@@ -153,10 +164,112 @@ class CompletionCollator:
             "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
             "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
         }
+        if examples and "target_tokens" in examples[0]:  # PrecomputedVL(grounding=True): where each target is
+            target = torch.zeros((n, L), dtype=torch.bool)
+            for i, e in enumerate(examples):
+                target[i, (ids[i] == self.image_token_id).nonzero()[:, 0][e["target_tokens"]]] = True
+            batch["target_mask"] = target
+        return batch
+
+
+def grounding_trainer(weight: float, layers: list[int], span: int = 0, **kwargs):
+    """transformers' ``Trainer`` (``kwargs``) with a grounding-attention loss added to the language-model loss:
+    head 0 of each of ``layers`` (language-model layer indices) is trained to attend, from every position that
+    predicts an answer token, to the image token holding the item's target (the collator's ``target_mask``):
+    ``weight * mean(-log(attention mass on the target))`` over the positions that predict the answer's first
+    ``span`` tokens (0: all; :func:`grounding_attention_loss`). Supervised
+    attention, a pointer before the box; the base model's selection hop (README). The language model runs
+    transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The loss
+    is logged as ``grounding_attention_loss`` (mean since the last log line)."""
+    from transformers import Trainer
+
+    class _GroundingTrainer(Trainer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self._grounding = [0.0, 0]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            target = inputs.pop("target_mask")
+            blocks = model.model.language_model.layers
+            seen: list[torch.Tensor] = []
+            hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out: seen.append(out[1])) for i in layers]
+            try:
+                loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            finally:
+                for h in hooks:
+                    h.remove()
+            extra = grounding_attention_loss(seen, inputs["labels"], target, span)
+            if extra is not None:
+                self._grounding[0] += float(extra.detach())
+                self._grounding[1] += 1
+                loss = loss + weight * extra
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *a, **kw):
+            if self._grounding[1] and "loss" in logs:
+                logs["grounding_attention_loss"] = round(self._grounding[0] / self._grounding[1], 4)
+                self._grounding = [0.0, 0]
+            super().log(logs, *a, **kw)
+
+    kwargs["model"].set_attn_implementation({"text_config": "eager"})
+    return _GroundingTrainer(**kwargs)
+
+
+def grounding_attention_loss(weights: list[torch.Tensor], labels: torch.Tensor, target: torch.Tensor, span: int = 0) -> torch.Tensor | None:
+    """Mean over ``weights`` (each layer's attention probabilities, batch x heads x query x key; head 0 is
+    supervised) and over the positions that predict an answer token (``labels`` of the next position set;
+    with ``span`` > 0 only the answer's first ``span``) of the items with a target token of
+    ``-log(attention mass on target)``; None when no item has one."""
+    has = target.any(-1)
+    if not weights or not bool(has.any()):
+        return None
+    queries = torch.zeros_like(target)
+    queries[:, :-1] = labels[:, 1:] != -100
+    if span:
+        queries &= queries.long().cumsum(-1) <= span
+    queries &= has[:, None]
+    losses = []
+    for w in weights:
+        if w is None:
+            raise RuntimeError("the grounding-attention loss needs attention weights: the text model must run eager attention")
+        mass = (w[:, 0].float() * target[:, None, :].float()).sum(-1)  # batch x query
+        losses.append(-torch.log(mass.clamp_min(1e-6))[queries].mean())
+    return torch.stack(losses).mean()
 
 
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
 CORNERS = ("x1", "y1", "x2", "y2")  # the dense warm-up's box targets, in patches
+
+
+def object_cells(image: dict[str, Any], rows: int, cols: int) -> dict[int, int]:
+    """Which merged token (raster index on a ``rows`` x ``cols`` grid) holds which object of a scene's image:
+    the token whose cell holds the object's box centre; when several centres share a cell the largest object
+    has it (the others have none). The object's place in ``image["objects"]`` -> token index."""
+    iw, ih = image["size"]
+    objects = image["objects"]
+    holder: dict[int, int] = {}
+    for k in sorted(range(len(objects)), key=lambda k: (objects[k]["box"][2] - objects[k]["box"][0]) * (objects[k]["box"][3] - objects[k]["box"][1])):
+        x1, y1, x2, y2 = objects[k]["box"]
+        r = min(rows - 1, max(0, int((y1 + y2) / 2 / ih * rows)))
+        c = min(cols - 1, max(0, int((x1 + x2) / 2 / iw * cols)))
+        holder[r * cols + c] = k
+    return {k: cell for cell, k in holder.items()}
+
+
+def target_tokens(item: Item, image_grid_thw: torch.Tensor, merge: int) -> list[int]:
+    """Indices, among all the image tokens of ``item``'s prompt (images one after another, each in raster
+    order), of the token that holds the item's target object (:func:`object_cells`); [] when the item has no
+    scene or its target holds no token of its own."""
+    if item.scene is None or not item.target_image:
+        return []
+    sizes = [(int(h) // merge, int(w) // merge) for _, h, w in image_grid_thw.tolist()]
+    k = item.target_image - 1
+    if k >= len(sizes):
+        return []
+    image = item.scene["images"][k]
+    place = next((j for j, o in enumerate(image["objects"]) if o.get("oid") == item.scene["target"].get("oid")), None)
+    cell = None if place is None else object_cells(image, *sizes[k]).get(place)
+    return [] if cell is None else [sum(r * c for r, c in sizes[:k]) + cell]
 
 
 def single_image_scene_items(items: list[Item]) -> list[Item]:
@@ -182,19 +295,66 @@ def _attribute_classes() -> dict[str, list[str]]:
     return {a: list(values) for a, values in zip(ATTRIBUTES, (SHAPES, COLOURS, PATTERNS, SIZES), strict=True)}
 
 
+class WordAlignedLogits(torch.nn.Module):
+    """A classifier whose class vectors are the language model's own input embeddings of the class words
+    (shared and trained with it), plus learnt vectors for classes with no word (``none``): logits are
+    cosine similarities times a learnt scale. Vision tokens trained this way point where the words of their
+    attributes point in the language model's input space, as a CLIP-trained tower's do for a real VLM."""
+
+    def __init__(self, embed: torch.nn.Embedding, word_ids: list[int], n_extra: int = 0):
+        super().__init__()
+        self.embed = embed
+        self.register_buffer("word_ids", torch.tensor(word_ids, dtype=torch.long), persistent=False)
+        self.extra = torch.nn.Parameter(torch.randn(n_extra, embed.embedding_dim) * 0.02)
+        self.log_scale = torch.nn.Parameter(torch.tensor(2.3))  # e^2.3 ~ 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.cat([self.embed.weight[self.word_ids], self.extra.to(self.embed.weight.dtype)])
+        return self.log_scale.exp() * torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(w, dim=-1).T
+
+
+def attribute_word_ids(tokenizer, classes: dict[str, list[str]]) -> dict[str, list[int]]:
+    """The token of each attribute value's word as the world writes it in a sentence (" red", " medium" of
+    " medium-sized"), for :class:`WordAlignedLogits`; ``none`` has no word. Each must be one token of its own
+    (the embedded tokenizer's vocabulary makes them so from preset tiny up); an error names the first that is not."""
+    from .world.objects import SIZE_WORDS
+
+    ids: dict[str, list[int]] = {}
+    for a, values in classes.items():
+        ids[a] = []
+        for v in values:
+            if v == "none":
+                continue
+            word = " " + (SIZE_WORDS.get(v, v) if a == "size" else v).split("-")[0]
+            got = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(got) != 1:
+                raise ValueError(f"base_model.vision_warmup_word_aligned: the {a} word {word.strip()!r} is {len(got)} tokens of this tokenizer, not one; a larger vocabulary (preset) is needed")
+            ids[a] += got
+    flat = [i for v in ids.values() for i in v]
+    if len(set(flat)) != len(flat):
+        raise ValueError("base_model.vision_warmup_word_aligned: two attribute words are the same token")
+    return ids
+
+
 class AttributeHeads(torch.nn.Module):
     """The vision tower with a linear head per attribute on its pooled tokens: the ``lone`` warm-up's model.
     ``labels`` is one row per image; ``targets`` names its columns."""
 
     targets = ATTRIBUTES
 
-    def __init__(self, visual: torch.nn.Module, dim: int, classes: dict[str, list[str]] | None = None, sizes: dict[str, int] | None = None):
-        """``classes``: each attribute's values (default: the world's); ``sizes``: the other targets' class counts."""
+    def __init__(self, visual: torch.nn.Module, dim: int, classes: dict[str, list[str]] | None = None, sizes: dict[str, int] | None = None, words: tuple[torch.nn.Embedding, Any] | None = None):
+        """``classes``: each attribute's values (default: the world's); ``sizes``: the other targets' class counts;
+        ``words``: (the language model's input embeddings, its tokenizer): attribute heads are
+        :class:`WordAlignedLogits` on those embeddings instead of free linear heads."""
         super().__init__()
         self.visual = visual
         self.classes = classes or _attribute_classes()
         sizes = {**{a: len(c) for a, c in self.classes.items()}, **(sizes or {})}
         self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(dim, sizes[t]) for t in self.targets})
+        if words is not None:
+            embed, tokenizer = words
+            for a, ids in attribute_word_ids(tokenizer, self.classes).items():
+                self.heads[a] = WordAlignedLogits(embed, ids, len(self.classes[a]) - len(ids))
 
     def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
         obj = scene["images"][0]["objects"][0]
@@ -225,9 +385,9 @@ class DenseAttributeHeads(AttributeHeads):
 
     targets = ATTRIBUTES + CORNERS + ("row", "col")
 
-    def __init__(self, visual: torch.nn.Module, dim: int, side: int):
+    def __init__(self, visual: torch.nn.Module, dim: int, side: int, words: tuple[torch.nn.Embedding, Any] | None = None):
         classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
-        super().__init__(visual, dim, classes, {**dict.fromkeys(CORNERS, side + 1), "row": side, "col": side})
+        super().__init__(visual, dim, classes, {**dict.fromkeys(CORNERS, side + 1), "row": side, "col": side}, words)
         self.merge = visual.spatial_merge_size
         self.side = side
 
@@ -242,13 +402,12 @@ class DenseAttributeHeads(AttributeHeads):
         lab[:, :4] = torch.tensor([len(self.classes[a]) - 1 for a in ATTRIBUTES])  # none
         lab[:, 8] = torch.arange(rows * cols) // cols
         lab[:, 9] = torch.arange(rows * cols) % cols
-        for obj in sorted(image["objects"], key=lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])):
+        for k, cell in object_cells(image, rows, cols).items():
+            obj = image["objects"][k]
             x1, y1, x2, y2 = obj["box"]
-            r = min(rows - 1, max(0, int((y1 + y2) / 2 / ih * rows)))
-            c = min(cols - 1, max(0, int((x1 + x2) / 2 / iw * cols)))
-            lab[r * cols + c, :4] = torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
+            lab[cell, :4] = torch.tensor([self.classes[a].index(obj[a]) for a in ATTRIBUTES])
             corners = (x1 / iw * w, y1 / ih * h, x2 / iw * w, y2 / ih * h)
-            lab[r * cols + c, 4:8] = torch.tensor([min(self.side, max(0, round(v))) for v in corners])
+            lab[cell, 4:8] = torch.tensor([min(self.side, max(0, round(v))) for v in corners])
         return lab
 
     def target_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
@@ -277,10 +436,11 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
         raise ValueError(f"base_model.vision_warmup_steps needs {need}")
     encoded = [processor.image_processor([Image.open(it.images[0]).convert("RGB")], return_tensors="pt") for it in chosen]
     dim = model.config.text_config.hidden_size  # the merger's width
+    words = (model.get_input_embeddings(), processor.tokenizer) if cfg.vision_warmup_word_aligned else None
     if dense:
-        net = DenseAttributeHeads(model.model.visual, dim, max(int(v) for e in encoded for v in e["image_grid_thw"][0, 1:]))
+        net = DenseAttributeHeads(model.model.visual, dim, max(int(v) for e in encoded for v in e["image_grid_thw"][0, 1:]), words)
     else:
-        net = AttributeHeads(model.model.visual, dim)
+        net = AttributeHeads(model.model.visual, dim, words=words)
     examples = [{"pixel_values": e["pixel_values"], "image_grid_thw": e["image_grid_thw"], "labels": net.labels(it.scene, e["image_grid_thw"])} for it, e in zip(chosen, encoded, strict=True)]
 
     def collate(batch):
@@ -315,6 +475,42 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
                 total[j] += float(keep.sum())
     model.train()
     return {t: round(100.0 * float(right[j]) / max(1.0, float(total[j])), 1) for j, t in enumerate(net.targets)}
+
+
+WARMUP_FIELDS = ("arch", "preset", "image_max_pixels", "normalise", "train_tasks", "seed")  # and every vision_warmup_* field
+
+
+def warmup_digest(cfg: BaseModelConfig, data_dir: Path) -> str:
+    """What the warm-up's outcome depends on: the fields that build the model and pick its items, the
+    warm-up's own fields, and the world (its data config digest)."""
+    import hashlib
+
+    manifest = Path(data_dir) / "manifest.json"
+    world = json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else str(Path(data_dir).resolve())
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in WARMUP_FIELDS or k.startswith("vision_warmup")}
+    return hashlib.sha256(json.dumps({"world": world, **values}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def warm_up_cached(cfg: BaseModelConfig, model, processor, items: list[Item], data_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """:func:`warm_up_vision`, or its saved outcome: the warmed model's weights are kept in
+    ``out_dir/vision_warmup_weights`` under :func:`warmup_digest`, so that a change to the language model's
+    training alone (steps, schedule, losses) restarts it without warming the tower up again. Returns the
+    warm-up's record (steps, training accuracies, seconds, and ``reused`` when loaded)."""
+    from safetensors.torch import load_model, save_model
+
+    from .trainers import stamp_matches
+
+    cache, wdigest = out_dir / "vision_warmup_weights", warmup_digest(cfg, data_dir)
+    if stamp_matches(cache, wdigest):
+        load_model(model, str(cache / "model.safetensors"), strict=True)
+        return {**json.loads((cache / "mirg.json").read_text())["record"], "reused": True}
+    t1 = time.perf_counter()
+    acc = warm_up_vision(cfg, model, processor, items, out_dir / "vision_warmup", progress)
+    record = {"steps": cfg.vision_warmup_steps, "train_accuracy": acc, "seconds": round(time.perf_counter() - t1, 1)}
+    with atomic_dir(cache) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        write_json(tmp / "mirg.json", {"config_hash": wdigest, "record": record})
+    return record
 
 
 def _check_shipped(path: Path) -> dict[str, Any]:
@@ -400,12 +596,12 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
         mean, std = pixel_stats(p for it in train for p in it.images)
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train])
+    grounding = cfg.grounding_attention_weight > 0
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=grounding)
     work = out_dir / "trainer"
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
-        t1 = time.perf_counter()
-        acc = warm_up_vision(cfg, model, processor, train, out_dir / "vision_warmup", progress)
-        write_json(out_dir / "vision_warmup.json", {"config_hash": digest, "steps": cfg.vision_warmup_steps, "train_accuracy": acc, "seconds": round(time.perf_counter() - t1, 1)})
+        record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)
+        write_json(out_dir / "vision_warmup.json", {"config_hash": digest, **record})
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=cfg.max_steps,
@@ -424,7 +620,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     log = JsonlLogCallback(out_dir / "train_log.jsonl")
     collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=processor, callbacks=[log.callback])
+    parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
+    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, **parts) if grounding else Trainer(**parts)
     train_resuming(trainer, work, digest)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:

@@ -206,5 +206,9 @@ def stage_config(cls: type[T], params: Params, section: str) -> T:
 
 def config_hash(cfg: Any) -> str:
     """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    values = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):  # an option added after runs were made enters the digest only once it is set
+        if f.metadata.get("digest_when_set") and values[f.name] == (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default):
+            del values[f.name]
+    blob = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

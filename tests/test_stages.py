@@ -2,6 +2,7 @@
 same numbers on the CPU; a changed config reruns; a half-finished stage leaves nothing behind."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -238,3 +239,153 @@ def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_i
     assert meta["vision_warmup"] == first
     with pytest.raises(ValueError, match="vision_warmup"):
         BaseModelConfig(vision_warmup_steps=-1)
+
+
+def test_grounding_attention_loss_is_the_attention_mass_missing_the_target():
+    from mirg_lib.base_model import grounding_attention_loss
+
+    # one item of 6 positions: 0-3 prompt (image tokens 1, 2), 4-5 answer; labels set on the answer positions
+    labels = torch.tensor([[-100, -100, -100, -100, 7, 8]])
+    target = torch.tensor([[False, False, True, False, False, False]])
+    w = torch.zeros(1, 2, 6, 6)
+    w[0, 0, :, 2] = 1.0  # head 0 on the target from everywhere
+    w[0, 1, :, 0] = 1.0  # head 1 is not supervised
+    assert grounding_attention_loss([w], labels, target).item() == pytest.approx(0.0, abs=1e-5)
+    w[0, 0, 3] = torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0, 0.0])  # position 3 predicts the first answer token
+    w[0, 0, 4] = torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0, 0.0])  # position 4 the second; position 5 predicts nothing
+    w[0, 0, 5] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert grounding_attention_loss([w], labels, target).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
+    assert grounding_attention_loss([w], labels, target, span=1).item() == pytest.approx(math.log(4), rel=1e-5)  # the first answer token only
+    assert grounding_attention_loss([w], labels, target, span=5).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
+    # a second layer averages in; an item without a target token counts for nothing
+    ones = torch.zeros(1, 2, 6, 6)
+    ones[0, 0, :, 2] = 1.0
+    assert grounding_attention_loss([w, ones], labels, target).item() == pytest.approx((math.log(4) + math.log(2)) / 4, rel=1e-5)
+    both = grounding_attention_loss([torch.cat([w, torch.full((1, 2, 6, 6), 1 / 6)])], torch.cat([labels, labels]), torch.cat([target, torch.zeros_like(target)]))
+    assert both.item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
+    assert grounding_attention_loss([w], labels, torch.zeros_like(target)) is None
+    with pytest.raises(RuntimeError, match="eager"):
+        grounding_attention_loss([None], labels, target)
+
+
+def test_target_tokens_point_at_the_token_holding_the_target(describe_world):
+    from mirg_lib.base_model import CompletionCollator, PrecomputedVL, object_cells, target_tokens
+    from mirg_lib.items import Item, load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = [it for it in load_pool_items(describe_world.train_file) if it.task in ("single_refer", "single_describe")]
+    _, processor = create_small_model("nano", [it.question for it in pool] + [it.reference or "" for it in pool])
+    data = PrecomputedVL(pool, processor, [it.reference or "" for it in pool], grounding=True)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    batch = CompletionCollator(processor.tokenizer.pad_token_id, image_token)([data[i] for i in range(len(pool))])
+    for i, it in enumerate(pool):
+        image = it.scene["images"][0]
+        # the scene's 112 px image: 8 x 8 patches, 4 x 4 merged tokens; the target's centre cell
+        x1, y1, x2, y2 = it.scene["target"]["box"]
+        cell = int((y1 + y2) / 2 / image["size"][1] * 4) * 4 + int((x1 + x2) / 2 / image["size"][0] * 4)
+        owner = object_cells(image, 4, 4)
+        marked = batch["target_mask"][i].nonzero()[:, 0].tolist()
+        place = [o["oid"] for o in image["objects"]].index(it.scene["target"]["oid"])
+        if owner.get(place) is None:
+            assert marked == [] and cell in owner.values()  # a larger object's centre holds the cell
+            continue
+        positions = (batch["input_ids"][i] == image_token).nonzero()[:, 0].tolist()
+        assert marked == [positions[cell]]
+    assert int(batch["target_mask"].sum()) >= len(pool) - 2
+    # a second image's target: its token comes after the first image's 16
+    it = next(i for i in pool if i.task == "single_refer")
+    two = Item("two", "diff", [it.images[0], it.images[0]], it.question, it.answer, 2, scene={**it.scene, "target_image": 2, "images": [it.scene["images"][0]] * 2})
+    grid = torch.tensor([[1, 8, 8], [1, 8, 8]])
+    assert target_tokens(two, grid, 2) == [16 + t for t in target_tokens(it, grid[:1], 2)]
+    assert target_tokens(Item("x", "diff", [it.images[0]], "q", it.answer, 1), grid[:1], 2) == []  # no scene
+
+
+def test_grounding_attention_loss_trains_and_keeps_old_digests(describe_world, tmp_path):
+    from mirg_lib.config import config_hash
+
+    assert config_hash(BaseModelConfig(preset="nano")) == config_hash(BaseModelConfig(preset="nano", grounding_attention_layers=[-1], grounding_attention_span=3))
+    assert config_hash(BaseModelConfig(preset="nano")) != config_hash(BaseModelConfig(preset="nano", grounding_attention_weight=1.0))
+    cfg = BaseModelConfig(preset="nano", max_steps=40, batch_size=8, save_steps=100, logging_steps=10, learning_rate=3e-3, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0)
+    result = run_base_model(cfg, describe_world.root, tmp_path / "base", progress=False)
+    aux = [r["grounding_attention_loss"] for r in _losses(tmp_path / "base" / "train_log.jsonl") if "grounding_attention_loss" in r]
+    assert len(aux) == 4 and aux[-1] < 0.5 * aux[0]
+    # an ordinary checkpoint: loads with the default attention and generates
+    model = load_model(result.path)
+    assert model.config.text_config._attn_implementation != "eager"
+    with pytest.raises(ValueError, match="grounding_attention_layers"):
+        BaseModelConfig(preset="nano", grounding_attention_layers=[5])
+    with pytest.raises(ValueError, match="grounding_attention"):
+        BaseModelConfig(grounding_attention_weight=-1.0)
+    with pytest.raises(ValueError, match="grounding_attention_span"):
+        BaseModelConfig(grounding_attention_span=-1)
+
+
+def test_word_aligned_warmup_classifies_with_the_language_models_word_embeddings(describe_world, tmp_path):
+    from mirg_lib import base_model as bmod
+    from mirg_lib.base_model import DenseAttributeHeads, WordAlignedLogits, attribute_word_ids
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = load_pool_items(describe_world.train_file)
+    with pytest.raises(ValueError, match="tokens of this tokenizer"):  # nano's 512-token vocabulary splits words
+        attribute_word_ids(create_small_model("nano", bmod.tokenizer_corpus(pool))[1].tokenizer, bmod._attribute_classes())
+    words = ["the " + " ".join(v for vals in bmod._attribute_classes().values() for v in vals) + " medium-sized"] * 50  # the full world says them all often
+    model, processor = create_small_model(ModelPreset(1024, 64, 128, 2, 2, 1, 32, 1, 2), bmod.tokenizer_corpus(pool) + words)  # nano, whole words
+    tok, embed = processor.tokenizer, model.get_input_embeddings()
+    heads = DenseAttributeHeads(model.model.visual, 64, side=8, words=(embed, tok))
+    ids = attribute_word_ids(tok, heads.classes)
+    assert tok.convert_ids_to_tokens(ids["size"]) == ["Ġsmall", "Ġmedium", "Ġlarge"]  # "medium-sized" begins with " medium"
+    assert isinstance(heads.heads["colour"], WordAlignedLogits) and heads.heads["colour"].extra.shape[0] == 1  # none
+    # the colour head's scores are the tokens' cosines with the colour words' embeddings (none last)
+    x = torch.randn(5, 64)
+    red = tok(" red", add_special_tokens=False)["input_ids"][0]
+    want = torch.nn.functional.cosine_similarity(x, embed.weight[red][None], dim=-1) * heads.heads["colour"].log_scale.exp()
+    assert torch.allclose(heads.heads["colour"](x)[:, heads.classes["colour"].index("red")], want, atol=1e-5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = BaseModelConfig(vision_warmup_steps=30, vision_warmup_lr=3e-3, vision_warmup_batch_size=8, logging_steps=10, vision_warmup_targets="dense", vision_warmup_word_aligned=True)
+    bmod.warm_up_vision(cfg, model, processor, pool, tmp_path / "warm", progress=False)
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert any(k.startswith("model.visual.") for k in changed)
+    embeds = {k for k in changed if not k.startswith("model.visual.")}
+    tied = model.lm_head.weight is embed.weight  # the small models tie the output layer to the input embeddings
+    assert embeds == {"model.language_model.embed_tokens.weight"} | ({"lm_head.weight"} if tied else set())
+    old, new = before["model.language_model.embed_tokens.weight"], model.state_dict()["model.language_model.embed_tokens.weight"]
+    moved = ((new - old).norm(dim=-1) / old.norm(dim=-1).clamp_min(1e-8)).tolist()  # a zero row (padding) stays zero
+    words = {i for v in ids.values() for i in v}
+    # the attribute words' rows learn; the others only shrink by the weight decay (AdamW decays every row)
+    assert min(moved[i] for i in words) > 0.05 and max(m for i, m in enumerate(moved) if i not in words) < 0.005
+
+
+def test_a_changed_language_model_recipe_reuses_the_warmed_tower(describe_world, tmp_path, monkeypatch):
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=4, save_steps=10, logging_steps=1, train_tasks=["single_describe", "single_refer"], vision_warmup_steps=4, vision_warmup_batch_size=4)
+    out = tmp_path / "base"
+    first = run_base_model(cfg, describe_world.root, out, progress=False)
+    record = json.loads((out / "vision_warmup.json").read_text())
+    warmed = load_file(out / "vision_warmup_weights" / "model.safetensors")
+    real = bm.warm_up_vision
+
+    def no_warmup(*a, **k):
+        raise AssertionError("the warm-up ran again")
+
+    monkeypatch.setattr(bm, "warm_up_vision", no_warmup)
+    second = run_base_model(dataclasses.replace(cfg, max_steps=3, grounding_attention_weight=1.0), describe_world.root, out, progress=False)
+    again = json.loads((out / "vision_warmup.json").read_text())
+    assert again["reused"] and again["train_accuracy"] == record["train_accuracy"] and again["config_hash"] != record["config_hash"]
+    assert json.loads((second.path / "mirg.json").read_text())["vision_warmup"]["reused"] and first.path == second.path
+    # what a reusing run starts from: the warmed weights, every one
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = load_pool_items(describe_world.train_file)
+    model, processor = create_small_model("nano", bm.tokenizer_corpus(pool))
+    assert bm.warm_up_cached(cfg, model, processor, pool, describe_world.root, out, progress=False)["reused"]
+    state = model.state_dict()
+    assert any(k.startswith("model.visual.") for k in warmed) and all(torch.equal(state[k], v) for k, v in warmed.items())
+    monkeypatch.setattr(bm, "warm_up_vision", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # a changed warm-up warms up again
+        run_base_model(dataclasses.replace(cfg, vision_warmup_steps=5), describe_world.root, out, progress=False)
+    monkeypatch.setattr(bm, "warm_up_vision", real)
