@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--init", required=True, help="a base checkpoint folder (model and processor)")
     ap.add_argument("--weight", type=float, default=1.0, help="grounding-attention loss weight; 0: the plain Trainer")
     ap.add_argument("--layers", default="-1", help="comma-separated language-model layers whose head 0 is supervised")
+    ap.add_argument("--expression-layers", default="", help="comma-separated layers whose head 0 also learns to look at the expression's words")
     ap.add_argument("--span", type=int, default=3, help="supervise the positions predicting the answer's first N tokens; 0: all")
     ap.add_argument("--n", type=int, default=2000, help="training items per base-model training task")
     ap.add_argument("--steps", type=int, default=300)
@@ -80,7 +81,7 @@ def main() -> None:
         save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, disable_tqdm=True, seed=0,
     )
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id), "callbacks": [Report()]}
-    trainer = grounding_trainer(a.weight, [int(v) for v in a.layers.split(",")], a.span, **parts) if a.weight > 0 else Trainer(**parts)
+    trainer = grounding_trainer(a.weight, [int(v) for v in a.layers.split(",")], a.span, [int(v) for v in a.expression_layers.split(",") if v], **parts) if a.weight > 0 else Trainer(**parts)
     t0 = time.time()
     report(0)
     trainer.train()

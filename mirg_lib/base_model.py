@@ -67,6 +67,7 @@ class BaseModelConfig:
     grounding_attention_weight: float = field(default=0.0, metadata={"help": "weight of a supervised-attention loss: head 0 of grounding_attention_layers attends, from the answer, to the image token holding the target (README: the selection hop); 0: off", "digest_when_set": True})
     grounding_attention_span: int = field(default=3, metadata={"help": "the grounding-attention loss looks from the positions that predict the answer's first N tokens (before a coordinate is written: written digits give the place away); 0: every answer position", "digest_when_set": True})
     grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 the grounding-attention loss supervises", "digest_when_set": True})
+    expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 the grounding-attention loss also trains to look, from the same positions, at the referring expression's words (the first hop; README)", "digest_when_set": True})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -80,8 +81,9 @@ class BaseModelConfig:
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
             raise ValueError("base_model.grounding_attention_weight and grounding_attention_span must be >= 0 and, with a weight, grounding_attention_layers must name a layer")
         depth = PRESETS[self.preset].num_hidden_layers
-        if any(not -depth <= i < depth for i in self.grounding_attention_layers):
-            raise ValueError(f"base_model.grounding_attention_layers {self.grounding_attention_layers}: preset {self.preset!r} has {depth} layers")
+        for name in ("grounding_attention_layers", "expression_attention_layers"):
+            if any(not -depth <= i < depth for i in getattr(self, name)):
+                raise ValueError(f"base_model.{name} {getattr(self, name)}: preset {self.preset!r} has {depth} layers")
 
 
 @dataclass
@@ -111,7 +113,8 @@ def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> l
 
 class PrecomputedVL(torch.utils.data.Dataset):
     """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
-    which image token holds the item's target (:func:`target_tokens`), for the grounding-attention loss."""
+    which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
+    referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
     def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False):
         self.examples = []
@@ -129,6 +132,7 @@ class PrecomputedVL(torch.utils.data.Dataset):
             }
             if grounding:
                 example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
+                example["expression_tokens"] = torch.tensor(expression_tokens(enc["input_ids"][0], tok), dtype=torch.long)
             self.examples.append(example)
 
     def __len__(self) -> int:
@@ -169,46 +173,68 @@ class CompletionCollator:
             for i, e in enumerate(examples):
                 target[i, (ids[i] == self.image_token_id).nonzero()[:, 0][e["target_tokens"]]] = True
             batch["target_mask"] = target
+            words = torch.zeros((n, L), dtype=torch.bool)
+            for i, e in enumerate(examples):
+                words[i, e["expression_tokens"]] = True
+            batch["expression_mask"] = words
         return batch
 
 
-def grounding_trainer(weight: float, layers: list[int], span: int = 0, **kwargs):
+def expression_tokens(prompt_ids: torch.Tensor, tokenizer) -> list[int]:
+    """Positions of the prompt's referring-expression words: the tokens between its first
+    ``<|object_ref_start|>`` and the ``<|object_ref_end|>`` after it ([] when it has none)."""
+    start, end = tokenizer.convert_tokens_to_ids(["<|object_ref_start|>", "<|object_ref_end|>"])
+    ids = prompt_ids.tolist()
+    if start not in ids:
+        return []
+    a = ids.index(start)
+    b = ids.index(end, a) if end in ids[a:] else a + 1
+    return list(range(a + 1, b))
+
+
+def grounding_trainer(weight: float, layers: list[int], span: int = 0, expression_layers: list[int] | None = None, **kwargs):
     """transformers' ``Trainer`` (``kwargs``) with a grounding-attention loss added to the language-model loss:
     head 0 of each of ``layers`` (language-model layer indices) is trained to attend, from every position that
     predicts an answer token, to the image token holding the item's target (the collator's ``target_mask``):
     ``weight * mean(-log(attention mass on the target))`` over the positions that predict the answer's first
-    ``span`` tokens (0: all; :func:`grounding_attention_loss`). Supervised
+    ``span`` tokens (0: all; :func:`grounding_attention_loss`). Head 0 of each of ``expression_layers`` is
+    trained the same way to attend to the referring expression's words (``expression_mask``): the first hop,
+    gathering what to look for, which the second needs in its query. Supervised
     attention, a pointer before the box; the base model's selection hop (README). The language model runs
-    transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The loss
-    is logged as ``grounding_attention_loss`` (mean since the last log line)."""
+    transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The losses
+    are logged as ``grounding_attention_loss`` and ``expression_attention_loss`` (means since the last log line)."""
     from transformers import Trainer
 
     class _GroundingTrainer(Trainer):
         def __init__(self, **kw):
             super().__init__(**kw)
-            self._grounding = [0.0, 0]
+            self._sums: dict[str, list[float]] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            target = inputs.pop("target_mask")
+            masks = {"grounding": (layers, inputs.pop("target_mask")), "expression": (expression_layers or [], inputs.pop("expression_mask"))}
             blocks = model.model.language_model.layers
-            seen: list[torch.Tensor] = []
-            hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out: seen.append(out[1])) for i in layers]
+            seen: dict[int, torch.Tensor] = {}
+            wanted = {i % len(blocks) for ls, _ in masks.values() for i in ls}
+            hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out[1])) for i in sorted(wanted)]
             try:
                 loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             finally:
                 for h in hooks:
                     h.remove()
-            extra = grounding_attention_loss(seen, inputs["labels"], target, span)
-            if extra is not None:
-                self._grounding[0] += float(extra.detach())
-                self._grounding[1] += 1
-                loss = loss + weight * extra
+            for name, (ls, mask) in masks.items():
+                extra = grounding_attention_loss([seen[i % len(blocks)] for i in ls], inputs["labels"], mask, span) if ls else None
+                if extra is not None:
+                    total = self._sums.setdefault(name, [0.0, 0])
+                    total[0] += float(extra.detach())
+                    total[1] += 1
+                    loss = loss + weight * extra
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs, *a, **kw):
-            if self._grounding[1] and "loss" in logs:
-                logs["grounding_attention_loss"] = round(self._grounding[0] / self._grounding[1], 4)
-                self._grounding = [0.0, 0]
+            if "loss" in logs:
+                for name, (total, n) in self._sums.items():
+                    logs[f"{name}_attention_loss"] = round(total / n, 4)
+                self._sums = {}
             super().log(logs, *a, **kw)
 
     kwargs["model"].set_attn_implementation({"text_config": "eager"})
@@ -621,7 +647,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
-    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, **parts) if grounding else Trainer(**parts)
+    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts) if grounding else Trainer(**parts)
     train_resuming(trainer, work, digest)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:

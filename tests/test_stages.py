@@ -292,6 +292,14 @@ def test_target_tokens_point_at_the_token_holding_the_target(describe_world):
         positions = (batch["input_ids"][i] == image_token).nonzero()[:, 0].tolist()
         assert marked == [positions[cell]]
     assert int(batch["target_mask"].sum()) >= len(pool) - 2
+    # the expression's words: the referring question's tokens between its object_ref markers, nothing else
+    for i, it in enumerate(pool):
+        words = processor.tokenizer.decode(batch["input_ids"][i][batch["expression_mask"][i]])
+        if "<|object_ref_start|>" in it.question:
+            assert words.strip() == it.question.split("<|object_ref_start|>")[1].split("<|object_ref_end|>")[0].strip()
+        else:
+            assert words == ""
+    assert any("<|object_ref_start|>" in it.question for it in pool)
     # a second image's target: its token comes after the first image's 16
     it = next(i for i in pool if i.task == "single_refer")
     two = Item("two", "diff", [it.images[0], it.images[0]], it.question, it.answer, 2, scene={**it.scene, "target_image": 2, "images": [it.scene["images"][0]] * 2})
@@ -305,15 +313,19 @@ def test_grounding_attention_loss_trains_and_keeps_old_digests(describe_world, t
 
     assert config_hash(BaseModelConfig(preset="nano")) == config_hash(BaseModelConfig(preset="nano", grounding_attention_layers=[-1], grounding_attention_span=3))
     assert config_hash(BaseModelConfig(preset="nano")) != config_hash(BaseModelConfig(preset="nano", grounding_attention_weight=1.0))
-    cfg = BaseModelConfig(preset="nano", max_steps=40, batch_size=8, save_steps=100, logging_steps=10, learning_rate=3e-3, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0)
+    cfg = BaseModelConfig(preset="nano", max_steps=40, batch_size=8, save_steps=100, logging_steps=10, learning_rate=3e-3, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, expression_attention_layers=[0])
     result = run_base_model(cfg, describe_world.root, tmp_path / "base", progress=False)
-    aux = [r["grounding_attention_loss"] for r in _losses(tmp_path / "base" / "train_log.jsonl") if "grounding_attention_loss" in r]
-    assert len(aux) == 4 and aux[-1] < 0.5 * aux[0]
+    rows = _losses(tmp_path / "base" / "train_log.jsonl")
+    for name in ("grounding_attention_loss", "expression_attention_loss"):
+        aux = [r[name] for r in rows if name in r]
+        assert len(aux) == 4 and aux[-1] < 0.5 * aux[0], name
     # an ordinary checkpoint: loads with the default attention and generates
     model = load_model(result.path)
     assert model.config.text_config._attn_implementation != "eager"
     with pytest.raises(ValueError, match="grounding_attention_layers"):
         BaseModelConfig(preset="nano", grounding_attention_layers=[5])
+    with pytest.raises(ValueError, match="expression_attention_layers"):
+        BaseModelConfig(preset="nano", expression_attention_layers=[-3])
     with pytest.raises(ValueError, match="grounding_attention"):
         BaseModelConfig(grounding_attention_weight=-1.0)
     with pytest.raises(ValueError, match="grounding_attention_span"):
