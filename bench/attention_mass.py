@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mirg_lib.base_model import CompletionCollator, PrecomputedVL, grounding_attention_loss  # noqa: E402
+from mirg_lib import base_model as bm  # noqa: E402
 from mirg_lib.boxes import Box, Frame, format_box_tokens  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.items import load_bench_items, load_pool_items  # noqa: E402
@@ -48,23 +48,19 @@ def main() -> None:
         "train describe": [i for i in pool if i.task == "single_describe"][: a.n],
         "test refer": load_bench_items(data / "test" / "single_refer.json")[: a.n],
     }
-    col = CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id)
-    blocks = model.model.language_model.layers
+    col = bm.CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id)
+    depth = len(model.model.language_model.layers)
     for name, items in sets.items():
         answers = [it.reference or format_box_tokens(Box(*it.answer, frame=Frame.REL1)) for it in items]
-        ds = PrecomputedVL(items, proc, answers, grounding=True)
+        ds = bm.PrecomputedVL(items, proc, answers, grounding=True)
         batch = col([ds[i] for i in range(len(ds))])
-        seen: dict[int, torch.Tensor] = {}
-        hooks = [b.self_attn.register_forward_hook(lambda _m, _i, out, i=i, seen=seen: seen.__setitem__(i, out[1])) for i, b in enumerate(blocks)]
-        with torch.no_grad():
-            model(**{k: v for k, v in batch.items() if not k.endswith("_mask") or k == "attention_mask"})
-        for h in hooks:
-            h.remove()
+        with torch.no_grad(), bm.captured_attention(model, list(range(depth))) as seen:
+            model(**{k: v for k, v in batch.items() if k not in ("target_mask", "expression_mask")})
         for what in ("target", "expression"):
             cells = []
             for i in sorted(seen):
                 for head in range(seen[i].shape[1]):
-                    loss = grounding_attention_loss([seen[i][:, head : head + 1]], batch["labels"], batch[f"{what}_mask"], a.span)
+                    loss = bm.grounding_attention_loss([seen[i][:, head : head + 1]], batch["labels"], batch[f"{what}_mask"], a.span)
                     cells.append(f"L{i}h{head} {'-' if loss is None else f'{math.exp(-loss.item()):.2f}'}")
             print(f"{name:15s} on {what:10s} " + " ".join(cells), flush=True)
 

@@ -5,8 +5,8 @@
     .venv/bin/python bench/probe_grounding.py --init runs/embedded/base_model/trainer/checkpoint-2000 --weight 0
     .venv/bin/python bench/probe_grounding.py --init runs/embedded/base_model/trainer/checkpoint-2000 --weight 1 --layers -1
 
-Training goes through the stage's own pieces (``PrecomputedVL``, ``CompletionCollator``, ``grounding_trainer``
-or transformers' ``Trainer`` for ``--weight 0``) on ``--n`` items of each of the profile's base-model training
+Training goes through the stage's own pieces (``PrecomputedVL``, ``CompletionCollator``, ``grounding_trainer``:
+transformers' plain ``Trainer`` for ``--weight 0``) on ``--n`` items of each of the profile's base-model training
 tasks, batch 32, AdamW at a constant ``--lr`` after 20 warm-up steps. Every ``--eval-every`` steps it prints
 greedy Acc@0.5 on the profile's single-image test (its first ``--n-test`` items) with the share of answers
 that box *some* object of the scene, and on ``--n-test`` held-out training items of the same tasks' kind.
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--save", default="", help="save the fine-tuned model and processor here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
 
     params = load_params(a.profile)
     cfg = stage_config(BaseModelConfig, params, "base_model")
@@ -81,7 +81,7 @@ def main() -> None:
         save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, disable_tqdm=True, seed=0,
     )
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id), "callbacks": [Report()]}
-    trainer = grounding_trainer(a.weight, [int(v) for v in a.layers.split(",")], a.span, [int(v) for v in a.expression_layers.split(",") if v], **parts) if a.weight > 0 else Trainer(**parts)
+    trainer = grounding_trainer(a.weight, [int(v) for v in a.layers.split(",")], a.span, [int(v) for v in a.expression_layers.split(",") if v], **parts)
     t0 = time.time()
     report(0)
     trainer.train()

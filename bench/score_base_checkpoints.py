@@ -74,16 +74,23 @@ def description_scores(predictions: Path, expressions: list[str]) -> dict[str, f
     return out
 
 
-def on_some_object(found, item) -> bool:
-    """Whether a parsed answer box (``parse_response(...).box``, 0-1000 as the small models write it; None:
-    none) lands on *some* object of the item's target image (IoU >= 0.5; the embedded world's scene says where)."""
+def boxed_object(found, item) -> dict | None:
+    """The object of the item's target image (its scene entry) that a parsed answer box
+    (``parse_response(...).box``, 0-1000 as the small models write it; None: none) lands on: the one it
+    overlaps most, if that IoU is >= 0.5; else None."""
     from mirg_lib.boxes import Box, Frame, iou
 
     if found is None:
-        return False
+        return None
     image = item.scene["images"][item.target_image - 1]
     box, size = Box(*found.values, frame=Frame.REL1000), tuple(image["size"])
-    return any(iou(box, Box(*o["box"], frame=Frame.ABS, size=size)) >= 0.5 for o in image["objects"])
+    overlap, obj = max(((iou(box, Box(*o["box"], frame=Frame.ABS, size=size)), o) for o in image["objects"]), key=lambda t: t[0], default=(0.0, None))
+    return obj if overlap >= 0.5 else None
+
+
+def on_some_object(found, item) -> bool:
+    """Whether a parsed answer box lands on *some* object of the item's target image (:func:`boxed_object`)."""
+    return boxed_object(found, item) is not None
 
 
 def object_hits(predictions: Path, bench: Path) -> float:
@@ -114,8 +121,8 @@ def main() -> None:
     trainer = Path(args.trainer) if args.trainer else stage / "trainer"
     evals = trainer.with_name(trainer.name + "_checkpoint_eval") if args.trainer else stage / "checkpoint_eval"
     stamp = trainer / "mirg.json"
-    final = stage / "checkpoint"
-    if not args.trainer and not stamp.is_file() and (final / "mirg.json").is_file():
+    final = stage / "checkpoint" if not args.trainer else trainer / "none"  # a kept run has no final checkpoint
+    if not stamp.is_file() and (final / "mirg.json").is_file():
         stamp = final / "mirg.json"  # the run has finished: its work folder is gone, the final checkpoint stays
     digest = json.loads(stamp.read_text()).get("config_hash") if stamp.is_file() else None
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
@@ -127,7 +134,7 @@ def main() -> None:
     tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
     ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in trainer.glob("checkpoint-*"))
-    if not args.trainer and (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
+    if (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
         ckpts.append((json.loads((final / "mirg.json").read_text()).get("config", {}).get("max_steps"), final))
     cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
     ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box

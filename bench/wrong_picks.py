@@ -18,9 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from score_base_checkpoints import boxed_object  # noqa: E402
 
 from mirg_lib.base_model import ATTRIBUTES  # noqa: E402
-from mirg_lib.boxes import Box, Frame, iou  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.items import load_bench_items  # noqa: E402
 from mirg_lib.parsing import parse_response  # noqa: E402
@@ -49,13 +51,10 @@ def main() -> None:
             kinds["unparseable"] += 1
             continue
         image, target = it.scene["images"][it.target_image - 1], it.scene["target"]
-        box = Box(*found.values, frame=Frame.REL1000)
-        overlaps = [iou(box, Box(*o["box"], frame=Frame.ABS, size=tuple(image["size"]))) for o in image["objects"]]
-        best = max(range(len(overlaps)), key=overlaps.__getitem__)
-        if overlaps[best] < 0.5:
+        obj = boxed_object(found, it)
+        if obj is None:
             kinds["no object"] += 1
             continue
-        obj = image["objects"][best]
         if obj["oid"] == target["oid"]:
             kinds["target"] += 1
             continue

@@ -17,12 +17,14 @@ last checkpoint of an interrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +32,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .config import config_hash
+from .config import config_hash, digest
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
@@ -160,23 +162,21 @@ class CompletionCollator:
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
             labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
+        image = ids == self.image_token_id
         batch = {
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
-            "mm_token_type_ids": (ids == self.image_token_id).long(),
+            "mm_token_type_ids": image.long(),
             "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
             "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
         }
-        if examples and "target_tokens" in examples[0]:  # PrecomputedVL(grounding=True): where each target is
-            target = torch.zeros((n, L), dtype=torch.bool)
+        if examples and "target_tokens" in examples[0]:  # PrecomputedVL(grounding=True): where each target and expression is
+            target, words = torch.zeros((n, L), dtype=torch.bool), torch.zeros((n, L), dtype=torch.bool)
             for i, e in enumerate(examples):
-                target[i, (ids[i] == self.image_token_id).nonzero()[:, 0][e["target_tokens"]]] = True
-            batch["target_mask"] = target
-            words = torch.zeros((n, L), dtype=torch.bool)
-            for i, e in enumerate(examples):
+                target[i, image[i].nonzero()[:, 0][e["target_tokens"]]] = True
                 words[i, e["expression_tokens"]] = True
-            batch["expression_mask"] = words
+            batch["target_mask"], batch["expression_mask"] = target, words
         return batch
 
 
@@ -192,6 +192,21 @@ def expression_tokens(prompt_ids: torch.Tensor, tokenizer) -> list[int]:
     return list(range(a + 1, b))
 
 
+@contextlib.contextmanager
+def captured_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, every forward pass of ``model`` records the attention probabilities (batch x heads x
+    query x key) of its language-model ``layers`` into the yielded dict, under each layer's non-negative index
+    (None unless the text model runs ``eager`` attention, the implementation that returns them)."""
+    blocks = model.model.language_model.layers
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out[1])) for i in sorted({i % len(blocks) for i in layers})]
+    try:
+        yield seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def grounding_trainer(weight: float, layers: list[int], span: int = 0, expression_layers: list[int] | None = None, **kwargs):
     """transformers' ``Trainer`` (``kwargs``) with a grounding-attention loss added to the language-model loss:
     head 0 of each of ``layers`` (language-model layer indices) is trained to attend, from every position that
@@ -202,8 +217,12 @@ def grounding_trainer(weight: float, layers: list[int], span: int = 0, expressio
     gathering what to look for, which the second needs in its query. Supervised
     attention, a pointer before the box; the base model's selection hop (README). The language model runs
     transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The losses
-    are logged as ``grounding_attention_loss`` and ``expression_attention_loss`` (means since the last log line)."""
+    are logged as ``grounding_attention_loss`` and ``expression_attention_loss`` (means since the last log line).
+    With ``weight`` 0 it is the plain ``Trainer``."""
     from transformers import Trainer
+
+    if weight <= 0:
+        return Trainer(**kwargs)
 
     class _GroundingTrainer(Trainer):
         def __init__(self, **kw):
@@ -212,17 +231,11 @@ def grounding_trainer(weight: float, layers: list[int], span: int = 0, expressio
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             masks = {"grounding": (layers, inputs.pop("target_mask")), "expression": (expression_layers or [], inputs.pop("expression_mask"))}
-            blocks = model.model.language_model.layers
-            seen: dict[int, torch.Tensor] = {}
-            wanted = {i % len(blocks) for ls, _ in masks.values() for i in ls}
-            hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out[1])) for i in sorted(wanted)]
-            try:
+            depth = len(model.model.language_model.layers)
+            with captured_attention(model, [i for ls, _ in masks.values() for i in ls]) as seen:
                 loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            finally:
-                for h in hooks:
-                    h.remove()
             for name, (ls, mask) in masks.items():
-                extra = grounding_attention_loss([seen[i % len(blocks)] for i in ls], inputs["labels"], mask, span) if ls else None
+                extra = grounding_attention_loss([seen[i % depth] for i in ls], inputs["labels"], mask, span) if ls else None
                 if extra is not None:
                     total = self._sums.setdefault(name, [0.0, 0])
                     total[0] += float(extra.detach())
@@ -509,12 +522,14 @@ WARMUP_FIELDS = ("arch", "preset", "image_max_pixels", "normalise", "train_tasks
 def warmup_digest(cfg: BaseModelConfig, data_dir: Path) -> str:
     """What the warm-up's outcome depends on: the fields that build the model and pick its items, the
     warm-up's own fields, and the world (its data config digest)."""
-    import hashlib
-
-    manifest = Path(data_dir) / "manifest.json"
-    world = json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else str(Path(data_dir).resolve())
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in WARMUP_FIELDS or k.startswith("vision_warmup")}
-    return hashlib.sha256(json.dumps({"world": world, **values}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest({"world": world_digest(data_dir) or str(Path(data_dir).resolve()), **values})
+
+
+def world_digest(data_dir: str | Path) -> str | None:
+    """The data config digest of the world in ``data_dir`` (its ``manifest.json``); None when it has none."""
+    manifest = Path(data_dir) / "manifest.json"
+    return json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else None
 
 
 def warm_up_cached(cfg: BaseModelConfig, model, processor, items: list[Item], data_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -554,10 +569,8 @@ def _check_shipped(path: Path) -> dict[str, Any]:
 def _warn_other_world(meta: dict[str, Any], data_dir: Path) -> None:
     """A shipped base was trained on one world (its pixel statistics and tokenizer come from it); say so
     when the params now build another."""
-    manifest = data_dir / "manifest.json"
-    trained_on = (meta.get("data") or {}).get("config_hash")
-    if trained_on and manifest.is_file():
-        now = json.loads(manifest.read_text()).get("config_hash")
+    trained_on, now = (meta.get("data") or {}).get("config_hash"), world_digest(data_dir)
+    if trained_on and now is not None:
         if now != trained_on:
             warnings.warn(
                 f"the shipped base was trained on the world with data config {trained_on}, the params build {now}: "
@@ -590,7 +603,7 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
 
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
     """The stage. Returns where the base checkpoint is."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
     from .trainers import JsonlLogCallback, common_args, last_checkpoint, stamp_matches, train_resuming
@@ -622,8 +635,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
         mean, std = pixel_stats(p for it in train for p in it.images)
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
-    grounding = cfg.grounding_attention_weight > 0
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=grounding)
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0)
     work = out_dir / "trainer"
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)
@@ -647,7 +659,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
-    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts) if grounding else Trainer(**parts)
+    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
     train_resuming(trainer, work, digest)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:

@@ -204,11 +204,15 @@ def stage_config(cls: type[T], params: Params, section: str) -> T:
     return from_dict(cls, params.section(section), f"{params.where} [{section}]")
 
 
+def digest(values: dict[str, Any]) -> str:
+    """A stable 16-hex digest of JSON-able ``values`` (key order does not matter)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: Any) -> str:
     """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
     values = dataclasses.asdict(cfg)
     for f in dataclasses.fields(cfg):  # an option added after runs were made enters the digest only once it is set
         if f.metadata.get("digest_when_set") and values[f.name] == (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default):
             del values[f.name]
-    blob = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(values)
