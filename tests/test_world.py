@@ -60,6 +60,24 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_outputs_get_ordinary_modes(tmp_path):
+    """Written aside through tempfile (0600 files, 0700 folders), outputs still get the modes open/mkdir give."""
+    import os
+
+    from mirg_lib.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "folder") as d:
+            (d / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+
+
 def test_smoke_world_reads_back_as_real_data(smoke_world):
     bench = load_mig_bench(smoke_world.test_file, check=True)
     assert Counter(r.task for r in bench) == {t: 4 for t in MIG_TASKS}
