@@ -1,4 +1,4 @@
-"""Where does each attention head of a base look from the answer's first tokens? (README, "The base model")
+"""Where does each attention head of a base look from the answer's first tokens? (docs/base_model.md)
 
     .venv/bin/python bench/attention_mass.py runs/embedded/base_model/trainer/checkpoint-500
 

@@ -1,4 +1,4 @@
-"""Probe: can the small base model learn to ground from scratch on this machine? (README, "The base model")
+"""Probe: can the small base model learn to ground from scratch on this machine? (docs/base_model.md)
 
     # referring expressions from a world built by `make data` (or any data folder of the data stage)
     .venv/bin/python bench/probe_base_training.py --mode refer --data runs/embedded/data --steps 300 --lr 1e-3 --schedule cosine

@@ -1,5 +1,5 @@
 """Probe: does the grounding-attention loss (``base_model.grounding_attention_weight``) turn on the selection hop?
-(README, "The base model": the selection hop)
+(docs/base_model.md: the selection hop)
 
     # from a checkpoint of the embedded base: 300 more steps on the stage's own mix, with and without the loss
     .venv/bin/python bench/probe_grounding.py --init runs/embedded/base_model/trainer/checkpoint-2000 --weight 0

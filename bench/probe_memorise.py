@@ -4,7 +4,7 @@
     .venv/bin/python bench/probe_memorise.py --normalise data   # the images' own statistics
 
 Prints the training loss and the loss with the images shuffled across the batch (when the model uses
-its images, the second rises while the first falls). README, "The base model".
+its images, the second rises while the first falls). docs/base_model.md.
 """
 
 from __future__ import annotations

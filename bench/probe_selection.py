@@ -1,5 +1,5 @@
 """Probe: can a base checkpoint that names and boxes a lone object learn to *pick* the described one among a few?
-(README, "The base model": the selection hop)
+(docs/base_model.md: the selection hop)
 
     # fine-tune on referring items with 2 objects (objects_per_image 1,1; single_refer adds one)
     .venv/bin/python bench/probe_selection.py --init runs/embedded/base_model/trainer/checkpoint-2250 --objs 1,1

@@ -1,5 +1,5 @@
 """Control for the shape probe: does a small convolutional network, trained the same number of steps on the
-same one-object images, learn to name the shape? (README, "The base model")
+same one-object images, learn to name the shape? (docs/base_model.md)
 
     .venv/bin/python bench/probe_shape_cnn.py --cue 150 --cue-kind coord --steps 600
 

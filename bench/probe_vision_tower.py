@@ -1,4 +1,4 @@
-"""Probe: can the small Qwen2-VL vision tower alone learn to name the shape of a lone object? (README, "The base model")
+"""Probe: can the small Qwen2-VL vision tower alone learn to name the shape of a lone object? (docs/base_model.md)
 
     .venv/bin/python bench/probe_vision_tower.py --steps 3000 --lr 1e-3
 

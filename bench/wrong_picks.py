@@ -1,4 +1,4 @@
-"""Which object does a base box when it boxes the wrong one? (README, "The base model": the selection hop)
+"""Which object does a base box when it boxes the wrong one? (docs/base_model.md: the selection hop)
 
     .venv/bin/python bench/wrong_picks.py runs/embedded/base_model/checkpoint_eval/checkpoint-2000/predictions.jsonl
 
