@@ -70,6 +70,7 @@ class BaseModelConfig:
     grounding_attention_span: int = field(default=3, metadata={"help": "the grounding-attention loss looks from the positions that predict the answer's first N tokens (before a coordinate is written: written digits give the place away); 0: every answer position", "digest_when_set": True})
     grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 the grounding-attention loss supervises", "digest_when_set": True})
     expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 the grounding-attention loss also trains to look, from the same positions, at the referring expression's words (the first hop; README)", "digest_when_set": True})
+    language_items: int = field(default=0, metadata={"help": "text-only sequences of the world's language added to the training mix (every task's questions with each recipe's prompt, answered by the scripted teacher in each style, from scenes no stage uses; language_texts): a pretrained VLM has read the words its fine-tuning uses (README); 0: off", "digest_when_set": True})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -78,6 +79,8 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
+        if self.language_items < 0:
+            raise ValueError(f"base_model.language_items must be >= 0, not {self.language_items}")
         if self.vision_warmup_targets not in ("lone", "dense"):
             raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
@@ -113,12 +116,42 @@ def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> l
     return texts
 
 
+LANGUAGE_STYLES = {"zhang": "zhang", "mirg_text": "mirg", "mirg_bbox": "mirg", "answer": "plain"}  # teacher style -> prompt recipe
+
+
+def language_texts(data_dir: str | Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` text-only (prompt, reply) pairs in the world's language, for the base to read as a pretrained VLM
+    has read text: every task's question (the ten MIG-Bench tasks and single-image referring, in turn) with a
+    recipe's prompt, answered by the scripted teacher (no errors) in each style (``LANGUAGE_STYLES``, in
+    turn). The scenes are drawn with the world's knobs (from ``data_dir``'s manifest) and seeds of the split
+    ``language``, which no stage uses. Without the images a reply's content cannot be learnt from its
+    question; its words and form can."""
+    from .formats import MIG_TASKS
+    from .prompts import with_suffix
+    from .teacher import ScriptedTeacher, TeacherItem
+    from .world import SINGLE_TASK, DataConfig, generate
+    from .world.build import sample_seed, scene_row
+
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    data_cfg = DataConfig(**manifest["config"])
+    knobs, tasks, styles = data_cfg.knobs(), [*MIG_TASKS, SINGLE_TASK], list(LANGUAGE_STYLES)
+    teacher = ScriptedTeacher(error_rate=0.0, seed=seed)
+    out = []
+    for i in range(n):
+        task, style = tasks[i % len(tasks)], styles[(i // len(tasks)) % len(styles)]
+        sample = generate(task, sample_seed(data_cfg.seed, "language", task, i), knobs)
+        item = TeacherItem(f"language-{task}-{i}", task, [], sample.question, scene_row(f"language-{task}-{i}", "language", i, sample))
+        out.append((with_suffix(sample.question, LANGUAGE_STYLES[style]), teacher.answer([item], 1, style)[0][0]))
+    return out
+
+
 class PrecomputedVL(torch.utils.data.Dataset):
     """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
     which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
     referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False):
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = ()):
+        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`)."""
         self.examples = []
         tok = processor.tokenizer
         for it, ans in zip(items, answers, strict=True):
@@ -136,12 +169,37 @@ class PrecomputedVL(torch.utils.data.Dataset):
                 example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
                 example["expression_tokens"] = torch.tensor(expression_tokens(enc["input_ids"][0], tok), dtype=torch.long)
             self.examples.append(example)
+        for prompt, reply in texts:
+            text = processor.apply_chat_template(user_turn(0, prompt), add_generation_prompt=True, tokenize=False)
+            example = {
+                "prompt_ids": torch.tensor(tok(text, add_special_tokens=False)["input_ids"]),
+                "answer_ids": torch.tensor(tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]),
+            }
+            if grounding:  # nothing to look at: the grounding-attention loss skips the row
+                example["target_tokens"] = torch.zeros(0, dtype=torch.long)
+                example["expression_tokens"] = torch.zeros(0, dtype=torch.long)
+            self.examples.append(example)
+
+    def lengths(self) -> list[int]:
+        """Every example's length in tokens (prompt and answer)."""
+        return [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in self.examples]
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.examples[i]
+
+
+def length_grouped(trainer, dataset: PrecomputedVL):
+    """Have ``trainer`` draw batches of examples of similar length (transformers' ``LengthGroupedSampler``,
+    seeded like its random sampler): the language texts run two to three times longer than an image item,
+    and a batch padded to its longest row took 2.4 times as long per step (README)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = dataset.lengths()
+    trainer._get_train_sampler = lambda *_a, **_k: LengthGroupedSampler(trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps, lengths=lengths)
+    return trainer
 
 
 @dataclass
@@ -168,9 +226,11 @@ class CompletionCollator:
             "attention_mask": mask,
             "labels": labels,
             "mm_token_type_ids": image.long(),
-            "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
-            "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
         }
+        with_images = [e for e in examples if "pixel_values" in e]  # text-only examples have none
+        if with_images:
+            batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+            batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
         if examples and "target_tokens" in examples[0]:  # PrecomputedVL(grounding=True): where each target and expression is
             target, words = torch.zeros((n, L), dtype=torch.bool), torch.zeros((n, L), dtype=torch.bool)
             for i, e in enumerate(examples):
@@ -635,7 +695,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
         mean, std = pixel_stats(p for it in train for p in it.images)
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0)
+    texts = language_texts(data_dir, cfg.language_items, cfg.seed) if cfg.language_items else []
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts)
     work = out_dir / "trainer"
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)
@@ -660,6 +721,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
     trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
+    if texts:  # without them, the plain random sampler (the runs made before language_items stay as they were)
+        length_grouped(trainer, dataset)
     train_resuming(trainer, work, digest)
     nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
     if nan:
@@ -672,6 +735,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
             "config_hash": digest,
             "parameters": count_parameters(trainer.model),
             "train_items": len(train),
+            "language_items": len(texts),
             "seconds": round(seconds, 1),
             "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         }

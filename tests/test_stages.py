@@ -401,3 +401,69 @@ def test_a_changed_language_model_recipe_reuses_the_warmed_tower(describe_world,
     with pytest.raises(KeyboardInterrupt):  # a changed warm-up warms up again
         run_base_model(dataclasses.replace(cfg, vision_warmup_steps=5), describe_world.root, out, progress=False)
     monkeypatch.setattr(bm, "warm_up_vision", real)
+
+
+def test_language_texts_cover_every_task_and_style_from_unused_scenes(smoke_world):
+    from mirg_lib.formats import MIG_TASKS, load_mgrounding
+    from mirg_lib.prompts import with_suffix
+
+    texts = bm.language_texts(smoke_world.root, 44)
+    assert texts == bm.language_texts(smoke_world.root, 44) and bm.language_texts(smoke_world.root, 0) == []
+    n_tasks = len(MIG_TASKS) + 1
+    styles = list(bm.LANGUAGE_STYLES)
+    for i, (prompt, reply) in enumerate(texts):
+        style = styles[(i // n_tasks) % len(styles)]
+        question = prompt.removesuffix(with_suffix("", bm.LANGUAGE_STYLES[style]))
+        assert prompt == with_suffix(question, bm.LANGUAGE_STYLES[style]) and question, (i, prompt)
+        if style == "zhang":
+            assert reply.startswith("<think>") and '"bbox_2d"' in reply
+        elif style == "mirg_bbox":
+            assert "<bbox_id>[" in reply and reply.endswith("</answer>")
+        elif style == "answer":
+            assert "<think>" not in reply and "<|box_start|>" in reply
+    # every task in each of the four styles, from scenes of their own: no reply is a training answer
+    assert len({(p, r) for p, r in texts}) == 44
+    answers = {r.answer for r in load_mgrounding(smoke_world.train_file, check=True)}
+    plain = [r for i, (_, r) in enumerate(texts) if styles[(i // n_tasks) % len(styles)] == "answer"]
+    assert len(plain) == n_tasks and not set(plain) & answers
+
+
+def test_language_items_train_text_only_rows_beside_the_images(describe_world, tmp_path):
+    from mirg_lib.config import config_hash
+    from mirg_lib.models import load_processor
+
+    assert config_hash(BaseModelConfig(preset="nano")) == config_hash(BaseModelConfig(preset="nano", language_items=0))
+    with pytest.raises(ValueError, match="language_items"):
+        BaseModelConfig(language_items=-1)
+    base = run_base_model(BaseModelConfig(preset="nano", max_steps=2, batch_size=4, save_steps=100, logging_steps=1), describe_world.root, tmp_path / "plain", progress=False)
+    processor = load_processor(base.path)
+    items = bm.load_pool_items(describe_world.root / "train" / "mgrounding.json")[:2]
+    texts = bm.language_texts(describe_world.root, 3)
+    data = bm.PrecomputedVL(items, processor, [it.reference or "" for it in items], grounding=True, texts=texts)
+    assert len(data) == 5 and all("pixel_values" not in e for e in data.examples[2:])
+    collate = bm.CompletionCollator(processor.tokenizer.pad_token_id, load_model(base.path).config.image_token_id)
+    mixed, text_only = collate([data[0], data[2], data[1]]), collate([data[3], data[4]])
+    assert mixed["image_grid_thw"].shape[0] == len(items[0].images) + len(items[1].images) and mixed["mm_token_type_ids"][1].sum() == 0
+    assert mixed["pixel_values"].shape[0] == int(mixed["image_grid_thw"].prod(-1).sum())
+    assert "pixel_values" not in text_only and not text_only["target_mask"].any()
+    # the text rows' loss is on their replies
+    reply = processor.tokenizer.decode(mixed["labels"][1][mixed["labels"][1] != -100])
+    assert reply == texts[0][1] + "<|im_end|>"
+    model = load_model(base.path)
+    for batch in (mixed, text_only):
+        batch = {k: v for k, v in batch.items() if k not in ("target_mask", "expression_mask")}
+        assert torch.isfinite(model(**batch).loss)
+    # the stage trains on them (grounding loss on), and says how many it read
+    cfg = BaseModelConfig(preset="nano", max_steps=4, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_items=8)
+    result = run_base_model(cfg, describe_world.root, tmp_path / "lang", progress=False)
+    meta = json.loads((result.path / "mirg.json").read_text())
+    assert meta["language_items"] == 8 and all(math.isfinite(r["loss"]) for r in _losses(tmp_path / "lang" / "train_log.jsonl"))
+    # batches of similar lengths: the sampler sorts each mega-batch of examples by length
+    from types import SimpleNamespace
+
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    trainer = bm.length_grouped(SimpleNamespace(args=SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1)), data)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sorted(sampler) == list(range(len(data)))
+    assert data.lengths() == [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in data.examples]
