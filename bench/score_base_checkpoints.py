@@ -134,8 +134,9 @@ def main() -> None:
     tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
     ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in trainer.glob("checkpoint-*"))
-    if (final / "mirg.json").is_file():  # scored last, under the name "checkpoint"
-        ckpts.append((json.loads((final / "mirg.json").read_text()).get("config", {}).get("max_steps"), final))
+    final_meta = json.loads((final / "mirg.json").read_text()) if (final / "mirg.json").is_file() else {}
+    if final_meta.get("config_hash") == digest:  # scored last, under the name "checkpoint" (not another config's final model)
+        ckpts.append((final_meta.get("config", {}).get("max_steps"), final))
     cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
     ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box
     for step, ck in ckpts:

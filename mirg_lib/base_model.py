@@ -70,6 +70,7 @@ class BaseModelConfig:
     grounding_attention_span: int = field(default=3, metadata={"help": "the grounding-attention loss looks from the positions that predict the answer's first N tokens (before a coordinate is written: written digits give the place away); 0: every answer position", "digest_when_set": True})
     grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 the grounding-attention loss supervises", "digest_when_set": True})
     expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 the grounding-attention loss also trains to look, from the same positions, at the referring expression's words (the first hop; README)", "digest_when_set": True})
+    language_digits_loss: bool = field(default=True, metadata={"help": "whether the language texts' digit tokens (their boxes, and image numbers) carry loss: without the images they cannot be predicted, and learning them from text alone taught the base to write boxes without looking (README); false: loss on the words only", "digest_when_set": True})
     language_items: int = field(default=0, metadata={"help": "text-only sequences of the world's language added to the training mix (every task's questions with each recipe's prompt, answered by the scripted teacher in each style, from scenes no stage uses; language_texts): a pretrained VLM has read the words its fine-tuning uses (README); 0: off", "digest_when_set": True})
 
     def __post_init__(self) -> None:
@@ -150,8 +151,9 @@ class PrecomputedVL(torch.utils.data.Dataset):
     which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
     referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = ()):
-        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`)."""
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True):
+        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`);
+        with ``text_digits_loss`` false their replies' digit tokens carry no loss (``answer_labels``)."""
         self.examples = []
         tok = processor.tokenizer
         for it, ans in zip(items, answers, strict=True):
@@ -169,12 +171,15 @@ class PrecomputedVL(torch.utils.data.Dataset):
                 example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
                 example["expression_tokens"] = torch.tensor(expression_tokens(enc["input_ids"][0], tok), dtype=torch.long)
             self.examples.append(example)
+        digits = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
         for prompt, reply in texts:
             text = processor.apply_chat_template(user_turn(0, prompt), add_generation_prompt=True, tokenize=False)
             example = {
                 "prompt_ids": torch.tensor(tok(text, add_special_tokens=False)["input_ids"]),
                 "answer_ids": torch.tensor(tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]),
             }
+            if not text_digits_loss:
+                example["answer_labels"] = example["answer_ids"].masked_fill(torch.isin(example["answer_ids"], digits), -100)
             if grounding:  # nothing to look at: the grounding-attention loss skips the row
                 example["target_tokens"] = torch.zeros(0, dtype=torch.long)
                 example["expression_tokens"] = torch.zeros(0, dtype=torch.long)
@@ -219,7 +224,7 @@ class CompletionCollator:
             seq = torch.cat([e["prompt_ids"], e["answer_ids"]])
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
-            labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
+            labels[i, len(e["prompt_ids"]) : len(seq)] = e.get("answer_labels", e["answer_ids"])
         image = ids == self.image_token_id
         batch = {
             "input_ids": ids,
@@ -696,7 +701,7 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         mean, std = pixel_stats(p for it in train for p in it.images)
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
     texts = language_texts(data_dir, cfg.language_items, cfg.seed) if cfg.language_items else []
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts)
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts, text_digits_loss=cfg.language_digits_loss)
     work = out_dir / "trainer"
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)

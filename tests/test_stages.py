@@ -433,6 +433,7 @@ def test_language_items_train_text_only_rows_beside_the_images(describe_world, t
     from mirg_lib.models import load_processor
 
     assert config_hash(BaseModelConfig(preset="nano")) == config_hash(BaseModelConfig(preset="nano", language_items=0))
+    assert config_hash(BaseModelConfig(preset="nano")) == config_hash(BaseModelConfig(preset="nano", language_digits_loss=True))
     with pytest.raises(ValueError, match="language_items"):
         BaseModelConfig(language_items=-1)
     base = run_base_model(BaseModelConfig(preset="nano", max_steps=2, batch_size=4, save_steps=100, logging_steps=1), describe_world.root, tmp_path / "plain", progress=False)
@@ -449,6 +450,10 @@ def test_language_items_train_text_only_rows_beside_the_images(describe_world, t
     # the text rows' loss is on their replies
     reply = processor.tokenizer.decode(mixed["labels"][1][mixed["labels"][1] != -100])
     assert reply == texts[0][1] + "<|im_end|>"
+    # language_digits_loss false: the replies' digits (their boxes) carry no loss, their words do
+    masked = collate([bm.PrecomputedVL([], processor, [], texts=texts[:1], text_digits_loss=False)[0]])["labels"][0]
+    kept = processor.tokenizer.decode(masked[masked != -100])
+    assert any(c.isdigit() for c in texts[0][1]) and not any(c.isdigit() for c in kept) and kept.endswith("```</answer><|im_end|>") and "\"bbox_" in kept
     model = load_model(base.path)
     for batch in (mixed, text_only):
         batch = {k: v for k, v in batch.items() if k not in ("target_mask", "expression_mask")}
