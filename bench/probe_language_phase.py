@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_sft import parse_sets, report_sft  # noqa: E402
 
 from mirg_lib import base_model as bm  # noqa: E402
 from mirg_lib.config import load_params, stage_config  # noqa: E402
@@ -47,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import Trainer, TrainingArguments
 
-    params = load_params(args.profile, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    params = load_params(args.profile, parse_sets(args.set))
     cfg = stage_config(bm.BaseModelConfig, params, "base_model")
     data_dir, out = stage_dir(params.profile, "data"), stage_dir(params.profile, "probe_language_phase")
     base = base_path(params)
@@ -76,13 +77,8 @@ def main() -> None:
     sft = run_sft(sft_cfg, ckpt, stage_dir(params.profile, "cot") / "sft_zhang.jsonl", data_dir, out / "sft_zhang")
     ecfg = dataclasses.replace(stage_config(EvalConfig, params, "eval"), prompt="zhang", max_items_per_task=args.eval_items_per_task)
     s = evaluate_checkpoint(sft, data_dir / "test" / "mig_bench.json", ecfg, out / "eval_sft_zhang")
-    logged = [json.loads(line) for line in (out / "sft_zhang" / "train_log.jsonl").read_text().splitlines()]
-    last = [r for r in logged if r.get("loss") is not None][-1]
-    print(f"SFT (zhang, {dict(a.split('=', 1) for a in args.set)}): last loss {last['loss']:.3f}, token accuracy {last.get('mean_token_accuracy', float('nan')):.3f}; {time.perf_counter() - t1:.0f} s")
-    print(json.dumps({"avg": s["avg"], "unparseable": s["unparseable"], "tasks": {t: v["acc"] for t, v in s["tasks"].items()}}))
-    for line in (out / "eval_sft_zhang" / "predictions.jsonl").read_text().splitlines()[:2]:
-        print(json.loads(line)["response"][:300])
-
+    print(f"SFT (zhang, {parse_sets(args.set)}): {time.perf_counter() - t1:.0f} s")
+    report_sft(out / "sft_zhang" / "train_log.jsonl", s, out / "eval_sft_zhang" / "predictions.jsonl", every=100)
 
 if __name__ == "__main__":
     main()

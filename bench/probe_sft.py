@@ -26,29 +26,37 @@ from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 
 
+def parse_sets(sets: list[str]) -> dict:
+    """``KEY=VALUE`` strings (YAML values) as params overrides."""
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+
+
+def report_sft(log_file: Path, scores: dict, predictions: Path, every: int = 50) -> None:
+    """Print an SFT run's logged loss and token accuracy (the first 5 steps, every ``every`` and the last), its
+    MIG-Bench scores and its first two answers."""
+    rows = [r for r in map(json.loads, log_file.read_text().splitlines()) if r.get("loss") is not None]
+    for r in rows:
+        if r["step"] % every == 0 or r["step"] <= 5 or r is rows[-1]:
+            print(f"step {r['step']}: loss {r['loss']:.3f}, token accuracy {r.get('mean_token_accuracy', float('nan')):.3f}")
+    print(json.dumps({"avg": scores["avg"], "unparseable": scores["unparseable"], "tasks": {t: v["acc"] for t, v in scores["tasks"].items()}}))
+    for line in predictions.read_text().splitlines()[:2]:
+        print(json.loads(line)["response"][:300])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="embedded")
     ap.add_argument("--variant", default="zhang", choices=["zhang", "answer", "mirg_text", "mirg_bbox"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (YAML value)")
     args = ap.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    params = load_params(args.profile, overrides)
+    params = load_params(args.profile, parse_sets(args.set))
     t0 = time.perf_counter()
     path = pipeline.sft(params, args.variant)
     t1 = time.perf_counter()
     prompt = "plain" if args.variant == "answer" else ("zhang" if args.variant == "zhang" else "mirg")
     s = pipeline.evaluate(params, path, f"probe_{args.variant}", prompt=prompt)
-    t2 = time.perf_counter()
-    for line in (stage_dir(params.profile, f"sft_{args.variant}") / "train_log.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r.get("loss") is not None and (r["step"] % 50 == 0 or r["step"] <= 5):
-            print(f"step {r['step']}: loss {r['loss']:.3f}, token accuracy {r.get('mean_token_accuracy', float('nan')):.3f}")
-    print(f"sft {t1 - t0:.0f} s, eval {t2 - t1:.0f} s")
-    print(json.dumps({"avg": s["avg"], "unparseable": s["unparseable"], "tasks": {t: v["acc"] for t, v in s["tasks"].items()}}))
-    for line in (stage_dir(params.profile, "eval") / f"probe_{args.variant}" / "predictions.jsonl").read_text().splitlines()[:2]:
-        print(json.loads(line)["response"][:300])
-
+    print(f"sft {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s")
+    report_sft(stage_dir(params.profile, f"sft_{args.variant}") / "train_log.jsonl", s, stage_dir(params.profile, "eval") / f"probe_{args.variant}" / "predictions.jsonl")
 
 if __name__ == "__main__":
     main()

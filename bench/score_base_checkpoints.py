@@ -30,29 +30,13 @@ from mirg_lib.paths import stage_dir  # noqa: E402
 
 
 def curriculum_bench(params, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
-    """``n`` one-object items of a curriculum task (``single_locate`` / ``single_describe``) of the profile's
-    world drawn with seeds the data stage never uses (split ``heldout``), in MIG-Bench format, with the
-    expected descriptions beside them (``expressions.json``); returns the file and those descriptions."""
+    """``n`` held-out one-object items of a curriculum task (``single_locate`` / ``single_describe``) of the
+    profile's world, with their expected descriptions (:func:`mirg_lib.world.build.heldout_bench`)."""
     from mirg_lib.config import stage_config
-    from mirg_lib.formats import MigRecord, write_mig_bench
-    from mirg_lib.world import DataConfig, generate
-    from mirg_lib.world.build import sample_seed
+    from mirg_lib.world import DataConfig
+    from mirg_lib.world.build import heldout_bench
 
-    data_cfg = stage_config(DataConfig, params, "data")
-    bench, wanted = folder / f"{task}.json", folder / "expressions.json"
-    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file():
-        return bench, json.loads(wanted.read_text())
-    records, expressions = [], []
-    for i in range(n):
-        s = generate(task, sample_seed(data_cfg.seed, "heldout", task, i), data_cfg.knobs())
-        rel = f"images/{i:05d}.png"
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        s.images[0].save(folder / rel)
-        records.append(MigRecord(task, [rel], s.question, s.answer_rel(), need_format=False, index=i))
-        expressions.append(s.meta.get("expression", ""))
-    write_mig_bench(records, bench)
-    wanted.write_text(json.dumps(expressions))
-    return bench, expressions
+    return heldout_bench(stage_config(DataConfig, params, "data"), task, folder, n)
 
 
 def description_scores(predictions: Path, expressions: list[str]) -> dict[str, float]:
@@ -120,11 +104,11 @@ def main() -> None:
     out = stage / "checkpoint_scores.jsonl"
     trainer = Path(args.trainer) if args.trainer else stage / "trainer"
     evals = trainer.with_name(trainer.name + "_checkpoint_eval") if args.trainer else stage / "checkpoint_eval"
+    final = stage / "checkpoint"  # a kept run (--trainer) has none
+    final_meta = json.loads((final / "mirg.json").read_text()) if not args.trainer and (final / "mirg.json").is_file() else {}
     stamp = trainer / "mirg.json"
-    final = stage / "checkpoint" if not args.trainer else trainer / "none"  # a kept run has no final checkpoint
-    if not stamp.is_file() and (final / "mirg.json").is_file():
-        stamp = final / "mirg.json"  # the run has finished: its work folder is gone, the final checkpoint stays
-    digest = json.loads(stamp.read_text()).get("config_hash") if stamp.is_file() else None
+    # the run being trained, else (its work folder gone when it finished) the final checkpoint's
+    digest = json.loads(stamp.read_text()).get("config_hash") if stamp.is_file() else final_meta.get("config_hash")
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
     done = {r["checkpoint"] for r in rows if r.get("config_hash") == digest}
     from mirg_lib.base_model import BaseModelConfig
@@ -134,8 +118,7 @@ def main() -> None:
     tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
     ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in trainer.glob("checkpoint-*"))
-    final_meta = json.loads((final / "mirg.json").read_text()) if (final / "mirg.json").is_file() else {}
-    if final_meta.get("config_hash") == digest:  # scored last, under the name "checkpoint" (not another config's final model)
+    if final_meta and final_meta.get("config_hash") == digest:  # scored last, under the name "checkpoint" (not another config's final model)
         ckpts.append((final_meta.get("config", {}).get("max_steps"), final))
     cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
     ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box

@@ -10,22 +10,23 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _as_created(path: Path, mode: int) -> None:
-    """tempfile makes its files 0600 and folders 0700; an output gets the modes ``open``/``mkdir`` give."""
-    os.chmod(path, mode & ~_umask())
+def _aside(path: Path, suffix: str, create: Callable[[Path], Any]) -> Path:
+    """A new hidden name beside ``path``, made by ``create`` (``os.open`` / ``os.mkdir``, which apply the
+    umask: an output gets the modes an ordinary file or folder gets, where tempfile's are 0600 / 0700)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -33,13 +34,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _aside(path, ".tmp", lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp_path
-        if tmp_path.exists():
-            _as_created(tmp_path, 0o666)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -51,10 +48,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it becomes ``path`` (replacing it) only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = _aside(path, ".partial", lambda p: os.mkdir(p, 0o777))
     try:
         yield tmp
-        _as_created(tmp, 0o777)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -149,6 +149,28 @@ def sample_seed(seed: int, split: str, task: str, i: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{split}/{task}/{i}".encode()).digest()[:8], "big")
 
 
+def heldout_bench(cfg: DataConfig, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
+    """``n`` one-image items of ``task`` drawn with ``cfg``'s knobs and seeds the data stage never uses (split
+    ``heldout``), written to ``folder`` as a MIG-Bench file ``<task>.json`` with its images, and each item's
+    referring expression beside it (``expressions.json``; "" where it has none). Returns the file and the
+    expressions; a folder already holding ``n`` such items is reused."""
+    folder = Path(folder)
+    bench, wanted = folder / f"{task}.json", folder / "expressions.json"
+    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file():
+        return bench, json.loads(wanted.read_text())
+    records, expressions = [], []
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        s = generate(task, sample_seed(cfg.seed, "heldout", task, i), cfg.knobs())
+        rel = f"images/{i:05d}.png"
+        s.images[0].save(folder / rel)
+        records.append(MigRecord(task, [rel], s.question, s.answer_rel(), need_format=False, index=i))
+        expressions.append(s.meta.get("expression", ""))
+    write_mig_bench(records, bench)
+    wanted.write_text(json.dumps(expressions))
+    return bench, expressions
+
+
 def _save_png(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=False, compress_level=6)
