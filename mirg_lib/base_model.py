@@ -37,6 +37,7 @@ from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
 from .prompts import user_turn
+from .trainers import stamp_matches
 
 
 @dataclass
@@ -72,6 +73,9 @@ class BaseModelConfig:
     expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 the grounding-attention loss also trains to look, from the same positions, at the referring expression's words (the first hop; README)", "digest_when_set": True})
     language_digits_loss: bool = field(default=True, metadata={"help": "whether the language texts' digit tokens (their boxes, and image numbers) carry loss: without the images they cannot be predicted, and learning them from text alone taught the base to write boxes without looking (README); false: loss on the words only", "digest_when_set": True})
     language_items: int = field(default=0, metadata={"help": "text-only sequences of the world's language added to the training mix (every task's questions with each recipe's prompt, answered by the scripted teacher in each style, from scenes no stage uses; language_texts): a pretrained VLM has read the words its fine-tuning uses (README); 0: off", "digest_when_set": True})
+    language_phase_steps: int = field(default=0, metadata={"help": "after the grounding steps (max_steps), this many more from the grounded weights over the same image items and language_phase_texts language texts (language_texts; batches grouped by length, constant language_phase_lr after the warm-up, the grounding-attention term kept): the base reads the words its fine-tuning uses once it grounds (docs/base_model.md); 0: off", "digest_when_set": True})
+    language_phase_texts: int = field(default=4000, metadata={"help": "language texts in the language phase", "digest_when_set": True})
+    language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -80,8 +84,8 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
-        if self.language_items < 0:
-            raise ValueError(f"base_model.language_items must be >= 0, not {self.language_items}")
+        if self.language_items < 0 or self.language_phase_steps < 0 or self.language_phase_texts < 0 or self.language_phase_lr <= 0:
+            raise ValueError("base_model.language_items, language_phase_steps and language_phase_texts must be >= 0 and language_phase_lr > 0")
         if self.vision_warmup_targets not in ("lone", "dense"):
             raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
@@ -666,15 +670,18 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
     return meta
 
 
+def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
+    """The config of the first phase alone (no language phase): its digest is the one a base trained before
+    the language phase existed carries, so such a base is the first phase's output."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
+    return dataclasses.replace(cfg, **defaults)
+
+
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
-    """The stage. Returns where the base checkpoint is."""
-    from transformers import TrainingArguments
-
-    from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
-    from .trainers import JsonlLogCallback, common_args, last_checkpoint, stamp_matches, train_resuming
-
+    """The stage. Returns where the base checkpoint is: ``out_dir/checkpoint``. With a language phase, the
+    grounding phase's checkpoint is kept in ``out_dir/grounded`` (a change to the language phase alone starts
+    from it) and the language phase logs to ``language_log.jsonl``."""
     out_dir = Path(out_dir)
-    t0 = time.perf_counter()
     if cfg.model_name_or_path:
         path = Path(cfg.model_name_or_path)
         if not (path / "config.json").is_file():
@@ -686,16 +693,76 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         _warn_other_world(meta, Path(data_dir))
         return BaseModelResult(path, "shipped", 0.0, skipped=True)
 
-    digest = config_hash(cfg)
     final = out_dir / "checkpoint"
-    if stamp_matches(final, digest):
+    if stamp_matches(final, config_hash(cfg)):
         return BaseModelResult(final, "trained", 0.0, skipped=True)
+    if not cfg.language_phase_steps:
+        return BaseModelResult(final, "trained", _grounding_phase(cfg, Path(data_dir), out_dir, final, progress))
+    first, grounded = grounding_phase(cfg), out_dir / "grounded"
+    seconds = 0.0 if stamp_matches(grounded, config_hash(first)) else _grounding_phase(first, Path(data_dir), out_dir, grounded, progress)
+    return BaseModelResult(final, "trained", seconds + _language_phase(cfg, Path(data_dir), out_dir, grounded, final, progress))
 
-    data_dir = Path(data_dir)
+
+def _training_items(cfg: BaseModelConfig, data_dir: Path) -> tuple[list[Item], list[Item]]:
+    """(the training pool, its items of ``train_tasks``)."""
     pool = load_pool_items(data_dir / "train" / "mgrounding.json")
     train = [it for it in pool if it.task in cfg.train_tasks]
     if not train:
         raise ValueError(f"base_model.train_tasks {cfg.train_tasks}: no such items in {data_dir}")
+    return pool, train
+
+
+def _training_args(cfg: BaseModelConfig, work: Path, progress: bool, **kw: Any):
+    from transformers import TrainingArguments
+
+    from .trainers import common_args
+
+    base = {
+        "output_dir": str(work),
+        "per_device_train_batch_size": cfg.batch_size,
+        "warmup_steps": cfg.warmup_steps,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": 1.0,
+        "adam_beta2": 0.98,
+        "save_total_limit": cfg.keep_checkpoints,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not progress,
+        **common_args(cfg, None),
+    }
+    return TrainingArguments(**{**base, **kw})
+
+
+def _train(cfg: BaseModelConfig, model, processor, dataset: PrecomputedVL, args, log_file: Path, digest: str, grouped: bool):
+    """Train ``model`` (resuming an interrupted run of the same ``digest`` in ``args.output_dir``); raise on a
+    non-finite loss. Returns the trainer."""
+    from .trainers import JsonlLogCallback, train_resuming
+
+    log = JsonlLogCallback(log_file)
+    collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
+    # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
+    parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
+    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
+    if grouped:  # without texts, the plain random sampler (the runs made before language_items stay as they were)
+        length_grouped(trainer, dataset)
+    train_resuming(trainer, Path(args.output_dir), digest)
+    nan = [row for row in _read_log(log_file) if row.get("loss") is None and "loss" in row]
+    if nan:
+        raise FloatingPointError(f"base-model training produced a non-finite loss at step {nan[0]['step']} ({log_file}); lower learning_rate or use float32")
+    return trainer
+
+
+def _device() -> str:
+    return "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: Path, progress: bool) -> float:
+    """Build the small model and train it from scratch (``max_steps``) into ``dest``; returns the seconds."""
+    from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
+    from .trainers import last_checkpoint
+
+    t0 = time.perf_counter()
+    digest = config_hash(cfg)
+    pool, train = _training_items(cfg, data_dir)
     mean = std = None
     if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
         mean, std = pixel_stats(p for it in train for p in it.images)
@@ -706,34 +773,10 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)
         write_json(out_dir / "vision_warmup.json", {"config_hash": digest, **record})
-    args = TrainingArguments(
-        output_dir=str(work),
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        max_grad_norm=1.0,
-        adam_beta2=0.98,
-        save_total_limit=cfg.keep_checkpoints,
-        dataloader_num_workers=0,
-        disable_tqdm=not progress,
-        **common_args(cfg, None),
-    )
-    log = JsonlLogCallback(out_dir / "train_log.jsonl")
-    collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
-    # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
-    parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
-    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
-    if texts:  # without them, the plain random sampler (the runs made before language_items stay as they were)
-        length_grouped(trainer, dataset)
-    train_resuming(trainer, work, digest)
-    nan = [row for row in _read_log(out_dir / "train_log.jsonl") if row.get("loss") is None and "loss" in row]
-    if nan:
-        raise FloatingPointError(f"base-model training produced a non-finite loss at step {nan[0]['step']}; lower learning_rate or use float32")
+    args = _training_args(cfg, work, progress, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type)
+    trainer = _train(cfg, model, processor, dataset, args, out_dir / "train_log.jsonl", digest, grouped=bool(texts))
     seconds = time.perf_counter() - t0
-    with atomic_dir(final) as tmp:
+    with atomic_dir(dest) as tmp:
         save_checkpoint(trainer.model, processor, tmp)
         meta = {
             "config": dataclasses.asdict(cfg),
@@ -742,14 +785,52 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
             "train_items": len(train),
             "language_items": len(texts),
             "seconds": round(seconds, 1),
-            "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "device": _device(),
         }
         if cfg.vision_warmup_steps and (out_dir / "vision_warmup.json").is_file():
             meta["vision_warmup"] = json.loads((out_dir / "vision_warmup.json").read_text())
         meta["sha256"] = sha256_tree(tmp)
         write_json(tmp / "mirg.json", meta)
     shutil.rmtree(work, ignore_errors=True)
-    return BaseModelResult(final, "trained", seconds)
+    return seconds
+
+
+def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounded: Path, dest: Path, progress: bool) -> float:
+    """``language_phase_steps`` more steps from the grounded checkpoint over the image items and the language
+    texts (lengths grouped, constant lr after the warm-up) into ``dest``, whose ``mirg.json`` records both
+    phases; returns the seconds."""
+    from .models import load_model, load_processor, save_checkpoint
+
+    t0 = time.perf_counter()
+    digest = config_hash(cfg)
+    _, train = _training_items(cfg, data_dir)
+    processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
+    texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts, text_digits_loss=cfg.language_digits_loss)
+    work = out_dir / "language_trainer"
+    args = _training_args(cfg, work, progress, max_steps=cfg.language_phase_steps, learning_rate=cfg.language_phase_lr, lr_scheduler_type="constant_with_warmup")
+    trainer = _train(cfg, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
+    seconds = time.perf_counter() - t0
+    first = json.loads((grounded / "mirg.json").read_text())
+    with atomic_dir(dest) as tmp:
+        save_checkpoint(trainer.model, processor, tmp)
+        meta = {
+            "config": dataclasses.asdict(cfg),
+            "config_hash": digest,
+            "parameters": first["parameters"],
+            "train_items": len(train),
+            "language_items": first.get("language_items", 0),
+            "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "seconds": round(seconds, 1), "device": _device()},
+            "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
+            "seconds": round(first["seconds"] + seconds, 1),
+            "device": _device(),
+        }
+        if "vision_warmup" in first:
+            meta["vision_warmup"] = first["vision_warmup"]
+        meta["sha256"] = sha256_tree(tmp)
+        write_json(tmp / "mirg.json", meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return seconds
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ and the scores (per task, in/out of domain, image-aware group grounding).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ class EvalConfig:
     prompt: Literal["plain", "zhang", "mirg"] = "plain"
     max_new_tokens: int = 64
     batch_size: int = 16
-    max_items_per_task: int = 0  # 0: all
+    max_items_per_task: int = field(default=0, metadata={"help": "the first N items of each MIG-Bench task (0: all); pipeline.evaluate scores the single-image test whole"})
     frame: Literal["auto", "rel1000", "abs"] = "auto"  # auto: Migician's rule; abs: Qwen2.5-VL's pixel boxes
     protocol: Literal["migician", "lenient"] = "migician"
     bf16: bool = False

@@ -20,7 +20,7 @@ from PIL import Image
 from .items import Item
 from .prompts import user_turn, with_suffix
 from .rewards import RECIPE_REWARDS, get_rewards
-from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
+from .trainers import JsonlLogCallback, common_args, model_identity, stamp_matches, train_resuming
 
 
 @dataclass
@@ -135,7 +135,7 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
 
     out_dir = Path(out_dir)
     ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
-    digest = config_hash(cfg) + ":" + ids + ":" + str(init_path)
+    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path)
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final

@@ -129,6 +129,8 @@ def evaluate(params: Params, model_path: Path, name: str, single: bool = False, 
     cfg = stage_config(EvalConfig, params, "eval")
     if prompt is not None:
         cfg.prompt = prompt  # type: ignore[assignment]
+    if single:  # eval.max_items_per_task samples MIG-Bench; the single-image test is scored whole
+        cfg.max_items_per_task = 0
     ddir = data_dir(params)
     bench = ddir / "test" / ("single_refer.json" if single else "mig_bench.json")
     return evaluate_checkpoint(model_path, bench, cfg, stage_dir(params.profile, "eval") / (name + ("_single" if single else "")))

@@ -24,6 +24,7 @@ from .generation import generate_batch, seen_size
 from .io import atomic_dir, write_json, write_jsonl
 from .items import first_per_task, load_pool_items
 from .prompts import user_turn, with_suffix
+from .trainers import model_identity
 
 
 @dataclass
@@ -58,7 +59,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
     from .models import load_model, load_processor
 
     out_dir = Path(out_dir)
-    digest = config_hash(cfg) + ":" + str(model_path)
+    digest = config_hash(cfg) + ":" + model_identity(model_path)
     stamp = out_dir / "table.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())

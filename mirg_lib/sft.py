@@ -22,7 +22,7 @@ from PIL import Image
 
 from .items import Item
 from .prompts import user_turn, with_suffix
-from .trainers import JsonlLogCallback, common_args, stamp_matches, train_resuming
+from .trainers import JsonlLogCallback, common_args, model_identity, stamp_matches, train_resuming
 
 
 @dataclass
@@ -119,7 +119,7 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     from .items import load_pool_items
 
     out_dir, sft_file = Path(out_dir), Path(sft_file)
-    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + str(base_path)
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path)
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final

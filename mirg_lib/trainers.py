@@ -31,6 +31,27 @@ def stamp_matches(checkpoint: Path, digest: str) -> bool:
     return f.is_file() and json.loads(f.read_text()).get("config_hash") == digest
 
 
+def model_identity(path: str | Path) -> str:
+    """What a later stage's digest records of the model it starts from, so that a new model at the same path
+    reruns it: the checksum of one of this project's checkpoints (``mirg.json``: a base's ``sha256``, or a
+    merged stage's ``config_hash``, which holds its own start's identity in turn); for a real checkpoint
+    (no ``mirg.json``; hashing 15 GB of weights is not worth it) its path with its weight files' sizes and
+    modification times."""
+    import hashlib
+
+    path = Path(path)
+    meta = path / "mirg.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        if m.get("sha256"):
+            return str(m["sha256"])[:16]
+        if m.get("config_hash"):
+            return hashlib.sha256(str(m["config_hash"]).encode()).hexdigest()[:16]
+    files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".json") and p.is_file())
+    stats = "\n".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(f"{path.resolve()}\n{stats}".encode()).hexdigest()[:16]
+
+
 def last_checkpoint(work: Path, digest: str) -> str | None:
     """The checkpoint :func:`train_resuming` resumes from: the last one in ``work`` if it was stamped with
     this config digest, else None."""
@@ -44,8 +65,8 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     """Train, resuming from the last checkpoint an interrupted run *of the same config* left in ``work``.
 
     ``work`` is stamped with the config digest like a finished checkpoint (:func:`stamp_matches`);
-    checkpoints of another config (a changed schedule, other data) are removed with the trainer's
-    :class:`JsonlLogCallback` logs, and training starts over."""
+    checkpoints of another config (a changed schedule, other data) are removed, and training starts over;
+    a run that starts over also starts its :class:`JsonlLogCallback` logs over."""
     import shutil
 
     from .io import write_json
@@ -54,6 +75,7 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     last = last_checkpoint(work, digest)
     if work.is_dir() and not stamp_matches(work, digest):
         shutil.rmtree(work)
+    if last is None:  # training starts over: so does its log (a finished run's work folder may be gone, its log not)
         for cb in trainer.callback_handler.callbacks:
             if getattr(cb, "log_path", None) is not None:
                 cb.log_path.unlink(missing_ok=True)

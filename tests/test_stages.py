@@ -1,6 +1,7 @@
 """Stage behaviour: an interrupted run resumes instead of starting over; the same params give the
 same numbers on the CPU; a changed config reruns; a half-finished stage leaves nothing behind."""
 
+import dataclasses
 import json
 import math
 
@@ -472,3 +473,63 @@ def test_language_items_train_text_only_rows_beside_the_images(describe_world, t
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler) and sorted(sampler) == list(range(len(data)))
     assert data.lengths() == [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in data.examples]
+
+
+def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_path):
+    """The language phase: a second training from the grounding phase's checkpoint (kept in ``grounded``),
+    its own log, both phases recorded; a change to the language phase alone does not retrain the first."""
+    from mirg_lib.config import config_hash
+    from mirg_lib.models import load_model
+
+    plain = BaseModelConfig(preset="nano", max_steps=3, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0)
+    assert config_hash(plain) == config_hash(dataclasses.replace(plain, language_phase_texts=4000, language_phase_lr=3e-4))
+    cfg = dataclasses.replace(plain, language_phase_steps=3, language_phase_texts=6, language_phase_lr=1e-3)
+    assert config_hash(bm.grounding_phase(cfg)) == config_hash(plain) != config_hash(cfg)
+    with pytest.raises(ValueError, match="language_phase_lr"):
+        BaseModelConfig(language_phase_lr=0)
+    out = tmp_path / "base"
+    result = run_base_model(cfg, describe_world.root, out, progress=False)
+    grounded, final = out / "grounded", result.path
+    assert final == out / "checkpoint" and result.seconds > 0
+    first, meta = json.loads((grounded / "mirg.json").read_text()), json.loads((final / "mirg.json").read_text())
+    assert first["config_hash"] == config_hash(plain) and meta["config_hash"] == config_hash(cfg)
+    assert meta["grounding_phase"]["sha256"] == first["sha256"] and meta["language_phase"]["steps"] == 3 and meta["language_phase"]["texts"] == 6
+    assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2, 3] and len(_losses(out / "train_log.jsonl")) == 3
+    assert not (out / "language_trainer").exists() and not (out / "trainer").exists()
+    a, b = load_model(grounded).state_dict(), load_model(final).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the phase trained
+    # the same config again: skipped; another language phase: the grounded checkpoint is reused as it is
+    assert run_base_model(cfg, describe_world.root, out, progress=False).skipped
+    again = run_base_model(dataclasses.replace(cfg, language_phase_steps=2), describe_world.root, out, progress=False)
+    assert not again.skipped and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
+    assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2] and len(_losses(out / "train_log.jsonl")) == 3
+
+
+def test_a_new_model_at_the_same_path_reruns_the_stages_after_it(tmp_path):
+    """Later stages' digests hold what they start from, not only its path: a base retrained in place (new
+    mirg.json checksum), or a real checkpoint whose weights were replaced, is another start."""
+    import os
+
+    from mirg_lib.trainers import model_identity
+
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "mirg.json").write_text(json.dumps({"sha256": "a" * 64}))
+    first = model_identity(ours)
+    (ours / "mirg.json").write_text(json.dumps({"sha256": "b" * 64}))
+    assert model_identity(ours) != first == "a" * 16
+    merged = tmp_path / "merged"  # an SFT / GRPO output: its digest holds its own start's identity
+    merged.mkdir()
+    (merged / "mirg.json").write_text(json.dumps({"stage": "sft", "config_hash": "c1:d2:" + first}))
+    linked = model_identity(merged)
+    (merged / "mirg.json").write_text(json.dumps({"stage": "sft", "config_hash": "c1:d2:" + model_identity(ours)}))
+    assert model_identity(merged) != linked  # the same SFT config on the other base
+    real = tmp_path / "real"  # no mirg.json: a downloaded checkpoint
+    real.mkdir()
+    (real / "config.json").write_text("{}")
+    (real / "model.safetensors").write_bytes(b"x" * 10)
+    before = model_identity(real)
+    assert model_identity(real) == before
+    (real / "model.safetensors").write_bytes(b"y" * 11)
+    os.utime(real / "model.safetensors", ns=(1, 1))
+    assert model_identity(real) != before
