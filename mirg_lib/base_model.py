@@ -75,6 +75,7 @@ class BaseModelConfig:
     language_items: int = field(default=0, metadata={"help": "text-only sequences of the world's language added to the training mix (every task's questions with each recipe's prompt, answered by the scripted teacher in each style, from scenes no stage uses; language_texts): a pretrained VLM has read the words its fine-tuning uses (README); 0: off", "digest_when_set": True})
     language_phase_steps: int = field(default=0, metadata={"help": "after the grounding steps (max_steps), this many more from the grounded weights over the same image items and language_phase_texts language texts (language_texts; batches grouped by length, constant language_phase_lr after the warm-up, the grounding-attention term kept): the base reads the words its fine-tuning uses once it grounds (docs/base_model.md); 0: off", "digest_when_set": True})
     language_phase_texts: int = field(default=4000, metadata={"help": "language texts in the language phase", "digest_when_set": True})
+    language_phase_reasoning: int = field(default=0, metadata={"help": "single-image referring items of the training pool, with their images, answered in the language phase by the error-free scripted teacher in the recipes' reasoning styles (reasoning_items): the box after a reasoning text, as a pretrained VLM has grounded after reasoning; 0: off", "digest_when_set": True})
     language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
 
     def __post_init__(self) -> None:
@@ -84,8 +85,8 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
-        if self.language_items < 0 or self.language_phase_steps < 0 or self.language_phase_texts < 0 or self.language_phase_lr <= 0:
-            raise ValueError("base_model.language_items, language_phase_steps and language_phase_texts must be >= 0 and language_phase_lr > 0")
+        if min(self.language_items, self.language_phase_steps, self.language_phase_texts, self.language_phase_reasoning) < 0 or self.language_phase_lr <= 0:
+            raise ValueError("base_model.language_items, language_phase_steps, language_phase_texts and language_phase_reasoning must be >= 0 and language_phase_lr > 0")
         if self.vision_warmup_targets not in ("lone", "dense"):
             raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
@@ -150,19 +151,41 @@ def language_texts(data_dir: str | Path, n: int, seed: int = 0) -> list[tuple[st
     return out
 
 
+REASONING_STYLES = ("zhang", "mirg_text", "mirg_bbox")
+
+
+def reasoning_items(items: list[Item], n: int, seed: int = 0) -> tuple[list[Item], list[str], list[str]]:
+    """The first ``n`` single-image referring ``items`` (with a scene), each with a recipe's prompt (the
+    question with its suffix) and the error-free scripted teacher's reply in that recipe's reasoning style
+    (``REASONING_STYLES`` in turn): (items, prompts, replies)."""
+    from .prompts import with_suffix
+    from .teacher import ScriptedTeacher, TeacherItem
+    from .world import SINGLE_TASK
+
+    chosen = [it for it in items if it.task == SINGLE_TASK and it.scene is not None][:n]
+    teacher = ScriptedTeacher(error_rate=0.0, seed=seed)
+    prompts, replies = [], []
+    for i, it in enumerate(chosen):
+        style = REASONING_STYLES[i % len(REASONING_STYLES)]
+        prompts.append(with_suffix(it.question, LANGUAGE_STYLES[style]))
+        replies.append(teacher.answer([TeacherItem(it.id, it.task, it.images, it.question, it.scene)], 1, style)[0][0])
+    return chosen, prompts, replies
+
+
 class PrecomputedVL(torch.utils.data.Dataset):
     """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
     which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
     referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True):
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True, prompts: list[str] | None = None):
         """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`);
-        with ``text_digits_loss`` false their replies' digit tokens carry no loss (``answer_labels``)."""
+        with ``text_digits_loss`` false their replies' digit tokens carry no loss (``answer_labels``).
+        ``prompts``: each item's prompt text (default: its question)."""
         self.examples = []
         tok = processor.tokenizer
-        for it, ans in zip(items, answers, strict=True):
+        for it, ans, prompt in zip(items, answers, prompts or [it.question for it in items], strict=True):
             imgs = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = user_turn(len(imgs), it.question)
+            msgs = user_turn(len(imgs), prompt)
             text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             enc = processor(text=[text], images=imgs, return_tensors="pt")
             example = {
@@ -806,7 +829,16 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     _, train = _training_items(cfg, data_dir)
     processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
     texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts, text_digits_loss=cfg.language_digits_loss)
+    reasoning, prompts, replies = reasoning_items(train, cfg.language_phase_reasoning, cfg.seed) if cfg.language_phase_reasoning else ([], [], [])
+    dataset = PrecomputedVL(
+        train + reasoning,
+        processor,
+        [it.reference or "" for it in train] + replies,
+        grounding=cfg.grounding_attention_weight > 0,
+        texts=texts,
+        text_digits_loss=cfg.language_digits_loss,
+        prompts=[it.question for it in train] + prompts,
+    )
     work = out_dir / "language_trainer"
     args = _training_args(cfg, work, progress, max_steps=cfg.language_phase_steps, learning_rate=cfg.language_phase_lr, lr_scheduler_type="constant_with_warmup")
     trainer = _train(cfg, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
@@ -820,7 +852,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
             "parameters": first["parameters"],
             "train_items": len(train),
             "language_items": first.get("language_items", 0),
-            "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "seconds": round(seconds, 1), "device": _device()},
+            "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "seconds": round(seconds, 1), "device": _device()},
             "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
             "seconds": round(first["seconds"] + seconds, 1),
             "device": _device(),

@@ -495,7 +495,7 @@ def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_
     assert first["config_hash"] == config_hash(plain) and meta["config_hash"] == config_hash(cfg)
     assert meta["grounding_phase"]["sha256"] == first["sha256"] and meta["language_phase"]["steps"] == 3 and meta["language_phase"]["texts"] == 6
     assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2, 3] and len(_losses(out / "train_log.jsonl")) == 3
-    assert not (out / "language_trainer").exists() and not (out / "trainer").exists()
+    assert not (out / "language_trainer").exists() and not (out / "trainer").exists() and meta["language_phase"]["reasoning_items"] == 0
     a, b = load_model(grounded).state_dict(), load_model(final).state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the phase trained
     # the same config again: skipped; another language phase: the grounded checkpoint is reused as it is
@@ -533,3 +533,27 @@ def test_a_new_model_at_the_same_path_reruns_the_stages_after_it(tmp_path):
     (real / "model.safetensors").write_bytes(b"y" * 11)
     os.utime(real / "model.safetensors", ns=(1, 1))
     assert model_identity(real) != before
+
+
+def test_reasoning_items_box_after_the_recipes_reasoning(describe_world, tmp_path):
+    """The language phase's reasoning items: single-image referring items with a recipe's prompt, answered
+    right (the item's own box) in each reasoning style, and trained with their images."""
+    from mirg_lib.boxes import iou_xyxy
+    from mirg_lib.parsing import parse_response
+    from mirg_lib.prompts import with_suffix
+    from mirg_lib.rewards import zhang_format
+
+    pool = bm.load_pool_items(describe_world.root / "train" / "mgrounding.json")
+    items, prompts, replies = bm.reasoning_items(pool, 3)
+    assert len(items) == 3 and all(it.task == "single_refer" for it in items)
+    assert prompts[0] == with_suffix(items[0].question, "zhang") and prompts[1] == with_suffix(items[1].question, "mirg")
+    assert zhang_format([replies[0]]) == [1.0] and "<think>" in replies[1] and "<bbox_id>" in replies[2]
+    for it, reply in zip(items, replies, strict=True):
+        box = parse_response(reply).box
+        assert box is not None and iou_xyxy(box.values, [1000 * v for v in it.answer]) > 0.9, (reply, it.answer)
+    assert bm.reasoning_items(pool, 3) == (items, prompts, replies)  # the teacher is error-free and seeded
+    cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4, language_phase_reasoning=3)
+    meta = json.loads((run_base_model(cfg, describe_world.root, tmp_path / "base", progress=False).path / "mirg.json").read_text())
+    assert meta["language_phase"]["reasoning_items"] == 3 and meta["train_items"] == len([it for it in pool if it.task in cfg.train_tasks])
+    with pytest.raises(ValueError, match="language_phase_reasoning"):
+        BaseModelConfig(language_phase_reasoning=-1)
