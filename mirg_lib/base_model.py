@@ -172,18 +172,31 @@ def reasoning_items(items: list[Item], n: int, seed: int = 0) -> tuple[list[Item
     return chosen, prompts, replies
 
 
+def box_start_token(reply: str, tokenizer) -> int:
+    """The index of the token of ``reply`` where its first box starts (Zhang's ``"bbox_2d": [``, MIRG-RL's
+    ``<|box_start|>``); 0 when it has none."""
+    marks = [i for i in (reply.find("<|box_start|>"), reply.find('"bbox_2d"')) if i >= 0]
+    if not marks:
+        return 0
+    at = min(marks)
+    offsets = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return next((k for k, (a, b) in enumerate(offsets) if b > at), 0)
+
+
 class PrecomputedVL(torch.utils.data.Dataset):
     """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
     which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
     referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True, prompts: list[str] | None = None):
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True, prompts: list[str] | None = None, ground_at_box: list[bool] | None = None):
         """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`);
         with ``text_digits_loss`` false their replies' digit tokens carry no loss (``answer_labels``).
-        ``prompts``: each item's prompt text (default: its question)."""
+        ``prompts``: each item's prompt text (default: its question). ``ground_at_box``: for each item,
+        whether the grounding-attention loss looks from where its answer's first box starts
+        (:func:`box_start_token`: a reasoning reply's) instead of from the answer's start."""
         self.examples = []
         tok = processor.tokenizer
-        for it, ans, prompt in zip(items, answers, prompts or [it.question for it in items], strict=True):
+        for it, ans, prompt, at_box in zip(items, answers, prompts or [it.question for it in items], ground_at_box or [False] * len(items), strict=True):
             imgs = [Image.open(p).convert("RGB") for p in it.images]
             msgs = user_turn(len(imgs), prompt)
             text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -197,6 +210,8 @@ class PrecomputedVL(torch.utils.data.Dataset):
             if grounding:
                 example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
                 example["expression_tokens"] = torch.tensor(expression_tokens(enc["input_ids"][0], tok), dtype=torch.long)
+                if at_box:
+                    example["grounding_from"] = torch.tensor(box_start_token(ans, tok))
             self.examples.append(example)
         digits = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
         for prompt, reply in texts:
@@ -269,6 +284,8 @@ class CompletionCollator:
                 target[i, image[i].nonzero()[:, 0][e["target_tokens"]]] = True
                 words[i, e["expression_tokens"]] = True
             batch["target_mask"], batch["expression_mask"] = target, words
+            if any("grounding_from" in e for e in examples):
+                batch["grounding_from"] = torch.tensor([int(e.get("grounding_from", 0)) for e in examples])
         return batch
 
 
@@ -323,11 +340,12 @@ def grounding_trainer(weight: float, layers: list[int], span: int = 0, expressio
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             masks = {"grounding": (layers, inputs.pop("target_mask")), "expression": (expression_layers or [], inputs.pop("expression_mask"))}
+            start = inputs.pop("grounding_from", None)
             depth = len(model.model.language_model.layers)
             with captured_attention(model, [i for ls, _ in masks.values() for i in ls]) as seen:
                 loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             for name, (ls, mask) in masks.items():
-                extra = grounding_attention_loss([seen[i % depth] for i in ls], inputs["labels"], mask, span) if ls else None
+                extra = grounding_attention_loss([seen[i % depth] for i in ls], inputs["labels"], mask, span, start) if ls else None
                 if extra is not None:
                     total = self._sums.setdefault(name, [0.0, 0])
                     total[0] += float(extra.detach())
@@ -346,18 +364,20 @@ def grounding_trainer(weight: float, layers: list[int], span: int = 0, expressio
     return _GroundingTrainer(**kwargs)
 
 
-def grounding_attention_loss(weights: list[torch.Tensor], labels: torch.Tensor, target: torch.Tensor, span: int = 0) -> torch.Tensor | None:
+def grounding_attention_loss(weights: list[torch.Tensor], labels: torch.Tensor, target: torch.Tensor, span: int = 0, start: torch.Tensor | None = None) -> torch.Tensor | None:
     """Mean over ``weights`` (each layer's attention probabilities, batch x heads x query x key; head 0 is
     supervised) and over the positions that predict an answer token (``labels`` of the next position set;
-    with ``span`` > 0 only the answer's first ``span``) of the items with a target token of
-    ``-log(attention mass on target)``; None when no item has one."""
+    with ``span`` > 0 only the answer's first ``span``; with ``start``, per row, the ``span`` from the
+    answer's token ``start`` on) of the items with a target token of ``-log(attention mass on target)``;
+    None when no item has one."""
     has = target.any(-1)
     if not weights or not bool(has.any()):
         return None
     queries = torch.zeros_like(target)
     queries[:, :-1] = labels[:, 1:] != -100
     if span:
-        queries &= queries.long().cumsum(-1) <= span
+        count = queries.long().cumsum(-1) - (0 if start is None else start.to(queries.device)[:, None])
+        queries &= (count > 0) & (count <= span)
     queries &= has[:, None]
     losses = []
     for w in weights:
@@ -838,6 +858,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         texts=texts,
         text_digits_loss=cfg.language_digits_loss,
         prompts=[it.question for it in train] + prompts,
+        ground_at_box=[False] * len(train) + [True] * len(reasoning),
     )
     work = out_dir / "language_trainer"
     args = _training_args(cfg, work, progress, max_steps=cfg.language_phase_steps, learning_rate=cfg.language_phase_lr, lr_scheduler_type="constant_with_warmup")

@@ -552,6 +552,22 @@ def test_reasoning_items_box_after_the_recipes_reasoning(describe_world, tmp_pat
         box = parse_response(reply).box
         assert box is not None and iou_xyxy(box.values, [1000 * v for v in it.answer]) > 0.9, (reply, it.answer)
     assert bm.reasoning_items(pool, 3) == (items, prompts, replies)  # the teacher is error-free and seeded
+    # the grounding-attention loss looks from where the reply's box starts
+    from mirg_lib.models import load_processor
+
+    tok = load_processor(run_base_model(BaseModelConfig(preset="nano", max_steps=1, batch_size=4, save_steps=100), describe_world.root, tmp_path / "tok", progress=False).path).tokenizer
+    for reply, mark in zip(replies, ('{"', "<|box_start|>", "<bbox_id>"), strict=True):
+        k = bm.box_start_token(reply, tok)
+        ids = tok(reply, add_special_tokens=False)["input_ids"]
+        assert k > 5 and tok.decode(ids[k:]).lstrip().startswith(mark if mark != "<bbox_id>" else "<|box_start|>"), (reply, tok.decode(ids[k:]))
+    assert bm.box_start_token("<|box_start|>(1,2),(3,4)<|box_end|>", tok) == 0 and bm.box_start_token("no box", tok) == 0
+    labels = torch.tensor([[-100, -100, 5, 6, 7, 8, 9, 10]])
+    target = torch.tensor([[True, False, False, False, False, False, False, False]])
+    w = torch.zeros(1, 1, 8, 8)
+    w[0, 0, :, 1] = 1.0  # every query looks away from the target ...
+    w[0, 0, 3:5, 0], w[0, 0, 3:5, 1] = 1.0, 0.0  # ... but the two that predict answer tokens 2 and 3 (0-based)
+    assert float(bm.grounding_attention_loss([w], labels, target, span=2, start=torch.tensor([2]))) == 0.0
+    assert float(bm.grounding_attention_loss([w], labels, target, span=2)) > 10
     cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4, language_phase_reasoning=3)
     meta = json.loads((run_base_model(cfg, describe_world.root, tmp_path / "base", progress=False).path / "mirg.json").read_text())
     assert meta["language_phase"]["reasoning_items"] == 3 and meta["train_items"] == len([it for it in pool if it.task in cfg.train_tasks])
