@@ -125,6 +125,13 @@ def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> l
 LANGUAGE_STYLES = {"zhang": "zhang", "mirg_text": "mirg", "mirg_bbox": "mirg", "answer": "plain"}  # teacher style -> prompt recipe
 
 
+def _scripted_reply(teacher, item, style: str) -> tuple[str, str]:
+    """(``item``'s question with the prompt of ``style``'s recipe, the scripted ``teacher``'s reply in ``style``)."""
+    from .prompts import with_suffix
+
+    return with_suffix(item.question, LANGUAGE_STYLES[style]), teacher.answer([item], 1, style)[0][0]
+
+
 def language_texts(data_dir: str | Path, n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` text-only (prompt, reply) pairs in the world's language, for the base to read as a pretrained VLM
     has read text: every task's question (the ten MIG-Bench tasks and single-image referring, in turn) with a
@@ -133,7 +140,6 @@ def language_texts(data_dir: str | Path, n: int, seed: int = 0) -> list[tuple[st
     ``language``, which no stage uses. Without the images a reply's content cannot be learnt from its
     question; its words and form can."""
     from .formats import MIG_TASKS
-    from .prompts import with_suffix
     from .teacher import ScriptedTeacher, TeacherItem
     from .world import SINGLE_TASK, DataConfig, generate
     from .world.build import sample_seed, scene_row
@@ -147,7 +153,7 @@ def language_texts(data_dir: str | Path, n: int, seed: int = 0) -> list[tuple[st
         task, style = tasks[i % len(tasks)], styles[(i // len(tasks)) % len(styles)]
         sample = generate(task, sample_seed(data_cfg.seed, "language", task, i), knobs)
         item = TeacherItem(f"language-{task}-{i}", task, [], sample.question, scene_row(f"language-{task}-{i}", "language", i, sample))
-        out.append((with_suffix(sample.question, LANGUAGE_STYLES[style]), teacher.answer([item], 1, style)[0][0]))
+        out.append(_scripted_reply(teacher, item, style))
     return out
 
 
@@ -158,18 +164,13 @@ def reasoning_items(items: list[Item], n: int, seed: int = 0) -> tuple[list[Item
     """The first ``n`` single-image referring ``items`` (with a scene), each with a recipe's prompt (the
     question with its suffix) and the error-free scripted teacher's reply in that recipe's reasoning style
     (``REASONING_STYLES`` in turn): (items, prompts, replies)."""
-    from .prompts import with_suffix
     from .teacher import ScriptedTeacher, TeacherItem
     from .world import SINGLE_TASK
 
     chosen = [it for it in items if it.task == SINGLE_TASK and it.scene is not None][:n]
     teacher = ScriptedTeacher(error_rate=0.0, seed=seed)
-    prompts, replies = [], []
-    for i, it in enumerate(chosen):
-        style = REASONING_STYLES[i % len(REASONING_STYLES)]
-        prompts.append(with_suffix(it.question, LANGUAGE_STYLES[style]))
-        replies.append(teacher.answer([TeacherItem(it.id, it.task, it.images, it.question, it.scene)], 1, style)[0][0])
-    return chosen, prompts, replies
+    pairs = [_scripted_reply(teacher, TeacherItem(it.id, it.task, it.images, it.question, it.scene), REASONING_STYLES[i % len(REASONING_STYLES)]) for i, it in enumerate(chosen)]
+    return chosen, [p for p, _ in pairs], [r for _, r in pairs]
 
 
 def box_start_token(reply: str, tokenizer) -> int:
@@ -798,9 +799,20 @@ def _device() -> str:
     return "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def _save_base(trainer, processor, dest: Path, meta: dict[str, Any]) -> None:
+    """Write the trained model to ``dest`` (atomically) with ``meta`` and its checksum in ``mirg.json``, then
+    remove the trainer's working folder."""
+    from .models import save_checkpoint
+
+    with atomic_dir(dest) as tmp:
+        save_checkpoint(trainer.model, processor, tmp)
+        write_json(tmp / "mirg.json", {**meta, "sha256": sha256_tree(tmp)})
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+
+
 def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: Path, progress: bool) -> float:
     """Build the small model and train it from scratch (``max_steps``) into ``dest``; returns the seconds."""
-    from .models import count_parameters, create_small_model, pixel_stats, save_checkpoint
+    from .models import count_parameters, create_small_model, pixel_stats
     from .trainers import last_checkpoint
 
     t0 = time.perf_counter()
@@ -819,22 +831,18 @@ def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: 
     args = _training_args(cfg, work, progress, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type)
     trainer = _train(cfg, model, processor, dataset, args, out_dir / "train_log.jsonl", digest, grouped=bool(texts))
     seconds = time.perf_counter() - t0
-    with atomic_dir(dest) as tmp:
-        save_checkpoint(trainer.model, processor, tmp)
-        meta = {
-            "config": dataclasses.asdict(cfg),
-            "config_hash": digest,
-            "parameters": count_parameters(trainer.model),
-            "train_items": len(train),
-            "language_items": len(texts),
-            "seconds": round(seconds, 1),
-            "device": _device(),
-        }
-        if cfg.vision_warmup_steps and (out_dir / "vision_warmup.json").is_file():
-            meta["vision_warmup"] = json.loads((out_dir / "vision_warmup.json").read_text())
-        meta["sha256"] = sha256_tree(tmp)
-        write_json(tmp / "mirg.json", meta)
-    shutil.rmtree(work, ignore_errors=True)
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "config_hash": digest,
+        "parameters": count_parameters(trainer.model),
+        "train_items": len(train),
+        "language_items": len(texts),
+        "seconds": round(seconds, 1),
+        "device": _device(),
+    }
+    if cfg.vision_warmup_steps and (out_dir / "vision_warmup.json").is_file():
+        meta["vision_warmup"] = json.loads((out_dir / "vision_warmup.json").read_text())
+    _save_base(trainer, processor, dest, meta)
     return seconds
 
 
@@ -842,7 +850,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     """``language_phase_steps`` more steps from the grounded checkpoint over the image items and the language
     texts (lengths grouped, constant lr after the warm-up) into ``dest``, whose ``mirg.json`` records both
     phases; returns the seconds."""
-    from .models import load_model, load_processor, save_checkpoint
+    from .models import load_model, load_processor
 
     t0 = time.perf_counter()
     digest = config_hash(cfg)
@@ -865,24 +873,20 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     trainer = _train(cfg, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
     seconds = time.perf_counter() - t0
     first = json.loads((grounded / "mirg.json").read_text())
-    with atomic_dir(dest) as tmp:
-        save_checkpoint(trainer.model, processor, tmp)
-        meta = {
-            "config": dataclasses.asdict(cfg),
-            "config_hash": digest,
-            "parameters": first["parameters"],
-            "train_items": len(train),
-            "language_items": first.get("language_items", 0),
-            "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "seconds": round(seconds, 1), "device": _device()},
-            "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
-            "seconds": round(first["seconds"] + seconds, 1),
-            "device": _device(),
-        }
-        if "vision_warmup" in first:
-            meta["vision_warmup"] = first["vision_warmup"]
-        meta["sha256"] = sha256_tree(tmp)
-        write_json(tmp / "mirg.json", meta)
-    shutil.rmtree(work, ignore_errors=True)
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "config_hash": digest,
+        "parameters": first["parameters"],
+        "train_items": len(train),
+        "language_items": first.get("language_items", 0),
+        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "seconds": round(seconds, 1), "device": _device()},
+        "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
+        "seconds": round(first["seconds"] + seconds, 1),
+        "device": _device(),
+    }
+    if "vision_warmup" in first:
+        meta["vision_warmup"] = first["vision_warmup"]
+    _save_base(trainer, processor, dest, meta)
     return seconds
 
 

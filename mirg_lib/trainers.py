@@ -37,7 +37,7 @@ def model_identity(path: str | Path) -> str:
     merged stage's ``config_hash``, which holds its own start's identity in turn); for a real checkpoint
     (no ``mirg.json``; hashing 15 GB of weights is not worth it) its path with its weight files' sizes and
     modification times."""
-    import hashlib
+    from .config import digest
 
     path = Path(path)
     meta = path / "mirg.json"
@@ -46,10 +46,9 @@ def model_identity(path: str | Path) -> str:
         if m.get("sha256"):
             return str(m["sha256"])[:16]
         if m.get("config_hash"):
-            return hashlib.sha256(str(m["config_hash"]).encode()).hexdigest()[:16]
+            return digest({"config_hash": m["config_hash"]})
     files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".json") and p.is_file())
-    stats = "\n".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return hashlib.sha256(f"{path.resolve()}\n{stats}".encode()).hexdigest()[:16]
+    return digest({"path": str(path.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]})
 
 
 def last_checkpoint(work: Path, digest: str) -> str | None:
