@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import re
 import shutil
 import time
 import warnings
@@ -77,6 +78,9 @@ class BaseModelConfig:
     language_phase_texts: int = field(default=4000, metadata={"help": "language texts in the language phase", "digest_when_set": True})
     language_phase_reasoning: int = field(default=0, metadata={"help": "single-image referring items of the training pool, with their images, answered in the language phase by the error-free scripted teacher in the recipes' reasoning styles (reasoning_items): the box after a reasoning text, as a pretrained VLM has grounded after reasoning; 0: off", "digest_when_set": True})
     language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
+    language_phase_words_before_box: int = field(default=0, metadata={"help": "in the language phase, 3 in 4 single-image referring items are answered after 1 to N words drawn from the world's language, then their box (words_before_box; the grounding-attention loss looks from where the box starts): a base that grounds only from its answer's first positions loses its box after five words of text (bench/box_after_text.py), where a pretrained VLM grounds after reasoning; 0: off", "digest_when_set": True})
+    language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase (the box's tokens: 20 covers one box); 0: grounding_attention_span", "digest_when_set": True})
+    language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase (with words before the box, what to look for must be fetched from the question wherever it is); []: expression_attention_layers", "digest_when_set": True})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -85,14 +89,18 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
-        if min(self.language_items, self.language_phase_steps, self.language_phase_texts, self.language_phase_reasoning) < 0 or self.language_phase_lr <= 0:
-            raise ValueError("base_model.language_items, language_phase_steps, language_phase_texts and language_phase_reasoning must be >= 0 and language_phase_lr > 0")
+        counts = ("language_items", "language_phase_steps", "language_phase_texts", "language_phase_reasoning", "language_phase_words_before_box", "language_phase_grounding_span")
+        negative = [f"base_model.{name} ({getattr(self, name)})" for name in counts if getattr(self, name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)}: must be >= 0")
+        if self.language_phase_lr <= 0:
+            raise ValueError(f"base_model.language_phase_lr ({self.language_phase_lr}): must be > 0")
         if self.vision_warmup_targets not in ("lone", "dense"):
             raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
             raise ValueError("base_model.grounding_attention_weight and grounding_attention_span must be >= 0 and, with a weight, grounding_attention_layers must name a layer")
         depth = PRESETS[self.preset].num_hidden_layers
-        for name in ("grounding_attention_layers", "expression_attention_layers"):
+        for name in ("grounding_attention_layers", "expression_attention_layers", "language_phase_expression_layers"):
             if any(not -depth <= i < depth for i in getattr(self, name)):
                 raise ValueError(f"base_model.{name} {getattr(self, name)}: preset {self.preset!r} has {depth} layers")
 
@@ -171,6 +179,29 @@ def reasoning_items(items: list[Item], n: int, seed: int = 0) -> tuple[list[Item
     teacher = ScriptedTeacher(error_rate=0.0, seed=seed)
     pairs = [_scripted_reply(teacher, TeacherItem(it.id, it.task, it.images, it.question, it.scene), REASONING_STYLES[i % len(REASONING_STYLES)]) for i, it in enumerate(chosen)]
     return chosen, [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def words_before_box(items: list[Item], answers: list[str], max_words: int, texts: list[tuple[str, str]], seed: int = 0) -> tuple[list[str], list[bool]]:
+    """``answers`` with, on 3 in 4 single-image referring items, 1 to ``max_words`` words drawn from the
+    replies of ``texts`` (the world's language: their runs of lowercase letters, so also fragments of
+    capitalised words and the names inside the markup; noise that reads like the world is all the prefix
+    needs) put before the box; and for each item whether its
+    grounding-attention loss looks from its box (every single-image referring item: the box may start
+    anywhere). Seeded."""
+    from .world import SINGLE_TASK
+
+    vocabulary = sorted({w for _, reply in texts for w in re.findall(r"[a-z]+", reply)})
+    if max_words and not vocabulary:
+        raise ValueError("words_before_box: the language texts have no words to draw from")
+    rng = random.Random(seed)
+    out, at_box = [], []
+    for it, answer in zip(items, answers, strict=True):
+        refer = it.task == SINGLE_TASK
+        if refer and max_words and rng.random() < 0.75:
+            answer = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, max_words))) + " " + answer
+        out.append(answer)
+        at_box.append(refer)
+    return out, at_box
 
 
 def box_start_token(reply: str, tokenizer) -> int:
@@ -717,7 +748,7 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
 def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
     """The config of the first phase alone (no language phase): its digest is the one a base trained before
     the language phase existed carries, so such a base is the first phase's output."""
-    defaults = {f.name: f.default for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
     return dataclasses.replace(cfg, **defaults)
 
 
@@ -858,19 +889,27 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
     texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
     reasoning, prompts, replies = reasoning_items(train, cfg.language_phase_reasoning, cfg.seed) if cfg.language_phase_reasoning else ([], [], [])
+    answers, at_box = [it.reference or "" for it in train], [False] * len(train)
+    if cfg.language_phase_words_before_box:
+        answers, at_box = words_before_box(train, answers, cfg.language_phase_words_before_box, texts, cfg.seed)
     dataset = PrecomputedVL(
         train + reasoning,
         processor,
-        [it.reference or "" for it in train] + replies,
+        answers + replies,
         grounding=cfg.grounding_attention_weight > 0,
         texts=texts,
         text_digits_loss=cfg.language_digits_loss,
         prompts=[it.question for it in train] + prompts,
-        ground_at_box=[False] * len(train) + [True] * len(reasoning),
+        ground_at_box=at_box + [True] * len(reasoning),
     )
     work = out_dir / "language_trainer"
     args = _training_args(cfg, work, progress, max_steps=cfg.language_phase_steps, learning_rate=cfg.language_phase_lr, lr_scheduler_type="constant_with_warmup")
-    trainer = _train(cfg, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
+    phase = dataclasses.replace(  # the trainer's grounding terms in this phase (the digest stays the whole config's)
+        cfg,
+        grounding_attention_span=cfg.language_phase_grounding_span or cfg.grounding_attention_span,
+        expression_attention_layers=cfg.language_phase_expression_layers or cfg.expression_attention_layers,
+    )
+    trainer = _train(phase, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
     seconds = time.perf_counter() - t0
     first = json.loads((grounded / "mirg.json").read_text())
     meta = {
@@ -879,7 +918,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "parameters": first["parameters"],
         "train_items": len(train),
         "language_items": first.get("language_items", 0),
-        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "seconds": round(seconds, 1), "device": _device()},
+        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": sum(a != (it.reference or "") for a, it in zip(answers, train, strict=True)), "seconds": round(seconds, 1), "device": _device()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),
         "device": _device(),

@@ -503,6 +503,41 @@ def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_
     again = run_base_model(dataclasses.replace(cfg, language_phase_steps=2), describe_world.root, out, progress=False)
     assert not again.skipped and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
     assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2] and len(_losses(out / "train_log.jsonl")) == 3
+    # words before the box, with the phase's own grounding span and expression hop: still the same grounded start
+    words = dataclasses.replace(cfg, language_phase_steps=2, language_phase_words_before_box=6, language_phase_grounding_span=20, language_phase_expression_layers=[0])
+    assert config_hash(bm.grounding_phase(words)) == config_hash(plain)
+    run_base_model(words, describe_world.root, out, progress=False)
+    meta = json.loads((final / "mirg.json").read_text())
+    assert meta["language_phase"]["words_before_box"] > 0 and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
+    assert any("expression_attention_loss" in r for r in _losses(out / "language_log.jsonl"))  # the phase's own hop was trained
+
+
+def test_words_before_box_prefix_three_in_four_referring_answers():
+    """words_before_box: 1..N words of the texts' language before 3 in 4 single-image referring boxes;
+    every referring item is grounded from its box; other tasks' answers are left as they are. Seeded."""
+    from mirg_lib.items import Item
+
+    items = [Item(f"i{k}", "single_refer" if k % 2 else "single_describe", [], "q", [0, 0, 1, 1], 1) for k in range(400)]
+    answers = [f"<|box_start|>({k},0),(9,9)<|box_end|>" for k in range(400)]
+    texts = [("q", "The red circle is at the top of image 2."), ("q", "A Blue star.")]
+    out, at_box = bm.words_before_box(items, answers, 5, texts, seed=3)
+    vocabulary = {"he", "red", "circle", "is", "at", "the", "top", "of", "image", "lue", "star"}  # runs of lowercase letters
+    prefixed = 0
+    for it, a, o, g in zip(items, answers, out, at_box, strict=True):
+        assert o.endswith(a) and g == (it.task == "single_refer")
+        if o != a:
+            words = o[: -len(a)].split()
+            assert it.task == "single_refer" and 1 <= len(words) <= 5 and set(words) <= vocabulary, o
+            prefixed += 1
+    assert 0.65 < prefixed / 200 < 0.85
+    assert bm.words_before_box(items, answers, 5, texts, seed=3) == (out, at_box)
+    assert bm.words_before_box(items, answers, 0, texts) == (answers, at_box)
+    with pytest.raises(ValueError, match="no words"):
+        bm.words_before_box(items, answers, 5, [("q", "1 2 3")])
+    with pytest.raises(ValueError, match="words_before_box"):
+        BaseModelConfig(language_phase_words_before_box=-1)
+    with pytest.raises(ValueError, match="language_phase_expression_layers"):
+        BaseModelConfig(preset="tiny", language_phase_expression_layers=[7])
 
 
 def test_a_new_model_at_the_same_path_reruns_the_stages_after_it(tmp_path):
