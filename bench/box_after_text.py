@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mirg_lib.base_model import LANGUAGE_STYLES, REASONING_STYLES  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
-from mirg_lib.generation import clean_reply  # noqa: E402
+from mirg_lib.generation import generate_batch  # noqa: E402
 from mirg_lib.items import load_bench_items  # noqa: E402
 from mirg_lib.models import load_model, load_processor  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
@@ -72,22 +72,17 @@ def main() -> None:
 
     records = load_mig_bench(bench)[: a.items]
     model, proc = load_model(a.checkpoint, dtype=torch.float32), load_processor(a.checkpoint)
-    tok = proc.tokenizer
-    images = [Image.open(p).convert("RGB") for it in items for p in it.images[:1]]
+    images = [[Image.open(it.images[0]).convert("RGB")] for it in items]
     print(f"{a.checkpoint}: {len(items)} single-image referring items of {bench}")
     for name, rows in forced_prefixes(items, records, [int(k) for k in a.words.split(",")]).items():
         t0, right, unparseable = time.perf_counter(), 0, 0
-        for s in range(0, len(items), a.batch_size):
-            chunk = range(s, min(s + a.batch_size, len(items)))
-            texts = [proc.apply_chat_template(user_turn(1, with_suffix(records[i].question, rows[i][0])), add_generation_prompt=True, tokenize=False) + rows[i][1] for i in chunk]
-            inputs = proc(text=texts, images=[images[i] for i in chunk], padding=True, padding_side="left", return_tensors="pt")
-            with torch.no_grad():
-                ids = model.generate(**inputs, max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>")])
-            for i, new in zip(chunk, ids[:, inputs["input_ids"].shape[1] :], strict=True):
-                reply = rows[i][1] + clean_reply(tok.decode(new, skip_special_tokens=False))
-                scored = score_item(records[i], Prediction(index=records[i].index, response=reply))
-                right += scored.correct
-                unparseable += scored.status == "unparseable"
+        msgs = [user_turn(1, with_suffix(r.question, recipe)) for r, (recipe, _) in zip(records, rows, strict=True)]
+        starts = [start for _, start in rows]
+        written = generate_batch(model, proc, msgs, images, max_new_tokens=30, batch_size=a.batch_size, reply_starts=starts)
+        for r, start, reply in zip(records, starts, written, strict=True):
+            scored = score_item(r, Prediction(index=r.index, response=start + reply))
+            right += scored.correct
+            unparseable += scored.status == "unparseable"
         print(f"{name:10s} Acc@0.5 {100 * right / len(items):5.1f} %  unparseable {unparseable:3d}  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .config import config_hash, digest
+from .config import config_hash, digest, field_default
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
@@ -748,7 +748,7 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
 def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
     """The config of the first phase alone (no language phase): its digest is the one a base trained before
     the language phase existed carries, so such a base is the first phase's output."""
-    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
     return dataclasses.replace(cfg, **defaults)
 
 

@@ -209,10 +209,15 @@ def digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (called from its ``default_factory`` where it has one)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def config_hash(cfg: Any) -> str:
     """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
     values = dataclasses.asdict(cfg)
     for f in dataclasses.fields(cfg):  # an option added after runs were made enters the digest only once it is set
-        if f.metadata.get("digest_when_set") and values[f.name] == (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default):
+        if f.metadata.get("digest_when_set") and values[f.name] == field_default(f):
             del values[f.name]
     return digest(values)

@@ -34,8 +34,11 @@ def seen_size(processor, image: Image.Image) -> tuple[int, int]:
     return int(grid[2]) * int(ip.patch_size), int(grid[1]) * int(ip.patch_size)
 
 
-def build_inputs(processor, messages: Sequence[list[dict[str, Any]]], images: Sequence[list[Image.Image]]):
+def build_inputs(processor, messages: Sequence[list[dict[str, Any]]], images: Sequence[list[Image.Image]], reply_starts: Sequence[str] | None = None):
+    """Left-padded model inputs; ``reply_starts``: text each reply is forced to begin with (after the generation prompt)."""
     texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    if reply_starts is not None:
+        texts = [t + r for t, r in zip(texts, reply_starts, strict=True)]
     flat = [img for imgs in images for img in imgs]
     return processor(text=list(texts), images=flat or None, padding=True, padding_side="left", return_tensors="pt")
 
@@ -52,8 +55,10 @@ def generate_batch(
     batch_size: int = 16,
     top_p: float = 1.0,
     seed: int | None = None,
+    reply_starts: Sequence[str] | None = None,
 ) -> list[str]:
-    """One reply per (messages, images) pair, in order."""
+    """One reply per (messages, images) pair, in order. With ``reply_starts``, each reply is forced to begin
+    with its text, and what is returned is what the model wrote after it."""
     if len(messages) != len(images):
         raise ValueError(f"{len(messages)} prompts but {len(images)} image lists")
     was_training = model.training
@@ -65,7 +70,8 @@ def generate_batch(
         torch.manual_seed(seed)
     out: list[str] = []
     for start in range(0, len(messages), batch_size):
-        inputs = build_inputs(processor, messages[start : start + batch_size], images[start : start + batch_size]).to(device)
+        starts = None if reply_starts is None else reply_starts[start : start + batch_size]
+        inputs = build_inputs(processor, messages[start : start + batch_size], images[start : start + batch_size], starts).to(device)
         gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "eos_token_id": eos, "pad_token_id": tok.pad_token_id, "use_cache": True}
         if do_sample:
             gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)

@@ -66,6 +66,16 @@ def test_batched_greedy_generation_matches_one_at_a_time(nano_checkpoint, smoke_
     single = [generate_batch(model, proc, [m], [i], max_new_tokens=10, batch_size=1)[0] for m, i in zip(msgs, imgs, strict=True)]
     assert batched == single
     assert all(isinstance(t, str) for t in batched)
+    # a forced reply start: the model goes on from it, and only what it wrote is returned
+    assert generate_batch(model, proc, msgs, imgs, max_new_tokens=10, batch_size=6, reply_starts=[""] * 6) == batched
+    starts = ["the red", "<|box_start|>(", "", "a", "image 2", "("]
+    forced = generate_batch(model, proc, msgs, imgs, max_new_tokens=10, batch_size=4, reply_starts=starts)
+    from mirg_lib.generation import build_inputs
+
+    ids = build_inputs(proc, msgs[:1], imgs[:1], starts[1:2])["input_ids"][0].tolist()
+    assert ids[-2:] == proc.tokenizer.convert_tokens_to_ids(["<|box_start|>", "("]) and len(forced) == 6
+    with pytest.raises(ValueError):
+        build_inputs(proc, msgs[:2], imgs[:2], starts[:1])
 
 
 def test_pixel_stats_and_a_data_normalised_processor_round_trip(tmp_path):
