@@ -79,6 +79,7 @@ class BaseModelConfig:
     language_phase_reasoning: int = field(default=0, metadata={"help": "single-image referring items of the training pool, with their images, answered in the language phase by the error-free scripted teacher in the recipes' reasoning styles (reasoning_items): the box after a reasoning text, as a pretrained VLM has grounded after reasoning; 0: off", "digest_when_set": True})
     language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
     language_phase_words_before_box: int = field(default=0, metadata={"help": "in the language phase, 3 in 4 single-image referring items are answered after 1 to N words drawn from the world's language, then their box (words_before_box; the grounding-attention loss looks from where the box starts): a base that grounds only from its answer's first positions loses its box after five words of text (bench/box_after_text.py), where a pretrained VLM grounds after reasoning; 0: off", "digest_when_set": True})
+    language_phase_json_boxes: float = field(default=0.0, metadata={"help": "in the language phase, this share of the single-image referring items is answered with its box in JSON (json_boxes: ```json {\"bbox_2d\": [x1, y1, x2, y2], \"label\": ...}```, Qwen2.5-VL's own grounding notation and Zhang et al.'s answer form), the rest in <|box_start|>(x1,y1),(x2,y2)<|box_end|>: a base that grounds in one notation only does not carry it to the other (bench/box_after_text.py); 0: off", "digest_when_set": True})
     language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase (the box's tokens: 20 covers one box); 0: grounding_attention_span", "digest_when_set": True})
     language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase (with words before the box, what to look for must be fetched from the question wherever it is); []: expression_attention_layers", "digest_when_set": True})
 
@@ -93,6 +94,8 @@ class BaseModelConfig:
         negative = [f"base_model.{name} ({getattr(self, name)})" for name in counts if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)}: must be >= 0")
+        if not 0 <= self.language_phase_json_boxes <= 1:
+            raise ValueError(f"base_model.language_phase_json_boxes ({self.language_phase_json_boxes}): must be in [0, 1]")
         if self.language_phase_lr <= 0:
             raise ValueError(f"base_model.language_phase_lr ({self.language_phase_lr}): must be > 0")
         if self.vision_warmup_targets not in ("lone", "dense"):
@@ -202,6 +205,29 @@ def words_before_box(items: list[Item], answers: list[str], max_words: int, text
         out.append(answer)
         at_box.append(refer)
     return out, at_box
+
+
+BOX_NOTATION = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>")
+
+
+def json_boxes(items: list[Item], answers: list[str], share: float, seed: int = 0) -> list[str]:
+    """``answers`` with the box of about ``share`` of the single-image referring items written in JSON, as
+    Qwen2.5-VL writes boxes and Zhang et al.'s answers end: ```json {"bbox_2d": [x1, y1, x2, y2], "label":
+    the expression}```, same numbers (words before the box stay before it). Other answers are left as they
+    are. Seeded, and drawn apart from :func:`words_before_box`'s choices."""
+    from .world import SINGLE_TASK
+
+    rng = random.Random(f"json-boxes-{seed}")
+    out = []
+    for it, answer in zip(items, answers, strict=True):
+        box = BOX_NOTATION.search(answer) if it.task == SINGLE_TASK else None
+        if box and share and rng.random() < share:
+            named = re.search(r"<\|object_ref_start\|>(?:the )?(.*?)<\|object_ref_end\|>", it.question)
+            label = named.group(1) if named else "object"
+            numbers = ", ".join(box.groups())
+            answer = answer[: box.start()] + f'```json\n{{"bbox_2d": [{numbers}], "label": "{label}"}}\n```' + answer[box.end() :]
+        out.append(answer)
+    return out
 
 
 def box_start_token(reply: str, tokenizer) -> int:
@@ -747,8 +773,12 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
 
 def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
     """The config of the first phase alone (no language phase): its digest is the one a base trained before
-    the language phase existed carries, so such a base is the first phase's output."""
-    defaults = {f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
+    the language phase existed carries, so such a base is the first phase's output. ``language_digits_loss``
+    belongs to the language phase too when the first phase reads no texts (``language_items`` 0)."""
+    own = {f.name for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
+    if not cfg.language_items:  # the first phase reads no texts: whether their digits carry loss is the language phase's
+        own.add("language_digits_loss")
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if f.name in own}
     return dataclasses.replace(cfg, **defaults)
 
 
@@ -882,6 +912,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     texts (lengths grouped, constant lr after the warm-up) into ``dest``, whose ``mirg.json`` records both
     phases; returns the seconds."""
     from .models import load_model, load_processor
+    from .world import SINGLE_TASK
 
     t0 = time.perf_counter()
     digest = config_hash(cfg)
@@ -892,6 +923,10 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     answers, at_box = [it.reference or "" for it in train], [False] * len(train)
     if cfg.language_phase_words_before_box:
         answers, at_box = words_before_box(train, answers, cfg.language_phase_words_before_box, texts, cfg.seed)
+    prefixed = sum(a != (it.reference or "") for a, it in zip(answers, train, strict=True))
+    if cfg.language_phase_json_boxes:
+        answers = json_boxes(train, answers, cfg.language_phase_json_boxes, cfg.seed)
+        at_box = [a or it.task == SINGLE_TASK for a, it in zip(at_box, train, strict=True)]
     dataset = PrecomputedVL(
         train + reasoning,
         processor,
@@ -918,7 +953,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "parameters": first["parameters"],
         "train_items": len(train),
         "language_items": first.get("language_items", 0),
-        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": sum(a != (it.reference or "") for a, it in zip(answers, train, strict=True)), "seconds": round(seconds, 1), "device": _device()},
+        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": _device()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),
         "device": _device(),

@@ -485,6 +485,10 @@ def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_
     assert config_hash(plain) == config_hash(dataclasses.replace(plain, language_phase_texts=4000, language_phase_lr=3e-4))
     cfg = dataclasses.replace(plain, language_phase_steps=3, language_phase_texts=6, language_phase_lr=1e-3)
     assert config_hash(bm.grounding_phase(cfg)) == config_hash(plain) != config_hash(cfg)
+    # the texts' digit loss is the language phase's own when the first phase reads no texts, the first's when it does
+    no_digits = dataclasses.replace(cfg, language_digits_loss=False)
+    assert config_hash(bm.grounding_phase(no_digits)) == config_hash(plain)
+    assert config_hash(bm.grounding_phase(dataclasses.replace(no_digits, language_items=5))) != config_hash(dataclasses.replace(plain, language_items=5))
     with pytest.raises(ValueError, match="language_phase_lr"):
         BaseModelConfig(language_phase_lr=0)
     out = tmp_path / "base"
@@ -504,11 +508,11 @@ def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_
     assert not again.skipped and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
     assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2] and len(_losses(out / "train_log.jsonl")) == 3
     # words before the box, with the phase's own grounding span and expression hop: still the same grounded start
-    words = dataclasses.replace(cfg, language_phase_steps=2, language_phase_words_before_box=6, language_phase_grounding_span=20, language_phase_expression_layers=[0])
+    words = dataclasses.replace(cfg, language_phase_steps=2, language_phase_words_before_box=6, language_phase_grounding_span=20, language_phase_expression_layers=[0], language_phase_json_boxes=0.5)
     assert config_hash(bm.grounding_phase(words)) == config_hash(plain)
     run_base_model(words, describe_world.root, out, progress=False)
     meta = json.loads((final / "mirg.json").read_text())
-    assert meta["language_phase"]["words_before_box"] > 0 and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
+    assert meta["language_phase"]["words_before_box"] > 0 and meta["language_phase"]["json_boxes"] > 0 and json.loads((grounded / "mirg.json").read_text())["sha256"] == first["sha256"]
     assert any("expression_attention_loss" in r for r in _losses(out / "language_log.jsonl"))  # the phase's own hop was trained
 
 
@@ -538,6 +542,33 @@ def test_words_before_box_prefix_three_in_four_referring_answers():
         BaseModelConfig(language_phase_words_before_box=-1)
     with pytest.raises(ValueError, match="language_phase_expression_layers"):
         BaseModelConfig(preset="tiny", language_phase_expression_layers=[7])
+
+
+def test_json_boxes_rewrite_the_share_of_referring_boxes_in_zhangs_notation():
+    """json_boxes: about ``share`` of the single-image referring boxes become ```json {"bbox_2d": [...],
+    "label": ...}``` with the same numbers, after any words before them; the scorer reads the same box from
+    either notation; other tasks and answers without a box are untouched; seeded; bad shares are refused."""
+    from mirg_lib.items import Item
+    from mirg_lib.scoring import Prediction, predicted_box
+
+    items = [Item(f"i{k}", "single_refer" if k % 3 else "single_describe", [], f"Find <|object_ref_start|>the red {k}<|object_ref_end|>.", [0, 0, 1, 1], 1) for k in range(600)]
+    answers = [("few words " if k % 2 else "") + f"<|box_start|>({k},{k + 1}),({k + 2},{k + 3})<|box_end|>" for k in range(600)]
+    out = bm.json_boxes(items, answers, 0.5, seed=1)
+    rewritten = 0
+    for k, (it, a, o) in enumerate(zip(items, answers, out, strict=True)):
+        if o == a:
+            continue
+        rewritten += 1
+        assert it.task == "single_refer" and "<|box_start|>" not in o
+        assert o == ("few words " if k % 2 else "") + f'```json\n{{"bbox_2d": [{k}, {k + 1}, {k + 2}, {k + 3}], "label": "red {k}"}}\n```'
+        assert predicted_box(Prediction(0, o)) == predicted_box(Prediction(0, a)) is not None
+    assert 0.4 < rewritten / 400 < 0.6
+    assert bm.json_boxes(items, answers, 0.5, seed=1) == out != bm.json_boxes(items, answers, 0.5, seed=2)
+    assert bm.json_boxes(items, answers, 0.0) == answers and bm.json_boxes(items, ["no box"] * 600, 1.0) == ["no box"] * 600
+    assert all("bbox_2d" in o for it, o in zip(items, bm.json_boxes(items, answers, 1.0), strict=True) if it.task == "single_refer")
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="language_phase_json_boxes"):
+            BaseModelConfig(language_phase_json_boxes=bad)
 
 
 def test_a_new_model_at_the_same_path_reruns_the_stages_after_it(tmp_path):
