@@ -207,25 +207,23 @@ def words_before_box(items: list[Item], answers: list[str], max_words: int, text
     return out, at_box
 
 
-BOX_NOTATION = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>")
-
-
 def json_boxes(items: list[Item], answers: list[str], share: float, seed: int = 0) -> list[str]:
     """``answers`` with the box of about ``share`` of the single-image referring items written in JSON, as
-    Qwen2.5-VL writes boxes and Zhang et al.'s answers end: ```json {"bbox_2d": [x1, y1, x2, y2], "label":
-    the expression}```, same numbers (words before the box stay before it). Other answers are left as they
-    are. Seeded, and drawn apart from :func:`words_before_box`'s choices."""
+    Qwen2.5-VL writes boxes and Zhang et al.'s answers end (``teacher.json_box``, labelled with the
+    expression), same numbers (words before the box stay before it). Other answers are left as they are.
+    Seeded, and drawn apart from :func:`words_before_box`'s choices."""
+    from .parsing import BOX_TOKEN_RE
+    from .teacher import json_box
     from .world import SINGLE_TASK
 
     rng = random.Random(f"json-boxes-{seed}")
     out = []
     for it, answer in zip(items, answers, strict=True):
-        box = BOX_NOTATION.search(answer) if it.task == SINGLE_TASK else None
+        box = BOX_TOKEN_RE.search(answer) if it.task == SINGLE_TASK else None
         if box and share and rng.random() < share:
             named = re.search(r"<\|object_ref_start\|>(?:the )?(.*?)<\|object_ref_end\|>", it.question)
-            label = named.group(1) if named else "object"
-            numbers = ", ".join(box.groups())
-            answer = answer[: box.start()] + f'```json\n{{"bbox_2d": [{numbers}], "label": "{label}"}}\n```' + answer[box.end() :]
+            vals = [int(g) if g.isdigit() else float(g) for g in box.groups()]
+            answer = answer[: box.start()] + json_box(vals, named.group(1) if named else "object") + answer[box.end() :]
         out.append(answer)
     return out
 
@@ -775,11 +773,10 @@ def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
     """The config of the first phase alone (no language phase): its digest is the one a base trained before
     the language phase existed carries, so such a base is the first phase's output. ``language_digits_loss``
     belongs to the language phase too when the first phase reads no texts (``language_items`` 0)."""
-    own = {f.name for f in dataclasses.fields(BaseModelConfig) if f.name.startswith("language_phase_")}
-    if not cfg.language_items:  # the first phase reads no texts: whether their digits carry loss is the language phase's
-        own.add("language_digits_loss")
-    defaults = {f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if f.name in own}
-    return dataclasses.replace(cfg, **defaults)
+    def own(name: str) -> bool:  # with no texts in the first phase, whether their digits carry loss is the language phase's
+        return name.startswith("language_phase_") or (name == "language_digits_loss" and not cfg.language_items)
+
+    return dataclasses.replace(cfg, **{f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if own(f.name)})
 
 
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
@@ -920,13 +917,15 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
     texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
     reasoning, prompts, replies = reasoning_items(train, cfg.language_phase_reasoning, cfg.seed) if cfg.language_phase_reasoning else ([], [], [])
-    answers, at_box = [it.reference or "" for it in train], [False] * len(train)
+    answers = [it.reference or "" for it in train]
     if cfg.language_phase_words_before_box:
-        answers, at_box = words_before_box(train, answers, cfg.language_phase_words_before_box, texts, cfg.seed)
+        answers, _ = words_before_box(train, answers, cfg.language_phase_words_before_box, texts, cfg.seed)
     prefixed = sum(a != (it.reference or "") for a, it in zip(answers, train, strict=True))
     if cfg.language_phase_json_boxes:
         answers = json_boxes(train, answers, cfg.language_phase_json_boxes, cfg.seed)
-        at_box = [a or it.task == SINGLE_TASK for a, it in zip(at_box, train, strict=True)]
+    # a referring box that may not come first (words before it, or another notation) is grounded from where it starts
+    moved = bool(cfg.language_phase_words_before_box or cfg.language_phase_json_boxes)
+    at_box = [moved and it.task == SINGLE_TASK for it in train]
     dataset = PrecomputedVL(
         train + reasoning,
         processor,

@@ -80,6 +80,12 @@ def box_tokens(vals: Sequence[int]) -> str:
     return "<|box_start|>({},{}),({},{})<|box_end|>".format(*vals)
 
 
+def json_box(vals: Sequence[float], label: str) -> str:
+    """A box as Zhang et al.'s answers (and Qwen2.5-VL) write it: ```json {"bbox_2d": [...], "label": ...}```."""
+    payload = json.dumps({"bbox_2d": list(vals), "label": label})
+    return f"```json\n{payload}\n```"
+
+
 # ------------------------------------------------------------------------------------------ scripted
 
 
@@ -146,8 +152,7 @@ class ScriptedTeacher:
             prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
             return prefix + box_tokens(vals)
         if style == "zhang":
-            payload = json.dumps({"bbox_2d": list(vals), "label": label})
-            return f"<think>{think}</think><answer>```json\n{payload}\n```</answer>"
+            return f"<think>{think}</think><answer>{json_box(vals, label)}</answer>"
         if style == "mirg_text":
             return f"<think>{think}</think><answer>It is in the {ORDINAL_WORDS[answer_img - 1]} image. {box_tokens(vals)}</answer>"
         bid = ids.id_of(answer_img, answer_obj)
