@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m mirg_lib kernel >/dev/null
 	@touch $(STAMP)
 
-.PHONY: help venv setup test test-all reproduce data lab lint clean
+.PHONY: help venv setup test test-all reproduce figures data lab lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP) ## the test suite (fast; under 10 minutes on 2 CPU cores)
 
 reproduce: $(STAMP) ## run every notebook in order with params/$(PROFILE).yaml -> runs/$(PROFILE)/
 	$(PY) -m mirg_lib reproduce --profile $(PROFILE)
+
+figures: $(STAMP) ## redraw every figure from runs/$(PROFILE)/results/ (notebook 08 only, no training) -> runs/$(PROFILE)/figures/
+	$(PY) -m mirg_lib figures --profile $(PROFILE)
 
 data: $(STAMP) ## build only the embedded world of $(PROFILE) -> runs/$(PROFILE)/data/
 	$(PY) -m mirg_lib data --profile $(PROFILE)

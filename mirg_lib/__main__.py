@@ -7,6 +7,7 @@
   scorer's self-check.
 * ``data --profile smoke`` builds the embedded world of a profile.
 * ``reproduce --profile embedded`` runs every notebook in order through papermill.
+* ``figures --profile embedded`` reruns only ``08_plots`` (every figure from the profile's result files).
 * ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rp = sub.add_parser("reproduce", help="run every notebook in order under a profile")
     rp.add_argument("--profile", default="embedded")
+    fp = sub.add_parser("figures", help="redraw every figure of a profile from its result files (notebook 08 only)")
+    fp.add_argument("--profile", default="embedded")
 
     bp = sub.add_parser("ship-base", help="copy a profile's trained and scored base model to a folder to commit")
     bp.add_argument("--profile", default="embedded")
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from .notebooks import reproduce
 
             reproduce(args.profile)
+        elif args.cmd == "figures":
+            from .notebooks import FIGURES_NOTEBOOK, reproduce
+
+            reproduce(args.profile, [FIGURES_NOTEBOOK])
         elif args.cmd == "ship-base":
             from .config import load_params
             from .pipeline import ship_base

@@ -38,6 +38,7 @@ from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
 from .prompts import user_turn
+from .results import device_name
 from .trainers import stamp_matches
 
 
@@ -853,10 +854,6 @@ def _train(cfg: BaseModelConfig, model, processor, dataset: PrecomputedVL, args,
     return trainer
 
 
-def _device() -> str:
-    return "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
 def _save_base(trainer, processor, dest: Path, meta: dict[str, Any]) -> None:
     """Write the trained model to ``dest`` (atomically) with ``meta`` and its checksum in ``mirg.json``, then
     remove the trainer's working folder."""
@@ -896,7 +893,7 @@ def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: 
         "train_items": len(train),
         "language_items": len(texts),
         "seconds": round(seconds, 1),
-        "device": _device(),
+        "device": device_name(),
     }
     if cfg.vision_warmup_steps and (out_dir / "vision_warmup.json").is_file():
         meta["vision_warmup"] = json.loads((out_dir / "vision_warmup.json").read_text())
@@ -952,10 +949,10 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "parameters": first["parameters"],
         "train_items": len(train),
         "language_items": first.get("language_items", 0),
-        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": _device()},
+        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),
-        "device": _device(),
+        "device": device_name(),
     }
     if "vision_warmup" in first:
         meta["vision_warmup"] = first["vision_warmup"]

@@ -16,6 +16,7 @@ from .paths import NOTEBOOKS_DIR, runs_dir
 
 KERNEL_NAME = "mirg"
 KERNEL_DISPLAY = "mirg (.venv)"
+FIGURES_NOTEBOOK = NOTEBOOKS_DIR / "08_plots.ipynb"
 
 
 def ensure_kernel() -> str:

@@ -134,3 +134,61 @@ def evaluate(params: Params, model_path: Path, name: str, single: bool = False, 
     ddir = data_dir(params)
     bench = ddir / "test" / ("single_refer.json" if single else "mig_bench.json")
     return evaluate_checkpoint(model_path, bench, cfg, stage_dir(params.profile, "eval") / (name + ("_single" if single else "")))
+
+
+def model_path(params: Params, stage: str) -> Path:
+    """The checkpoint a stage produced (``base_model``: the base this profile uses)."""
+    if stage == "base_model":
+        return base_path(params)
+    return _need(stage_dir(params.profile, stage) / "checkpoint", f"the {stage} model")
+
+
+def stage_prompt(stage: str) -> str | None:
+    """The prompt a stage's model is scored with: the plain question for the base and the answer-only SFT,
+    MIRG-RL's for its SFTs, otherwise the params' ``eval.prompt`` (None)."""
+    if stage in ("base_model", "sft_answer"):
+        return "plain"
+    if stage.startswith("sft_mirg") or stage.startswith("grpo_mirg"):
+        return "mirg"
+    return None
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores", prompts: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Score each model (label -> stage folder) on MIG-Bench and the single-image test, and write the rows to
+    ``runs/<profile>/results/<results>.json`` (None: write nothing) with where their predictions, the
+    benchmark file and (for a trained stage) the training log are, for the figures."""
+    import time
+
+    from .evaluation import EvalConfig
+    from .results import model_row, write_results
+
+    t0 = time.perf_counter()
+    default_prompt = stage_config(EvalConfig, params, "eval").prompt
+    base = stage_dir(params.profile, "")
+    rows = []
+    for label, stage in models.items():
+        path = model_path(params, stage)
+        prompt = (prompts or {}).get(label, stage_prompt(stage))
+        s = evaluate(params, path, stage, prompt=prompt)
+        single = evaluate(params, path, stage, single=True, prompt=prompt)
+        extra: dict[str, Any] = {
+            "checkpoint": str(path),
+            "prompt": prompt or default_prompt,
+            "predictions": _rel(stage_dir(params.profile, "eval") / stage / "predictions.jsonl", base),
+            "bench": _rel(data_dir(params) / "test" / "mig_bench.json", base),
+        }
+        log = stage_dir(params.profile, stage) / "train_log.jsonl"
+        if stage.startswith("grpo") and log.is_file():
+            extra["train_log"] = _rel(log, base)
+        rows.append(model_row(label, stage, s, single, **extra))
+    if results:
+        write_results(params.profile, results, rows, wall_s=round(time.perf_counter() - t0, 1))
+    return rows
+

@@ -67,6 +67,7 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
         "00_base_model.ipynb", "01_data_synthesis.ipynb", "02_cot_filtering.ipynb", "03_lora_sft.ipynb",
         "04_rejection_sampling.ipynb", "05_grpo.ipynb", "06_evaluation.ipynb",
     ]
+    assert list_notebooks()[-1].name == "08_plots.ipynb"
     for out in done:
         executed = json.loads(out.read_text())
         errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -76,6 +77,11 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
     for nb in list_notebooks():
         src = json.loads(nb.read_text())
         assert all(not c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+    results = json.loads((runs_dir() / "smoke" / "results" / "scores.json").read_text())
+    assert [r["model"] for r in results["rows"]] == ["base", "CoT-SFT", "CoT-SFT + GRPO"]
+    assert results["rows"][2]["train_log"] == "grpo/train_log.jsonl" and results["provenance"]["wall_s"] > 0
+    figures = runs_dir() / "smoke" / "figures"
+    assert sorted(p.name for p in figures.glob("*.png")) == ["domains.png", "grpo_curves.png", "qualitative.png", "tasks.png"]
     scores = json.loads((runs_dir() / "smoke" / "eval" / "grpo" / "scores.json").read_text())
     assert set(scores["tasks"]) == {"diff", "view_diff", "common_object", "object_tracking", "multi_view", "region",
                                     "refer_grounding", "group_grounding", "reasoning", "correspondence"}
@@ -83,7 +89,7 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
 
 def test_make_help_lists_the_targets():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for target in ("reproduce", "test", "lab", "setup", "help"):
+    for target in ("reproduce", "figures", "test", "lab", "setup", "help"):
         assert f"make {target}" in out
 
 
