@@ -26,6 +26,7 @@ from probe_sft import parse_sets  # noqa: E402
 from mirg_lib import pipeline  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
+from mirg_lib.results import read_log  # noqa: E402
 
 
 def thirds(values: list[float]) -> list[float]:
@@ -55,8 +56,7 @@ def main() -> None:
     t1 = time.perf_counter()
     path = pipeline.grpo(params, name=args.name)
     t2 = time.perf_counter()
-    rows = [json.loads(line) for line in (stage_dir(params.profile, args.name) / "train_log.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "reward" in r]
+    steps = [r for r in read_log(stage_dir(params.profile, args.name) / "train_log.jsonl") if "reward" in r]
     acc_key = next((k for k in steps[0] if k.startswith("rewards/") and "accuracy" in k and k.endswith("/mean")), None) if steps else None
     out = {
         "name": args.name, "overrides": overrides, "rl_items": n_items,

@@ -38,7 +38,7 @@ from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
 from .prompts import user_turn
-from .results import device_name
+from .results import device_name, read_log
 from .trainers import stamp_matches
 
 
@@ -961,6 +961,4 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_log(path) if path.is_file() else []

@@ -57,9 +57,8 @@ def ship_base(params: Params, dest: str | Path) -> dict[str, Any]:
     from .base_model import ship_checkpoint
 
     src = _need(stage_dir(params.profile, "base_model") / "checkpoint" / "mirg.json", "the trained base model (00_base_model)").parent
-    ev = stage_dir(params.profile, "eval")
-    single = json.loads(_need(ev / "base_single" / "scores.json", "the base's single-image scores (run notebook 00 to the end)").read_text())
-    multi = json.loads(_need(ev / "base" / "scores.json", "the base's MIG-Bench scores (run notebook 00 to the end)").read_text())
+    single = json.loads(_need(eval_dir(params, "base", single=True) / "scores.json", "the base's single-image scores (run notebook 00 to the end)").read_text())
+    multi = json.loads(_need(eval_dir(params, "base") / "scores.json", "the base's MIG-Bench scores (run notebook 00 to the end)").read_text())
     metrics = {
         "single_image_acc@0.5": single["avg"],
         "mig_bench_avg_acc@0.5": multi["avg"],
@@ -131,9 +130,17 @@ def evaluate(params: Params, model_path: Path, name: str, single: bool = False, 
         cfg.prompt = prompt  # type: ignore[assignment]
     if single:  # eval.max_items_per_task samples MIG-Bench; the single-image test is scored whole
         cfg.max_items_per_task = 0
-    ddir = data_dir(params)
-    bench = ddir / "test" / ("single_refer.json" if single else "mig_bench.json")
-    return evaluate_checkpoint(model_path, bench, cfg, stage_dir(params.profile, "eval") / (name + ("_single" if single else "")))
+    return evaluate_checkpoint(model_path, bench_file(params, single), cfg, eval_dir(params, name, single))
+
+
+def bench_file(params: Params, single: bool = False) -> Path:
+    """The embedded MIG-Bench file (``single``: the single-image referring test)."""
+    return data_dir(params) / "test" / ("single_refer.json" if single else "mig_bench.json")
+
+
+def eval_dir(params: Params, name: str, single: bool = False) -> Path:
+    """Where :func:`evaluate` writes a model's predictions and scores."""
+    return stage_dir(params.profile, "eval") / (name + ("_single" if single else ""))
 
 
 def model_path(params: Params, stage: str) -> Path:
@@ -148,7 +155,7 @@ def stage_prompt(stage: str) -> str | None:
     MIRG-RL's for its SFTs, otherwise the params' ``eval.prompt`` (None)."""
     if stage in ("base_model", "sft_answer"):
         return "plain"
-    if stage.startswith("sft_mirg") or stage.startswith("grpo_mirg"):
+    if stage.startswith("sft_mirg"):
         return "mirg"
     return None
 
@@ -160,7 +167,7 @@ def _rel(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
-def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores", prompts: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores") -> list[dict[str, Any]]:
     """Score each model (label -> stage folder) on MIG-Bench and the single-image test, and write the rows to
     ``runs/<profile>/results/<results>.json`` (None: write nothing) with where their predictions, the
     benchmark file and (for a trained stage) the training log are, for the figures."""
@@ -175,14 +182,14 @@ def evaluate_models(params: Params, models: dict[str, str], results: str | None 
     rows = []
     for label, stage in models.items():
         path = model_path(params, stage)
-        prompt = (prompts or {}).get(label, stage_prompt(stage))
+        prompt = stage_prompt(stage)
         s = evaluate(params, path, stage, prompt=prompt)
         single = evaluate(params, path, stage, single=True, prompt=prompt)
         extra: dict[str, Any] = {
             "checkpoint": str(path),
             "prompt": prompt or default_prompt,
-            "predictions": _rel(stage_dir(params.profile, "eval") / stage / "predictions.jsonl", base),
-            "bench": _rel(data_dir(params) / "test" / "mig_bench.json", base),
+            "predictions": _rel(eval_dir(params, stage) / "predictions.jsonl", base),
+            "bench": _rel(bench_file(params), base),
         }
         log = stage_dir(params.profile, stage) / "train_log.jsonl"
         if stage.startswith("grpo") and log.is_file():

@@ -6,7 +6,6 @@ Every function returns a matplotlib ``Figure``; :func:`make_figures` draws all o
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from pathlib import Path
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from .formats import IN_DOMAIN, MIG_TASKS, OUT_OF_DOMAIN  # noqa: E402
 from .io import atomic_path  # noqa: E402
-from .results import ResultsError, load_results, results_dir, summarise  # noqa: E402
+from .results import ResultsError, load_results, read_log, results_dir, summarise  # noqa: E402
 
 GRPO_CURVES = (  # (title, the trl log keys whose names contain this, y label)
     ("reward components", "rewards/", "mean reward"),
@@ -40,7 +39,8 @@ def _bars(ax, groups: list[str], series: list[tuple[str, list[float], list[float
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(100.0, *(v + (e or 0) for _, vals, errs in series for v, e in zip(vals, errs or [0] * len(vals), strict=True))))
+    tops = [v + (errors[i] if errors else 0.0) for _, values, errors in series for i, v in enumerate(values)]
+    ax.set_ylim(0, max([100.0, *tops]))
     ax.grid(axis="y", alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -83,22 +83,6 @@ def ablation_bars(rows: list[dict[str, Any]], metric: str = "avg", title: str | 
     ax.set_title(title or f"Ablations: {metric}, mean and spread over seeds")
     fig.tight_layout()
     return fig
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """A trainer's JSONL log (``train_log.jsonl``); a line that is not JSON raises naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"{path}: no such training log")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}: line {n} is not JSON ({e})") from e
-    return rows
 
 
 def grpo_curves(logs: dict[str, str | os.PathLike]) -> Figure:
@@ -203,12 +187,12 @@ def make_figures(profile: str, out_dir: str | os.PathLike | None = None, n_examp
     with_preds = [r for r in rows if r.get("predictions") and r.get("bench")]
     if with_preds:
         last = with_preds[-1]
+        from .scoring import load_predictions
+
         bench, preds = base / last["bench"], base / last["predictions"]
-        by_task: dict[str, int] = {}
-        for line in Path(preds).read_text().splitlines():
-            if line.strip():
-                p = json.loads(line)
-                by_task.setdefault(p["task"], p["index"])
+        by_task: dict[str | None, int] = {}
+        for index, p in load_predictions(preds).items():
+            by_task.setdefault(p.task, index)
         indices = list(by_task.values())[:n_examples]
         written.append(save(qualitative(bench, preds, indices, label=last["model"]), out / "qualitative.png"))
     return written

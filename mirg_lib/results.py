@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .formats import IN_DOMAIN, MIG_TASKS, OUT_OF_DOMAIN
+from .formats import MIG_TASKS
 from .io import write_json
 from .paths import ROOT, runs_dir
 
@@ -95,18 +95,19 @@ def _check_row(path: Path, i: int, row: Any) -> None:
         raise ResultsError(f"{path}: row {i} is {type(row).__name__}, not an object")
     if not isinstance(row.get("model"), str):
         raise ResultsError(f"{path}: row {i}: field 'model' must be a string (got {row.get('model')!r})")
+    where = f"{path}: row {i} ({row['model']})"
     tasks = row.get("tasks")
     if not isinstance(tasks, dict):
-        raise ResultsError(f"{path}: row {i} ({row['model']}): field 'tasks' must be an object of task -> accuracy")
+        raise ResultsError(f"{where}: field 'tasks' must be an object of task -> accuracy")
     for t, v in tasks.items():
         if t not in MIG_TASKS:
-            raise ResultsError(f"{path}: row {i} ({row['model']}): field 'tasks' names an unknown task {t!r}")
+            raise ResultsError(f"{where}: field 'tasks' names an unknown task {t!r}")
         if not _is_number(v):
-            raise ResultsError(f"{path}: row {i} ({row['model']}): field 'tasks.{t}' must be a number (got {v!r})")
+            raise ResultsError(f"{where}: field 'tasks.{t}' must be a number (got {v!r})")
     for key in METRICS:
         v = row.get(key)
         if v is not None and not _is_number(v):
-            raise ResultsError(f"{path}: row {i} ({row['model']}): field {key!r} must be a number or null (got {v!r})")
+            raise ResultsError(f"{where}: field {key!r} must be a number or null (got {v!r})")
 
 
 def _is_number(v: Any) -> bool:
@@ -139,13 +140,27 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def domain_means(row: dict[str, Any]) -> dict[str, float | None]:
-    """In-domain, out-of-domain and AVG recomputed from a row's per-task numbers (unweighted task means)."""
+    """In-domain, out-of-domain and AVG recomputed from a row's per-task numbers (``scoring.domain_means``)."""
+    from .scoring import domain_means as from_tasks
 
-    def mean(tasks: tuple[str, ...]) -> float | None:
-        vals = [row["tasks"][t] for t in tasks if t in row["tasks"]]
-        return sum(vals) / len(vals) if vals else None
+    return from_tasks(row["tasks"])
 
-    return {"in_domain": mean(IN_DOMAIN), "out_of_domain": mean(OUT_OF_DOMAIN), "avg": mean(MIG_TASKS)}
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A trainer's JSONL log (``train_log.jsonl``); a missing file or a line that is not JSON raises
+    :class:`ResultsError` naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such training log")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{path}: line {n} is not JSON ({e})") from e
+    return rows
 
 
 def seed_summary(values: list[float]) -> dict[str, float | int]:

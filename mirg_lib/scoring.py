@@ -198,6 +198,16 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def domain_means(accs: dict[str, float]) -> dict[str, float | None]:
+    """AVG (the unweighted mean over the tasks given), in-domain and out-of-domain (Zhang et al.'s split) of
+    per-task accuracies; None where no task of a group is given."""
+    return {
+        "avg": _mean(list(accs.values())),
+        "in_domain": _mean([accs[t] for t in IN_DOMAIN if t in accs]),
+        "out_of_domain": _mean([accs[t] for t in OUT_OF_DOMAIN if t in accs]),
+    }
+
+
 def score(
     records: list[MigRecord],
     predictions: dict[int, Prediction],
@@ -231,14 +241,11 @@ def score(
             "missing": sum(i.status == "missing" for i in its),
             "unparseable": sum(i.status == "unparseable" for i in its),
         }
-    accs = {t: v["acc"] for t, v in tasks.items()}
     out: dict[str, Any] = {
         "protocol": protocol,
         "iou_threshold": threshold,
         "tasks": tasks,
-        "avg": _mean(list(accs.values())),
-        "in_domain": _mean([accs[t] for t in IN_DOMAIN if t in accs]),
-        "out_of_domain": _mean([accs[t] for t in OUT_OF_DOMAIN if t in accs]),
+        **domain_means({t: v["acc"] for t, v in tasks.items()}),
         "n_records": len(records),
         "n_predictions": len(predictions),
         "missing": sum(i.status == "missing" for i in items),
