@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe_sft import parse_sets  # noqa: E402
 
 from mirg_lib import pipeline  # noqa: E402
-from mirg_lib.config import load_params  # noqa: E402
+from mirg_lib.config import load_params, parse_overrides  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 from mirg_lib.results import read_log  # noqa: E402
 
@@ -47,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.name == "grpo":
         ap.error("--name grpo would overwrite the pipeline's own GRPO stage")
-    overrides = parse_sets(args.set)
+    overrides = parse_overrides(args.set)
     params = load_params(args.profile, overrides)
     t0 = time.perf_counter()
     pipeline.rejection(params)

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe_sft import parse_sets, report_sft  # noqa: E402
+from probe_sft import report_sft  # noqa: E402
 
 from mirg_lib import base_model as bm  # noqa: E402
-from mirg_lib.config import load_params, stage_config  # noqa: E402
+from mirg_lib.config import load_params, parse_overrides, stage_config  # noqa: E402
 from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.models import load_model, load_processor, save_checkpoint  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import Trainer, TrainingArguments
 
-    params = load_params(args.profile, parse_sets(args.set))
+    params = load_params(args.profile, parse_overrides(args.set))
     cfg = stage_config(bm.BaseModelConfig, params, "base_model")
     data_dir, out = stage_dir(params.profile, "data"), stage_dir(params.profile, "probe_language_phase")
     base = base_path(params)
@@ -77,7 +77,7 @@ def main() -> None:
     sft = run_sft(sft_cfg, ckpt, stage_dir(params.profile, "cot") / "sft_zhang.jsonl", data_dir, out / "sft_zhang")
     ecfg = dataclasses.replace(stage_config(EvalConfig, params, "eval"), prompt="zhang", max_items_per_task=args.eval_items_per_task)
     s = evaluate_checkpoint(sft, data_dir / "test" / "mig_bench.json", ecfg, out / "eval_sft_zhang")
-    print(f"SFT (zhang, {parse_sets(args.set)}): {time.perf_counter() - t1:.0f} s")
+    print(f"SFT (zhang, {parse_overrides(args.set)}): {time.perf_counter() - t1:.0f} s")
     report_sft(out / "sft_zhang" / "train_log.jsonl", s, out / "eval_sft_zhang" / "predictions.jsonl", every=100)
 
 if __name__ == "__main__":

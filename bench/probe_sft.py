@@ -17,18 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mirg_lib import pipeline  # noqa: E402
-from mirg_lib.config import load_params  # noqa: E402
+from mirg_lib.config import load_params, parse_overrides  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
-
-
-def parse_sets(sets: list[str]) -> dict:
-    """``KEY=VALUE`` strings (YAML values) as params overrides."""
-    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
 
 
 def report_sft(log_file: Path, scores: dict, predictions: Path, every: int = 50) -> None:
@@ -49,7 +42,7 @@ def main() -> None:
     ap.add_argument("--variant", default="zhang", choices=["zhang", "answer", "mirg_text", "mirg_bbox"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override (YAML value)")
     args = ap.parse_args()
-    params = load_params(args.profile, parse_sets(args.set))
+    params = load_params(args.profile, parse_overrides(args.set))
     t0 = time.perf_counter()
     path = pipeline.sft(params, args.variant)
     t1 = time.perf_counter()

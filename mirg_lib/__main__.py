@@ -8,6 +8,8 @@
 * ``data --profile smoke`` builds the embedded world of a profile.
 * ``reproduce --profile embedded`` runs every notebook in order through papermill.
 * ``figures --profile embedded`` reruns only ``08_plots`` (every figure from the profile's result files).
+* ``tables --profile embedded`` prints the README's results (the papers' tables beside this run's numbers,
+  the claims and their verdicts) from the profile's ``results/ablations.json`` and ``claims.json``.
 * ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
@@ -43,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rp = sub.add_parser("reproduce", help="run every notebook in order under a profile")
     rp.add_argument("--profile", default="embedded")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override for every notebook (YAML value), e.g. ablations.seeds=[0,1,2]")
+    rp.add_argument("--log-output", action="store_true", help="stream the notebooks' own output (each stage's progress lines)")
     fp = sub.add_parser("figures", help="redraw every figure of a profile from its result files (notebook 08 only)")
     fp.add_argument("--profile", default="embedded")
+
+    tp = sub.add_parser("tables", help="print the README's results (paper tables beside this run's, the claims) from a profile's result files")
+    tp.add_argument("--profile", default="embedded")
 
     bp = sub.add_parser("ship-base", help="copy a profile's trained and scored base model to a folder to commit")
     bp.add_argument("--profile", default="embedded")
@@ -73,13 +80,18 @@ def main(argv: list[str] | None = None) -> int:
             m = run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=args.force)
             print(json.dumps({"root": str(m.root), "skipped": m.skipped, "seconds": round(m.seconds, 2), "counts": m.counts}, indent=1))
         elif args.cmd == "reproduce":
+            from .config import parse_overrides
             from .notebooks import reproduce
 
-            reproduce(args.profile)
+            reproduce(args.profile, log_output=args.log_output, overrides=parse_overrides(args.set))
         elif args.cmd == "figures":
             from .notebooks import FIGURES_NOTEBOOK, reproduce
 
             reproduce(args.profile, [FIGURES_NOTEBOOK])
+        elif args.cmd == "tables":
+            from .ablations import report
+
+            print(report(args.profile), end="")
         elif args.cmd == "ship-base":
             from .config import load_params
             from .pipeline import ship_base
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from .notebooks import ensure_kernel
 
             print(ensure_kernel())
-    except (RecordError, FileNotFoundError, ValueError) as e:
+    except (RecordError, FileNotFoundError, ValueError) as e:  # ResultsError and ConfigError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

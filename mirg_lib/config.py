@@ -82,6 +82,17 @@ class Params:
         return " <- ".join(str(f) for f in self.files)
 
 
+def parse_overrides(sets: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (command-line ``--set``; the value is YAML) as dotted-key overrides."""
+    out = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {s!r}: expected KEY=VALUE (e.g. grpo.max_steps=10)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | None = None) -> Params:
     """Merge a profile with the chain of files it extends, then ``overrides`` (dotted keys allowed:
     ``{"data.seed": 3}``)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import NOTEBOOKS_DIR, runs_dir
+from .progress import Follow
 
 KERNEL_NAME = "mirg"
 KERNEL_DISPLAY = "mirg (.venv)"
@@ -68,15 +69,27 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path 
     return output
 
 
-def reproduce(profile: str = "embedded", notebooks: list[Path] | None = None, log_output: bool = False) -> list[Path]:
-    """Run every pipeline notebook in order under ``profile``. Stages skip work already done for the
-    same config, so a rerun continues where a failed one stopped."""
+def declared_parameters(notebook: Path) -> set[str]:
+    """The names the notebook's ``parameters`` cell declares (papermill's own reading of it)."""
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(notebook)))
+
+
+def reproduce(profile: str = "embedded", notebooks: list[Path] | None = None, log_output: bool = False, overrides: dict[str, Any] | None = None) -> list[Path]:
+    """Run every pipeline notebook in order under ``profile`` (and ``overrides``, dotted params keys, given to
+    each notebook that declares an ``overrides`` parameter). Stages skip work already done for the same config,
+    so a rerun continues where a failed one stopped."""
     out_dir = runs_dir() / profile / "executed"
     done = []
     t_start = time.perf_counter()
     for nb in notebooks or list_notebooks():
         t0 = time.perf_counter()
         print(f"[reproduce:{profile}] {nb.name} ...", flush=True)
-        done.append(execute(nb, out_dir / nb.name, {"profile": profile}, log_output=log_output))
+        parameters: dict[str, Any] = {"profile": profile}
+        if overrides and "overrides" in declared_parameters(nb):
+            parameters["overrides"] = overrides
+        with Follow(profile, f"[reproduce:{profile}]   {nb.stem}:"):
+            done.append(execute(nb, out_dir / nb.name, parameters, log_output=log_output))
         print(f"[reproduce:{profile}] {nb.name} done in {time.perf_counter() - t0:.1f} s (total {time.perf_counter() - t_start:.1f} s)", flush=True)
     return done

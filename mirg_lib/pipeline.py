@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Params, stage_config
+from .config import Params, config_hash, stage_config
 from .paths import stage_dir
+from .progress import stage
 
 
 def _need(path: Path, what: str) -> Path:
@@ -24,7 +25,8 @@ def _need(path: Path, what: str) -> Path:
 def data(params: Params, force: bool = False):
     from .world import DataConfig, run_data_synthesis
 
-    return run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=force)
+    with stage(params.profile, "data"):
+        return run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=force)
 
 
 def data_dir(params: Params) -> Path:
@@ -36,7 +38,8 @@ def base_model(params: Params):
 
     cfg = stage_config(BaseModelConfig, params, "base_model")
     ddir = data_dir(params) if not (cfg.model_name_or_path or cfg.shipped) else stage_dir(params.profile, "data")
-    return run_base_model(cfg, ddir, stage_dir(params.profile, "base_model"))
+    with stage(params.profile, "base model"):
+        return run_base_model(cfg, ddir, stage_dir(params.profile, "base_model"))
 
 
 def base_path(params: Params) -> Path:
@@ -71,7 +74,8 @@ def ship_base(params: Params, dest: str | Path) -> dict[str, Any]:
 def cot(params: Params):
     from .cot import CotConfig, run_cot
 
-    return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"))
+    with stage(params.profile, "cot filtering"):
+        return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"))
 
 
 def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path:
@@ -84,7 +88,8 @@ def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path
     elif variant.startswith("mirg"):
         cfg.prompt_recipe = "mirg"
     sft_file = _need(stage_dir(params.profile, "cot") / f"sft_{variant}.jsonl", f"the {variant} SFT data (02_cot_filtering)")
-    return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"))
+    with stage(params.profile, f"sft_{name or variant}"):
+        return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"))
 
 
 def rejection(params: Params, model_path: Path | None = None):
@@ -93,7 +98,8 @@ def rejection(params: Params, model_path: Path | None = None):
     cfg = stage_config(RejectionConfig, params, "rejection")
     cot_ids = _sft_ids(params)
     model_path = model_path or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
-    return run_rejection_sampling(cfg, model_path, data_dir(params), stage_dir(params.profile, "rejection"), exclude_ids=cot_ids)
+    with stage(params.profile, "rejection sampling"):
+        return run_rejection_sampling(cfg, model_path, data_dir(params), stage_dir(params.profile, "rejection"), exclude_ids=cot_ids)
 
 
 def _sft_ids(params: Params) -> set[str]:
@@ -104,8 +110,11 @@ def _sft_ids(params: Params) -> set[str]:
 
 
 def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejection: bool = True) -> Path:
+    """GRPO from ``init`` (default: the Zhang CoT-SFT model) into ``runs/<profile>/<name>/`` on the RL items
+    rejection sampling kept, or (``use_rejection=False``) on every item it would have looked at: the first
+    ``rejection.max_items_per_task`` pool items of each of ``rejection.tasks`` not used for CoT SFT."""
     from .grpo import GRPOStageConfig, run_grpo
-    from .items import load_pool_items
+    from .items import first_per_task, load_pool_items
 
     cfg = stage_config(GRPOStageConfig, params, "grpo")
     init = init or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
@@ -118,19 +127,38 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
 
         rcfg = stage_config(RejectionConfig, params, "rejection")
         cot_ids = _sft_ids(params)
-        ids = [i for i, it in pool.items() if it.task in rcfg.tasks and i not in cot_ids]
-    return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name))
+        candidates = first_per_task([it for i, it in pool.items() if i not in cot_ids], rcfg.tasks, rcfg.max_items_per_task)
+        ids = [it.id for it in candidates]  # what rejection sampling would look at, none dropped
+    with stage(params.profile, name):
+        return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name))
 
 
-def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:
+def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Score a model into ``eval/<name>`` (``single``: the single-image test). Reuses the scores already there
+    when they were made from the same model, eval config and benchmark file (``force``: score again)."""
+    from .config import digest
     from .evaluation import EvalConfig, evaluate_checkpoint
+    from .io import write_json
+    from .trainers import model_identity
 
     cfg = stage_config(EvalConfig, params, "eval")
     if prompt is not None:
         cfg.prompt = prompt  # type: ignore[assignment]
     if single:  # eval.max_items_per_task samples MIG-Bench; the single-image test is scored whole
         cfg.max_items_per_task = 0
-    return evaluate_checkpoint(model_path, bench_file(params, single), cfg, eval_dir(params, name, single))
+    bench = bench_file(params, single)
+    out = eval_dir(params, name, single)
+    stamp = digest({"model": model_identity(model_path), "eval": config_hash(cfg), "bench": bench.stat().st_mtime_ns if bench.exists() else None})
+    done = out / "scores.json"
+    if not force and done.is_file() and (out / "predictions.jsonl").is_file():
+        old = json.loads(done.read_text())
+        if old.get("stamp") == stamp:
+            return old
+    with stage(params.profile, f"evaluate {out.name}"):
+        scores = evaluate_checkpoint(model_path, bench, cfg, out)
+    scores["stamp"] = stamp
+    write_json(done, scores)
+    return scores
 
 
 def bench_file(params: Params, single: bool = False) -> Path:
@@ -160,42 +188,48 @@ def stage_prompt(stage: str) -> str | None:
     return None
 
 
-def _rel(path: Path, base: Path) -> str:
+def rel_path(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` where it lies inside it (result files name their inputs so), else absolute."""
     try:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
 
 
+def scored_row(params: Params, label: str, stage: str, path: Path, prompt: str | None = None, eval_name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Score the model at ``path`` on MIG-Bench and the single-image test (into ``eval/<eval_name or stage>``)
+    and return its result row, naming its predictions, the benchmark files and (for a GRPO stage) its training log relative to
+    ``runs/<profile>/``, for the figures and the claims."""
+    from .evaluation import EvalConfig
+    from .results import model_row
+
+    base = stage_dir(params.profile, "")
+    name = eval_name or stage
+    s = evaluate(params, path, name, prompt=prompt)
+    single = evaluate(params, path, name, single=True, prompt=prompt)
+    files: dict[str, Any] = {
+        "checkpoint": str(path),
+        "prompt": prompt or stage_config(EvalConfig, params, "eval").prompt,
+        "predictions": rel_path(eval_dir(params, name) / "predictions.jsonl", base),
+        "bench": rel_path(bench_file(params), base),
+        "single_predictions": rel_path(eval_dir(params, name, single=True) / "predictions.jsonl", base),
+        "single_bench": rel_path(bench_file(params, single=True), base),
+    }
+    log = stage_dir(params.profile, stage) / "train_log.jsonl"
+    if stage.startswith("grpo") and log.is_file():
+        files["train_log"] = rel_path(log, base)
+    return model_row(label, stage, s, single, **files, **extra)
+
+
 def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores") -> list[dict[str, Any]]:
-    """Score each model (label -> stage folder) on MIG-Bench and the single-image test, and write the rows to
-    ``runs/<profile>/results/<results>.json`` (None: write nothing) with where their predictions, the
-    benchmark file and (for a trained stage) the training log are, for the figures."""
+    """Score each model (label -> stage folder) with :func:`scored_row` and write the rows to
+    ``runs/<profile>/results/<results>.json`` (None: write nothing)."""
     import time
 
-    from .evaluation import EvalConfig
-    from .results import model_row, write_results
+    from .results import write_results
 
     t0 = time.perf_counter()
-    default_prompt = stage_config(EvalConfig, params, "eval").prompt
-    base = stage_dir(params.profile, "")
-    rows = []
-    for label, stage in models.items():
-        path = model_path(params, stage)
-        prompt = stage_prompt(stage)
-        s = evaluate(params, path, stage, prompt=prompt)
-        single = evaluate(params, path, stage, single=True, prompt=prompt)
-        extra: dict[str, Any] = {
-            "checkpoint": str(path),
-            "prompt": prompt or default_prompt,
-            "predictions": _rel(eval_dir(params, stage) / "predictions.jsonl", base),
-            "bench": _rel(bench_file(params), base),
-        }
-        log = stage_dir(params.profile, stage) / "train_log.jsonl"
-        if stage.startswith("grpo") and log.is_file():
-            extra["train_log"] = _rel(log, base)
-        rows.append(model_row(label, stage, s, single, **extra))
+    rows = [scored_row(params, label, stage, model_path(params, stage), stage_prompt(stage)) for label, stage in models.items()]
     if results:
         write_results(params.profile, results, rows, wall_s=round(time.perf_counter() - t0, 1))
     return rows
-

@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -58,10 +59,12 @@ def test_notebooks_carry_no_outputs_and_define_nothing():
 
 
 def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
-    """`make reproduce PROFILE=smoke`: every notebook, in order, through papermill, on the project's kernel."""
+    """`make reproduce PROFILE=smoke`: every notebook, in order, through papermill, on the project's kernel (07
+    with one of its rows and the one it starts from, two seeds each, to keep the suite fast; CI runs every row: `.ci/run`)."""
+    from mirg_lib import ablations
     from mirg_lib.notebooks import reproduce
 
-    done = reproduce("smoke")
+    done = reproduce("smoke", overrides={"ablations.arms": [ablations.MIRG_NO_IMAGE]})
     assert [p.name for p in done] == [p.name for p in list_notebooks()]
     assert [p.name for p in list_notebooks()][:7] == [
         "00_base_model.ipynb", "01_data_synthesis.ipynb", "02_cot_filtering.ipynb", "03_lora_sft.ipynb",
@@ -81,7 +84,23 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
     assert [r["model"] for r in results["rows"]] == ["base", "CoT-SFT", "CoT-SFT + GRPO"]
     assert results["rows"][2]["train_log"] == "grpo/train_log.jsonl" and results["provenance"]["wall_s"] > 0
     figures = runs_dir() / "smoke" / "figures"
-    assert sorted(p.name for p in figures.glob("*.png")) == ["domains.png", "grpo_curves.png", "qualitative.png", "tasks.png"]
+    assert sorted(p.name for p in figures.glob("*.png")) == [
+        "ablations_avg.png", "ablations_single.png", "domains.png", "grpo_curves.png", "qualitative.png", "tasks.png"]
+    abl = json.loads((runs_dir() / "smoke" / "results" / "ablations.json").read_text())
+    assert [(r["model"], r["seed"], r["stage"]) for r in abl["rows"]] == [
+        (ablations.MIRG_BBOX, 0, "sft_mirg_bbox"), (ablations.MIRG_BBOX, 1, "sft_mirg_bbox_seed1"),
+        (ablations.MIRG_NO_IMAGE, 0, "grpo_mirg_bbox_no_image"), (ablations.MIRG_NO_IMAGE, 1, "grpo_mirg_bbox_no_image_seed1")]
+    no_image = json.loads((runs_dir() / "smoke" / "grpo_mirg_bbox_no_image_seed1" / "checkpoint" / "mirg.json").read_text())
+    assert no_image["config"]["rewards"] == {"mirg_format": 1.0, "mirg_object": 1.0} and no_image["config"]["seed"] == 1
+    assert no_image["config"]["recipe"] == "mirg" and no_image["init"].endswith("sft_mirg_bbox/checkpoint")
+    claims = json.loads((runs_dir() / "smoke" / "results" / "claims.json").read_text())["claims"]
+    assert claims and all(c["measured"] is None and c["verdict"].startswith("not measured (no rows for") for c in claims)  # one row ran
+    out = subprocess.run([sys.executable, "-m", "mirg_lib", "tables", "--profile", "smoke"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert "**MIRG-RL T3**" in out and ablations.MIRG_NO_IMAGE in out and "**Claims**" in out
+    progress = (runs_dir() / "smoke" / "progress.log").read_text()
+    for name in ("data", "sft_zhang", "rejection sampling", "grpo", "grpo_mirg_bbox_no_image_seed1", "evaluate grpo_single"):
+        assert f" {name} done in " in progress, name
     scores = json.loads((runs_dir() / "smoke" / "eval" / "grpo" / "scores.json").read_text())
     assert set(scores["tasks"]) == {"diff", "view_diff", "common_object", "object_tracking", "multi_view", "region",
                                     "refer_grounding", "group_grounding", "reasoning", "correspondence"}
@@ -100,3 +119,19 @@ def test_a_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
     with pytest.raises(NotebookFailed, match=rf"{nb.name} failed in cell \d+ \(ConfigError: no params profile 'no-such-profile'") as e:
         execute(nb, tmp_path / nb.name, {"profile": "no-such-profile"})
     assert (tmp_path / nb.name).is_file() and str(tmp_path / nb.name) in str(e.value)
+
+
+def test_stage_progress_is_logged_and_followed(tmp_path, monkeypatch, capsys):
+    from mirg_lib.progress import Follow, log_file, stage
+
+    monkeypatch.setenv("MIRG_RUNS_DIR", str(tmp_path))
+    with Follow("p", "[r]", interval=0.05):
+        with stage("p", "sft_zhang"):
+            pass
+        with pytest.raises(KeyError), stage("p", "grpo"):
+            raise KeyError("x")
+    lines = log_file("p").read_text().splitlines()
+    assert lines[0].endswith("sft_zhang ...") and "sft_zhang done in" in lines[1] and lines[2].endswith("grpo ...")
+    assert "grpo FAILED after" in lines[3] and lines[3].endswith("(KeyError)")
+    echoed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[r] ")]
+    assert [x.removeprefix("[r] ") for x in echoed] == lines  # every line, once, in order
