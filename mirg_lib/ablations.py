@@ -303,9 +303,15 @@ def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot
         "claim": claim.text,
         "metric": "single-image" if single else "MIG-Bench",
         "paper_value": None if math.isnan(claim.paper_value) else round(claim.paper_value, 2),
-    }
+        "measured": None,
+        "ci": None,
+        "confidence": confidence,
+        "seed_se": None,
+        "seeds": {},
+        "items": 0,
+    }  # every result has every field, measured or not
     if missing:
-        return {**out, "measured": None, "verdict": f"not measured (no rows for {missing})"}
+        return {**out, "verdict": f"not measured (no rows for {missing})"}
     # per arm: item -> (task, fraction of its seeds right)
     items: dict[str, dict[int, tuple[str, float]]] = {}
     for arm in {a for a, _, _ in claim.terms}:
@@ -314,7 +320,7 @@ def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot
         items[arm] = {i: (per_seed[0][i][0], sum(c[i][1] for c in per_seed) / len(per_seed)) for i in common}
     shared = sorted(set.intersection(*(set(v) for v in items.values())))
     if not shared:
-        return {**out, "measured": None, "verdict": "not measured (the arms share no scored item)"}
+        return {**out, "verdict": "not measured (the arms share no scored item)"}
 
     def contrast(idx: list[int]) -> float:
         return sum(w * _metric(items[a], idx, m) for a, m, w in claim.terms)

@@ -108,6 +108,7 @@ def test_a_claim_without_its_rows_is_not_measured(tmp_path, bench):
     rows = [_write_row(tmp_path, bench, "A", {})]
     res = measure_claim("p", rows, A_OVER_B)
     assert res["measured"] is None and "no rows for ['B']" in res["verdict"]
+    assert set(res) == set(measure_claim("p", [*rows, _write_row(tmp_path, bench, "B", {})], A_OVER_B, n_boot=10))  # same fields
 
 
 def test_a_row_without_predictions_is_named(tmp_path, bench):
