@@ -118,16 +118,9 @@ class AblationsConfig:
 
 
 def selected_arms(cfg: AblationsConfig) -> list[Arm]:
-    """The arms asked for, with every arm they start from, in the table order."""
+    """The arms asked for, with the arm each starts from (never itself a GRPO arm, so one step), in the table order."""
     want = set(cfg.arms or ARMS_BY_LABEL)
-    changed = True
-    while changed:
-        changed = False
-        for label in list(want):
-            init = ARMS_BY_LABEL[label].init
-            if init and init not in want:
-                want.add(init)
-                changed = True
+    want |= {ARMS_BY_LABEL[label].init for label in want if ARMS_BY_LABEL[label].init}
     return [a for a in ARMS if a.label in want]
 
 
@@ -183,7 +176,7 @@ def run_ablations(params: Params, results: str | None = "ablations") -> list[dic
             stage = arm_stage(arm, seed)
             t1 = time.perf_counter()
             path = train_arm(params, arm, seed)
-            row = pipeline.scored_row(params, arm.label, stage, path, arm.prompt, arm.eval_name or None, seed=seed, paper=dict(arm.paper))
+            row = pipeline.scored_row(params, arm.label, stage, path, arm.prompt, arm.eval_name, seed=seed, paper=dict(arm.paper))
             rows.append(row)
             note(params.profile, f"ablation row {arm.label!r} seed {seed}: MIG-Bench AVG {row['avg']:.1f}, single-image {row['single']:.1f} ({time.perf_counter() - t1:.0f} s, total {time.perf_counter() - t0:.0f} s)")
     if results:
@@ -357,7 +350,6 @@ def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot
         **out,
         "measured": round(value, 2),
         "ci": [round(lo, 2), round(hi, 2)],
-        "confidence": confidence,
         "seed_se": round(seed_se, 2) if any(n > 1 for n in n_seeds.values()) else None,
         "seeds": n_seeds,
         "items": len(shared),
@@ -380,7 +372,6 @@ def measure_claims(params: Params, rows: list[dict[str, Any]] | None = None, res
     if results:
         write_json(results_dir(params.profile) / f"{results}.json", {"provenance": provenance(), "claims": out})
     return out
-
 
 
 def _md(rows: list[dict[str, Any]]) -> list[str]:
@@ -420,8 +411,8 @@ def report(profile: str) -> str:
                     "metric": c["metric"],
                     "paper": c["paper_value"],
                     "measured": c["measured"],
-                    f"{int(100 * c.get('confidence', 0.95))} % interval": None if c.get("ci") is None else f"[{c['ci'][0]}, {c['ci'][1]}]",
-                    "seed s.e.": c.get("seed_se"),
+                    f"{int(100 * c['confidence'])} % interval": None if c["ci"] is None else f"[{c['ci'][0]}, {c['ci'][1]}]",
+                    "seed s.e.": c["seed_se"],
                     "verdict": c["verdict"],
                 }
                 for c in claims

@@ -4,6 +4,7 @@ and the scores (per task, in/out of domain, image-aware group grounding).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,21 @@ class EvalConfig:
     bf16: bool = False
 
 
-def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None) -> dict[str, Any]:
-    """Generate for every benchmark record (greedy), write ``predictions.jsonl`` and ``scores.json``."""
+def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:
+    """Generate for every benchmark record (greedy), write ``predictions.jsonl`` and ``scores.json``.
+
+    With ``stamp`` (what the scores are made from: model, config, benchmark) the scores carry it, and scores
+    already in ``out_dir`` with the same stamp are returned without generating."""
     import torch
 
     from .models import load_model, load_processor
 
+    if stamp is not None and out_dir is not None:
+        done = Path(out_dir) / "scores.json"
+        if done.is_file() and (Path(out_dir) / "predictions.jsonl").is_file():
+            old = json.loads(done.read_text())
+            if old.get("stamp") == stamp:
+                return old
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
     records = first_per_task(records, None, cfg.max_items_per_task)
@@ -64,6 +74,8 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     scores = score(records, preds, protocol=cfg.protocol)
     scores["seconds"] = round(seconds, 2)
     scores["samples_per_second"] = round(len(records) / seconds, 3) if seconds > 0 else None
+    if stamp is not None:
+        scores["stamp"] = stamp
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_jsonl(out_dir / "predictions.jsonl", rows)

@@ -133,12 +133,11 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
         return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name))
 
 
-def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None, force: bool = False) -> dict[str, Any]:
+def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:
     """Score a model into ``eval/<name>`` (``single``: the single-image test). Reuses the scores already there
-    when they were made from the same model, eval config and benchmark file (``force``: score again)."""
+    when they were made from the same model, eval config and benchmark file."""
     from .config import digest
     from .evaluation import EvalConfig, evaluate_checkpoint
-    from .io import write_json
     from .trainers import model_identity
 
     cfg = stage_config(EvalConfig, params, "eval")
@@ -148,17 +147,9 @@ def evaluate(params: Params, model_path: Path, name: str, single: bool = False, 
         cfg.max_items_per_task = 0
     bench = bench_file(params, single)
     out = eval_dir(params, name, single)
-    stamp = digest({"model": model_identity(model_path), "eval": config_hash(cfg), "bench": bench.stat().st_mtime_ns if bench.exists() else None})
-    done = out / "scores.json"
-    if not force and done.is_file() and (out / "predictions.jsonl").is_file():
-        old = json.loads(done.read_text())
-        if old.get("stamp") == stamp:
-            return old
+    stamp = digest({"model": model_identity(model_path), "eval": config_hash(cfg), "bench": bench.stat().st_mtime_ns})
     with stage(params.profile, f"evaluate {out.name}"):
-        scores = evaluate_checkpoint(model_path, bench, cfg, out)
-    scores["stamp"] = stamp
-    write_json(done, scores)
-    return scores
+        return evaluate_checkpoint(model_path, bench, cfg, out, stamp=stamp)
 
 
 def bench_file(params: Params, single: bool = False) -> Path:
