@@ -40,6 +40,11 @@ from .paths import ROOT
 from .prompts import user_turn
 from .results import device_name, read_log
 from .trainers import stamp_matches
+from .world.tasks import MULTI_TASK, SINGLE_TASK
+
+# the referring tasks whose answer is a box after the question's expression: the language phase may put words
+# before that box or write it in JSON, and grounds it from where it starts
+REFER_TASKS = (SINGLE_TASK, MULTI_TASK)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class BaseModelConfig:
     language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
     language_phase_words_before_box: int = field(default=0, metadata={"help": "in the language phase, 3 in 4 single-image referring items are answered after 1 to N words drawn from the world's language, then their box (words_before_box; the grounding-attention loss looks from where the box starts): a base that grounds only from its answer's first positions loses its box after five words of text (bench/box_after_text.py), where a pretrained VLM grounds after reasoning; 0: off", "digest_when_set": True})
     language_phase_json_boxes: float = field(default=0.0, metadata={"help": "in the language phase, this share of the single-image referring items is answered with its box in JSON (json_boxes: ```json {\"bbox_2d\": [x1, y1, x2, y2], \"label\": ...}```, Qwen2.5-VL's own grounding notation and Zhang et al.'s answer form), the rest in <|box_start|>(x1,y1),(x2,y2)<|box_end|>: a base that grounds in one notation only does not carry it to the other (bench/box_after_text.py); 0: off", "digest_when_set": True})
+    language_phase_tasks: list[str] = field(default_factory=list, metadata={"help": "training-pool tasks added to the image items in the language phase only (multi_refer: several images, one named, an object in it boxed: the image indexing a pretrained VLM brings from its multi-image data; docs/base_model.md); they get the phase's words before the box and JSON boxes as the single-image referring items do", "digest_when_set": True})
     language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase (the box's tokens: 20 covers one box); 0: grounding_attention_span", "digest_when_set": True})
     language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase (with words before the box, what to look for must be fetched from the question wherever it is); []: expression_attention_layers", "digest_when_set": True})
 
@@ -115,6 +121,15 @@ class BaseModelResult:
     source: str  # real | shipped | trained
     seconds: float
     skipped: bool = False
+
+
+def tokenizer_pool(pool: list[Item], train_tasks: list[str]) -> list[Item]:
+    """The pool items the tokenizer reads: every task's but the curriculum tasks the first phase does not train
+    on (a world that adds language-phase items, such as multi_refer, builds the same tokenizer, so the
+    grounding phase it starts from is the same)."""
+    from .world.tasks import CURRICULUM_TASKS
+
+    return [it for it in pool if it.task not in CURRICULUM_TASKS or it.task in train_tasks]
 
 
 def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> list[str]:
@@ -192,15 +207,13 @@ def words_before_box(items: list[Item], answers: list[str], max_words: int, text
     needs) put before the box; and for each item whether its
     grounding-attention loss looks from its box (every single-image referring item: the box may start
     anywhere). Seeded."""
-    from .world import SINGLE_TASK
-
     vocabulary = sorted({w for _, reply in texts for w in re.findall(r"[a-z]+", reply)})
     if max_words and not vocabulary:
         raise ValueError("words_before_box: the language texts have no words to draw from")
     rng = random.Random(seed)
     out, at_box = [], []
     for it, answer in zip(items, answers, strict=True):
-        refer = it.task == SINGLE_TASK
+        refer = it.task in REFER_TASKS
         if refer and max_words and rng.random() < 0.75:
             answer = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, max_words))) + " " + answer
         out.append(answer)
@@ -215,12 +228,11 @@ def json_boxes(items: list[Item], answers: list[str], share: float, seed: int = 
     Seeded, and drawn apart from :func:`words_before_box`'s choices."""
     from .parsing import BOX_TOKEN_RE
     from .teacher import json_box
-    from .world import SINGLE_TASK
 
     rng = random.Random(f"json-boxes-{seed}")
     out = []
     for it, answer in zip(items, answers, strict=True):
-        box = BOX_TOKEN_RE.search(answer) if it.task == SINGLE_TASK else None
+        box = BOX_TOKEN_RE.search(answer) if it.task in REFER_TASKS else None
         if box and share and rng.random() < share:
             named = re.search(r"<\|object_ref_start\|>(?:the )?(.*?)<\|object_ref_end\|>", it.question)
             vals = [int(g) if g.isdigit() else float(g) for g in box.groups()]
@@ -876,7 +888,7 @@ def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: 
     mean = std = None
     if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
         mean, std = pixel_stats(p for it in train for p in it.images)
-    model, processor = create_small_model(cfg.preset, tokenizer_corpus(pool, seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
+    model, processor = create_small_model(cfg.preset, tokenizer_corpus(tokenizer_pool(pool, cfg.train_tasks), seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
     texts = language_texts(data_dir, cfg.language_items, cfg.seed) if cfg.language_items else []
     dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts, text_digits_loss=cfg.language_digits_loss)
     work = out_dir / "trainer"
@@ -906,11 +918,15 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     texts (lengths grouped, constant lr after the warm-up) into ``dest``, whose ``mirg.json`` records both
     phases; returns the seconds."""
     from .models import load_model, load_processor
-    from .world import SINGLE_TASK
 
     t0 = time.perf_counter()
     digest = config_hash(cfg)
-    _, train = _training_items(cfg, data_dir)
+    pool, train = _training_items(cfg, data_dir)
+    extra = [it for it in pool if it.task in cfg.language_phase_tasks and it.task not in cfg.train_tasks]
+    missing = sorted(set(cfg.language_phase_tasks) - {it.task for it in extra} - set(cfg.train_tasks))
+    if missing:
+        raise ValueError(f"base_model.language_phase_tasks {missing}: no such items in {data_dir / 'train' / 'mgrounding.json'} (data.n_multi_refer_train?)")
+    train = train + extra
     processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
     texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
     reasoning, prompts, replies = reasoning_items(train, cfg.language_phase_reasoning, cfg.seed) if cfg.language_phase_reasoning else ([], [], [])
@@ -922,7 +938,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         answers = json_boxes(train, answers, cfg.language_phase_json_boxes, cfg.seed)
     # a referring box that may not come first (words before it, or another notation) is grounded from where it starts
     moved = bool(cfg.language_phase_words_before_box or cfg.language_phase_json_boxes)
-    at_box = [moved and it.task == SINGLE_TASK for it in train]
+    at_box = [moved and it.task in REFER_TASKS for it in train]
     dataset = PrecomputedVL(
         train + reasoning,
         processor,
@@ -949,7 +965,7 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "parameters": first["parameters"],
         "train_items": len(train),
         "language_items": first.get("language_items", 0),
-        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
+        "language_phase": {"steps": cfg.language_phase_steps, "tasks": {t: sum(it.task == t for it in extra) for t in cfg.language_phase_tasks}, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),
         "device": device_name(),

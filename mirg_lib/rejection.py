@@ -34,7 +34,7 @@ class RejectionConfig:
     k: int = 8
     temperature: float = 0.7
     max_new_tokens: int = 256
-    batch_size: int = 16
+    batch_size: int = 16  # prompts per generation batch: the k samples of batch_size // k items at a time
     tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
     max_items_per_task: int = 0
     recipe: Literal["zhang", "mirg"] = "zhang"
@@ -74,12 +74,18 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
     if cfg.enabled:
         device = "cuda" if torch.cuda.is_available() else None
         model, processor = load_model(model_path, device=device), load_processor(model_path)
-        for it in tqdm(items, desc="rejection sampling", mininterval=5):
-            imgs = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = user_turn(len(imgs), with_suffix(it.question, cfg.recipe))
-            replies = generate_batch(model, processor, [msgs] * cfg.k, [imgs] * cfg.k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed)
-            size = seen_size(processor, imgs[it.target_image - 1]) if cfg.frame == "abs" else None
-            hits.append(sum(judge(style, replies, it, cfg.frame, size)))
+        per_call = max(1, cfg.batch_size // cfg.k)  # the k samples of several items share a generation batch
+        for start in tqdm(range(0, len(items), per_call), desc="rejection sampling", mininterval=5):
+            chunk = items[start : start + per_call]
+            images = [[Image.open(p).convert("RGB") for p in it.images] for it in chunk]
+            msgs = [user_turn(len(imgs), with_suffix(it.question, cfg.recipe)) for it, imgs in zip(chunk, images, strict=True)]
+            replies = generate_batch(
+                model, processor, [m for m in msgs for _ in range(cfg.k)], [im for im in images for _ in range(cfg.k)],
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed + start,
+            )
+            for j, (it, imgs) in enumerate(zip(chunk, images, strict=True)):
+                size = seen_size(processor, imgs[it.target_image - 1]) if cfg.frame == "abs" else None
+                hits.append(sum(judge(style, replies[j * cfg.k : (j + 1) * cfg.k], it, cfg.frame, size)))
     else:
         hits = [-1] * len(items)
     counts: Counter[str] = Counter()

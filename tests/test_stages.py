@@ -138,7 +138,7 @@ def test_changed_config_does_not_resume_another_configs_checkpoint(smoke_world, 
 def describe_world(tmp_path_factory):
     from mirg_lib.world import DataConfig, run_data_synthesis
 
-    cfg = DataConfig(n_test_per_task=1, n_train_per_task=1, n_single_test=2, n_single_train=4, n_single_describe_train=16, image_size=112, object_grid=14, contact_sheet=False)
+    cfg = DataConfig(n_test_per_task=1, n_train_per_task=1, n_single_test=2, n_single_train=4, n_single_describe_train=16, n_multi_refer_train=6, image_size=112, object_grid=14, contact_sheet=False)
     return run_data_synthesis(cfg, tmp_path_factory.mktemp("describe") / "data", progress=False)
 
 
@@ -639,3 +639,62 @@ def test_reasoning_items_box_after_the_recipes_reasoning(describe_world, tmp_pat
     assert meta["language_phase"]["reasoning_items"] == 3 and meta["train_items"] == len([it for it in pool if it.task in cfg.train_tasks])
     with pytest.raises(ValueError, match="language_phase_reasoning"):
         BaseModelConfig(language_phase_reasoning=-1)
+
+
+def test_language_phase_tasks_join_that_phase_only(describe_world, smoke_world, tmp_path):
+    """language_phase_tasks: the multi-image referring items join the language phase's image items (with the
+    phase's words before the box and JSON boxes), not the grounding phase, whose digest they leave alone; a
+    task the world lacks is an error that names it."""
+    from mirg_lib.config import config_hash
+    from mirg_lib.items import load_pool_items
+    cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4)
+    multi = dataclasses.replace(cfg, language_phase_tasks=["multi_refer"], language_phase_words_before_box=6, language_phase_json_boxes=1.0)
+    assert config_hash(bm.grounding_phase(multi)) == config_hash(bm.grounding_phase(cfg)) and config_hash(multi) != config_hash(cfg)
+    meta = json.loads((run_base_model(multi, describe_world.root, tmp_path / "base", progress=False).path / "mirg.json").read_text())
+    first = json.loads((tmp_path / "base" / "grounded" / "mirg.json").read_text())
+    assert meta["language_phase"]["tasks"] == {"multi_refer": 6} and meta["train_items"] == first["train_items"] + 6
+    assert meta["language_phase"]["json_boxes"] >= 6  # every referring box in JSON, the multi-image ones too
+    pool = load_pool_items(describe_world.train_file)
+    items = [it for it in pool if it.task == "multi_refer"]
+    # the tokenizer the grounding phase builds does not read them: a world with them starts from the same base
+    assert bm.tokenizer_pool(pool, cfg.train_tasks) == [it for it in pool if it.task != "multi_refer"]
+    assert bm.tokenizer_pool(pool, [*cfg.train_tasks, "multi_refer"]) == pool
+    answers, at_box = bm.words_before_box(items, [it.reference for it in items], 6, [("q", "the red circle")], seed=0)
+    assert all(at_box) and any(a != it.reference for a, it in zip(answers, items, strict=True))
+    with pytest.raises(ValueError, match=r"language_phase_tasks \['multi_refer'\].*n_multi_refer_train"):
+        run_base_model(multi, smoke_world.root, tmp_path / "base2", progress=False)
+
+
+def test_rejection_sampling_batches_items_and_counts_each_items_own_hits(smoke_world, tmp_path, monkeypatch):
+    """The k samples of several items share a generation batch (batch_size // k items a call); each item's
+    hits are its own samples' (a fake policy answers item i right i % (k + 1) times), so all-right and
+    all-wrong items are dropped and the rest kept with their counts."""
+    from mirg_lib import rejection
+    from mirg_lib.items import first_per_task, load_pool_items
+    from mirg_lib.prompts import with_suffix
+
+    pool = load_pool_items(smoke_world.train_file)
+    cfg = rejection.RejectionConfig(k=4, batch_size=12, tasks=["diff", "common_object", "single_refer"], max_items_per_task=3)
+    items = first_per_task(pool, cfg.tasks, cfg.max_items_per_task)
+    calls = []
+
+    def fake_generate(model, processor, messages, images, batch_size, **kw):
+        assert len(messages) == len(images) and len(messages) <= batch_size
+        replies = []
+        for m, imgs in zip(messages, images, strict=True):
+            i, j = divmod(sum(calls) + len(replies), cfg.k)  # prompts come item by item, k samples each
+            text = next(c["text"] for c in m[0]["content"] if c["type"] == "text")
+            assert text == with_suffix(items[i].question, cfg.recipe) and len(imgs) == len(items[i].images)
+            replies.append(items[i].reference if j < i % (cfg.k + 1) else "no box here")
+        calls.append(len(messages))
+        return replies
+
+    monkeypatch.setattr(rejection, "generate_batch", fake_generate)
+    monkeypatch.setattr("mirg_lib.models.load_model", lambda *a, **k: None)
+    monkeypatch.setattr("mirg_lib.models.load_processor", lambda *a, **k: None)
+    monkeypatch.setattr(rejection, "model_identity", lambda path: "fake")
+    result = rejection.run_rejection_sampling(cfg, tmp_path / "model", smoke_world.root, tmp_path / "rejection")
+    assert calls == [12, 12, 12] and len(items) == 9  # 3 items (12 prompts) a call
+    want = {it.id: i % (cfg.k + 1) for i, it in enumerate(items) if 0 < i % (cfg.k + 1) < cfg.k}
+    kept = [json.loads(line) for line in (tmp_path / "rejection" / "rl_items.jsonl").read_text().splitlines()]
+    assert {k["id"]: k["hits"] for k in kept} == want and result.kept_ids == list(want)

@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
-from mirg_lib.formats import MIG_TASKS, load_mgrounding, load_mig_bench
+from mirg_lib.formats import MIG_TASKS, ORDINAL_WORDS, load_mgrounding, load_mig_bench
 from mirg_lib.parsing import parse_response
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
 from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, grid_side, render
-from mirg_lib.world.tasks import DESCRIBE_TASK, LOCATE_TASK, REASONING_RULES
+from mirg_lib.world.tasks import DESCRIBE_TASK, LOCATE_TASK, MULTI_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
 
@@ -36,6 +36,23 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert mismatch == [] and errors == []
     c = run_data_synthesis(dataclasses.replace(TINY, seed=1), tmp_path / "c", progress=False)
     assert (a.root / "test/mig_bench.json").read_bytes() != (c.root / "test/mig_bench.json").read_bytes()
+
+
+def test_workers_draw_the_same_files(tmp_path, monkeypatch):
+    """The world drawn over two forked processes is byte for byte the one drawn in this process."""
+    from mirg_lib.world import build
+
+    monkeypatch.setattr(build, "PARALLEL_MIN_ITEMS", 0)
+    cfg = dataclasses.replace(TINY, n_single_describe_train=8, n_multi_refer_train=8)
+    for name, workers in (("serial", 1), ("forked", 2)):
+        (tmp_path / name).mkdir()
+        assert build.write_world(cfg, tmp_path / name, progress=False, workers=workers)["train"]["multi_refer"] == 8
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "forked") for p in (tmp_path / "forked").rglob("*") if p.is_file()) and len(files) > 50
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "serial", tmp_path / "forked", [str(f) for f in files], shallow=False)
+    assert mismatch == [] and errors == []
+    monkeypatch.setenv("MIRG_WORLD_WORKERS", "3")
+    assert build.world_workers() == 3
 
 
 def test_stage_skips_same_config_and_reruns_changed(tmp_path):
@@ -177,6 +194,10 @@ def check_unique(row):
         assert sum(_ident(o) == _ident(t) for o in src) == 1
     elif task in (LOCATE_TASK, DESCRIBE_TASK):
         assert len(imgs) == 1 and objs[0] == [t]
+    elif task == MULTI_TASK:  # the image is named: the expression singles the target out in that image
+        expr = row["meta"]["expression"]
+        assert sum(_matches_expression(o, expr) for o in objs[k]) == 1
+        assert _matches_expression(t, expr) and t in objs[k]
     else:
         raise AssertionError(task)
 
@@ -267,8 +288,28 @@ def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
     assert DESCRIBE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
 
 
+def test_multi_refer_items_name_their_image_and_box_the_object_in_it(tmp_path):
+    m = run_data_synthesis(dataclasses.replace(TINY, n_multi_refer_train=12, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
+    pool = [r for r in load_mgrounding(m.root / "train" / "mgrounding.json") if r.type == MULTI_TASK]
+    rows = [r for r in _scenes(m, "train") if r["task"] == MULTI_TASK]
+    assert len(pool) == len(rows) == 12 and m.counts["train"][MULTI_TASK] == 12 and MULTI_TASK not in m.counts["test"]
+    assert any(r["target_image"] > 1 for r in rows) and all(len(r["images"]) >= 2 for r in rows)
+    for rec, row in zip(pool, rows, strict=True):
+        check_unique(row)
+        k = row["target_image"]
+        question = rec.conversations[0]["value"]
+        assert question.count("<image>") == len(rec.images) == len(row["images"])
+        named = re.findall(r"image-(\d)|Image-(\d)|the (\d)th image|the (\w+) image", question)
+        assert len(named) == 1, question  # exactly one image is named, and it is the target's
+        n = next(g for g in named[0] if g)
+        assert n == str(k) or n == ORDINAL_WORDS[k - 1], (question, k)
+        parsed = parse_response(rec.conversations[1]["value"])  # the box in the named image's 0-1000 frame
+        assert parsed.box is not None and all(abs(v - 1000 * a) <= 1 for v, a in zip(parsed.box.values, row["answer"], strict=True))
+    assert MULTI_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
+
+
 # tasks that place objects and never move a camera over them: every object sits on the grid
-PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, LOCATE_TASK)
+PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, LOCATE_TASK, MULTI_TASK)
 
 
 @pytest.mark.parametrize("task", PLACED_ONLY)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,7 @@ class DataConfig:
     position_cue_kind: Literal["tint", "coord"] = field(default="tint", metadata={"help": "tint: ramp added to each image's background colour; coord: the background's red/blue are the coordinates"})
     n_single_locate_train: int = field(default=0, metadata={"help": "training-pool items with one object to locate (the base model's curriculum)"})
     n_single_describe_train: int = field(default=0, metadata={"help": "training-pool items with one object to name in full and box (the base model's curriculum)"})
+    n_multi_refer_train: int = field(default=0, metadata={"help": "training-pool items of several images, one named, an object in it described and boxed (the base model's multi-image curriculum; no benchmark task)", "digest_when_set": True})
     object_grid: int = field(default=0, metadata={"help": "pixels; >0: objects are squares whose corners and sides lie on this grid (14: the vision tower's patch grid), 0: anywhere (README: why)"})
     contact_sheet: bool = True
 
@@ -199,41 +202,79 @@ def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
     return {"test": test, "train": train}
 
 
-def write_world(cfg: DataConfig, out: Path, progress: bool = True) -> dict[str, dict[str, int]]:
-    """Draw and write every sample into ``out`` (an empty folder)."""
+PARALLEL_MIN_ITEMS = 500  # fewer items are drawn in the calling process (a worker pool costs ~0.1 s to start)
+
+
+def _draw_item(job: tuple[str, str, int, int, WorldKnobs, Path]) -> tuple[dict[str, Any], list[str], str, bool, str, Sample | None]:
+    """Draw item ``i`` of ``task`` in ``split`` and write its images under ``out``; returns what the item's
+    records need (its scene row, image paths, additional info, need_format, MGrounding answer) and, for the
+    first test item of a task, the sample itself (for the contact sheet). Runs in a worker process."""
+    split, task, i, seed, knobs, out = job
+    s = generate(task, sample_seed(seed, split, task, i), knobs)
+    rel_images = [f"images/{task}/{i:05d}_{j + 1}.png" for j in range(len(s.images))]
+    for img, rel in zip(s.images, rel_images, strict=True):
+        _save_png(img, out / split / rel)
+    row = scene_row(f"{split}-{task}-{i:05d}", split, -1, s)
+    return row, rel_images, s.additional_info, s.need_format, s.answer_text(), s if (split == "test" and i == 0) else None
+
+
+def _drawn(jobs: list[tuple[str, str, int, int, WorldKnobs, Path]], workers: int) -> Iterator[tuple[dict[str, Any], list[str], str, bool, str, Sample | None]]:
+    """``_draw_item`` over ``jobs``, in order: in this process, or spread over ``workers`` forked processes
+    (each item's draw depends on its own seed alone, so the files are the same either way). Forked, not
+    spawned: a spawned worker re-imports the caller's script, which breaks scripts without a main guard;
+    the workers draw with PIL and numpy only. Where fork is missing the world is drawn in this process."""
+    import multiprocessing
+
+    if workers <= 1 or len(jobs) < PARALLEL_MIN_ITEMS or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(_draw_item, jobs)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield from pool.map(_draw_item, jobs, chunksize=64)
+
+
+def world_workers() -> int:
+    """Processes that draw the world: ``MIRG_WORLD_WORKERS``, else one per available core (at most 8)."""
+    env = os.environ.get("MIRG_WORLD_WORKERS")
+    if env:
+        return max(1, int(env))
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def write_world(cfg: DataConfig, out: Path, progress: bool = True, workers: int | None = None) -> dict[str, dict[str, int]]:
+    """Draw and write every sample into ``out`` (an empty folder), over ``workers`` processes (default
+    :func:`world_workers`); the files do not depend on how many."""
     knobs = cfg.knobs()
     counts: dict[str, dict[str, int]] = {}
     plan = _plan(cfg)
     total = sum(n for items in plan.values() for _, n in items)
     bar = tqdm(total=total, desc="drawing the embedded world", disable=not progress, mininterval=2.0)
     examples: dict[str, Sample] = {}
+    workers = world_workers() if workers is None else workers
     for split, items in plan.items():
         mig: list[MigRecord] = []
         single: list[MigRecord] = []
         mg: list[MGroundingRecord] = []
         scenes: list[dict[str, Any]] = []
         counter: Counter[str] = Counter()
-        for task, n in items:
-            for i in range(n):
-                s = generate(task, sample_seed(cfg.seed, split, task, i), knobs)
-                sid = f"{split}-{task}-{i:05d}"
-                rel_images = [f"images/{task}/{i:05d}_{j + 1}.png" for j in range(len(s.images))]
-                for img, rel in zip(s.images, rel_images, strict=True):
-                    _save_png(img, out / split / rel)
-                if split == "test":
-                    target = single if task == SINGLE_TASK else mig
-                    rec = MigRecord(s.task, rel_images, s.question, s.answer_rel(), s.additional_info, s.need_format, len(target))
-                    target.append(rec)
-                    scenes.append(scene_row(sid, split, rec.index, s))
-                    examples.setdefault(task, s)
-                else:
-                    human = "<image>\n" * len(rel_images) + s.question
-                    mg.append(
-                        MGroundingRecord(sid, rel_images, [{"from": "human", "value": human}, {"from": "gpt", "value": s.answer_text()}], s.task, len(mg))
-                    )
-                    scenes.append(scene_row(sid, split, len(mg) - 1, s))
-                counter[task] += 1
-                bar.update(1)
+        jobs = [(split, task, i, cfg.seed, knobs, out) for task, n in items for i in range(n)]
+        for row, rel_images, info, need_format, answer_text, example in _drawn(jobs, workers):
+            task = row["task"]
+            if split == "test":
+                target = single if task == SINGLE_TASK else mig
+                rec = MigRecord(task, rel_images, row["question"], row["answer"], info, need_format, len(target))
+                target.append(rec)
+                row["record_index"] = rec.index
+                if example is not None:
+                    examples.setdefault(task, example)
+            else:
+                human = "<image>\n" * len(rel_images) + row["question"]
+                mg.append(MGroundingRecord(row["id"], rel_images, [{"from": "human", "value": human}, {"from": "gpt", "value": answer_text}], task, len(mg)))
+                row["record_index"] = len(mg) - 1
+            scenes.append(row)
+            counter[task] += 1
+            bar.update(1)
         if split == "test":
             write_mig_bench(mig, out / "test" / "mig_bench.json")
             write_mig_bench(single, out / "test" / "single_refer.json")

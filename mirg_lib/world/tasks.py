@@ -57,8 +57,18 @@ DESCRIBE_TEMPLATES = (
     "What is the object in the image? Name it and locate it.",
     "Name the object you see and provide its bounding box coordinate.",
 )
+# training-pool only: several images, the question names one of them and describes an object in it, answered
+# with its box in that image: the image indexing and per-image box frame a pretrained VLM brings from its
+# multi-image data, without any benchmark task's logic (which object differs, recurs, corresponds)
+MULTI_TASK = "multi_refer"
+MULTI_TEMPLATES = (
+    "In the {nth} image, please find the bounding box coordinates for the area described by: {ref}.",
+    "Please locate {ref} in image-{n} and give its bounding box.",
+    "Find {ref} in the {ordinal} image and locate it.",
+    "Which region of Image-{n} is described by {ref}? Give its bounding box coordinates.",
+)
 # the base model's curriculum tasks, each with the DataConfig field that sizes it in the training pool
-CURRICULUM_TASKS = {LOCATE_TASK: "n_single_locate_train", DESCRIBE_TASK: "n_single_describe_train"}
+CURRICULUM_TASKS = {LOCATE_TASK: "n_single_locate_train", DESCRIBE_TASK: "n_single_describe_train", MULTI_TASK: "n_multi_refer_train"}
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -545,6 +555,18 @@ def gen_single_refer(rng: random.Random, k: WorldKnobs) -> Sample:
     return Sample(SINGLE_TASK, [_draw(rng, k, scene)], [scene], q, 1, tobj, need_format=False, meta={"expression": ref})
 
 
+def gen_multi_refer(rng: random.Random, k: WorldKnobs) -> Sample:
+    """2 to ``max_images`` scenes; an object of one of them, described so that only it fits *in that image*
+    (other images may hold its twin: the image is named), boxed in that image's frame."""
+    n = _n_images(rng, k, 2, 4)
+    scenes = [_scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))], first_oid=10 * i) for i in range(n)]
+    kk = rng.randint(1, n)
+    tobj = rng.choice(scenes[kk - 1])
+    ref = referring_expression(rng, tobj, [o for o in scenes[kk - 1] if o is not tobj], k.extra_attribute_prob)
+    q = rng.choice(MULTI_TEMPLATES).format(ref=f"<|object_ref_start|>{ref}<|object_ref_end|>", n=kk, nth=f"{kk}th", ordinal=ORDINAL_WORDS[kk - 1])
+    return Sample(MULTI_TASK, [_draw(rng, k, s) for s in scenes], scenes, q, kk, tobj, need_format=False, meta={"expression": ref})
+
+
 def _one_object(rng: random.Random, k: WorldKnobs, task: str, templates: tuple[str, ...], meta: Callable[[Obj], dict]) -> Sample:
     scene = _scene(rng, k, [random_identity(rng)])
     return Sample(task, [_draw(rng, k, scene)], [scene], rng.choice(templates), 1, scene[0], need_format=False, meta=meta(scene[0]))
@@ -572,6 +594,7 @@ GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     SINGLE_TASK: gen_single_refer,
     LOCATE_TASK: gen_single_locate,
     DESCRIBE_TASK: gen_single_describe,
+    MULTI_TASK: gen_multi_refer,
 }
 
 
