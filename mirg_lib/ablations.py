@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Params, stage_config
+from .config import Params, set_overrides, stage_config
 from .paths import stage_dir
 
 # --------------------------------------------------------------------------------------------------- arms
@@ -148,17 +148,11 @@ def train_arm(params: Params, arm: Arm, seed: int = 0) -> Path:
 
 
 def _with(params: Params, overrides: dict[str, Any]) -> Params:
-    """``params`` with dotted-key overrides set on a copy (the same profile, so the same runs folder)."""
+    """``params`` with dotted-key overrides set on a copy (the same profile, so the same runs folder); a value
+    replaces the setting whole (an arm's ``grpo.rewards`` is all its rewards)."""
     import copy
 
-    data = copy.deepcopy(params.data)
-    for key, value in overrides.items():
-        node = data
-        *sections, last = key.split(".")
-        for part in sections:
-            node = node.setdefault(part, {})
-        node[last] = copy.deepcopy(value)
-    return Params(params.profile, params.files, data)
+    return Params(params.profile, params.files, set_overrides(copy.deepcopy(params.data), overrides, merge=False))
 
 
 def run_ablations(params: Params, results: str | None = "ablations") -> list[dict[str, Any]]:
@@ -281,10 +275,19 @@ def _metric(correct: dict[int, tuple[str, float]], idx: list[int], metric: str) 
     return value
 
 
-def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, scored: dict[tuple[str, str], dict[int, tuple[str, float]]] | None = None) -> dict[str, Any]:
     """Measure ``claim`` on the ablation rows: the contrast (mean over seeds), its paired bootstrap interval
-    over items, the seed standard error where seeds repeat, and the verdict (see the module's docstring)."""
+    over items, the seed standard error where seeds repeat, and the verdict (see the module's docstring).
+    ``scored`` keeps each row's :func:`item_correct` (by predictions and benchmark file) across claims."""
     import random
+
+    scored = {} if scored is None else scored
+
+    def correct(row: dict[str, Any], single: bool) -> dict[int, tuple[str, float]]:
+        key = (str(row.get("single_predictions" if single else "predictions")), str(row.get("single_bench" if single else "bench")))
+        if key not in scored:
+            scored[key] = item_correct(profile, row, single)
+        return scored[key]
 
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -308,7 +311,7 @@ def measure_claim(profile: str, rows: list[dict[str, Any]], claim: Claim, n_boot
     # per arm: item -> (task, fraction of its seeds right)
     items: dict[str, dict[int, tuple[str, float]]] = {}
     for arm in {a for a, _, _ in claim.terms}:
-        per_seed = [item_correct(profile, r, single) for r in by_arm[arm]]
+        per_seed = [correct(r, single) for r in by_arm[arm]]
         common = set.intersection(*(set(c) for c in per_seed))
         items[arm] = {i: (per_seed[0][i][0], sum(c[i][1] for c in per_seed) / len(per_seed)) for i in common}
     shared = sorted(set.intersection(*(set(v) for v in items.values())))
@@ -368,7 +371,8 @@ def measure_claims(params: Params, rows: list[dict[str, Any]] | None = None, res
     if rows is None:
         rows = load_results(results_dir(params.profile) / "ablations.json")["rows"]
     claims = [c for claim in CLAIMS for c in ([claim, claim.on_single_image()] if claim.on_single else [claim])]
-    out = [measure_claim(params.profile, rows, c, cfg.bootstrap, cfg.confidence) for c in claims]
+    scored: dict[tuple[str, str], dict[int, tuple[str, float]]] = {}  # each row's items scored once, not once per claim
+    out = [measure_claim(params.profile, rows, c, cfg.bootstrap, cfg.confidence, scored=scored) for c in claims]
     if results:
         write_json(results_dir(params.profile) / f"{results}.json", {"provenance": provenance(), "claims": out})
     return out

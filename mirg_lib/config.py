@@ -112,19 +112,27 @@ def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | No
     merged: dict[str, Any] = {}
     for data in reversed(chain):
         merged = deep_merge(merged, data)
-    for key, value in (overrides or {}).items():
-        node = merged
+    set_overrides(merged, overrides or {})
+    name = Path(str(profile)).stem
+    return Params(name, list(reversed(files)), merged)
+
+
+def set_overrides(data: dict[str, Any], overrides: dict[str, Any], merge: bool = True) -> dict[str, Any]:
+    """Set dotted-key ``overrides`` (``{"grpo.seed": 1}``) in ``data``, in place; a dict value is merged into a
+    dict already there (``merge``, as the params files layer) or replaces it (``merge=False``: the value is the
+    whole setting, e.g. ``grpo.rewards``). Returns ``data``."""
+    for key, value in overrides.items():
+        node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        if merge and isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             node[parts[-1]] = deep_merge(node[parts[-1]], value)
         else:
             node[parts[-1]] = copy.deepcopy(value)
-    name = Path(str(profile)).stem
-    return Params(name, list(reversed(files)), merged)
+    return data
 
 
 def _type_name(tp: Any) -> str:

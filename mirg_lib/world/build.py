@@ -16,13 +16,14 @@ The same seed gives byte-identical files. The folder appears only when complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,11 +206,14 @@ def _plan(cfg: DataConfig) -> dict[str, list[tuple[str, int]]]:
 PARALLEL_MIN_ITEMS = 500  # fewer items are drawn in the calling process (a worker pool costs ~0.1 s to start)
 
 
-def _draw_item(job: tuple[str, str, int, int, WorldKnobs, Path]) -> tuple[dict[str, Any], list[str], str, bool, str, Sample | None]:
-    """Draw item ``i`` of ``task`` in ``split`` and write its images under ``out``; returns what the item's
-    records need (its scene row, image paths, additional info, need_format, MGrounding answer) and, for the
-    first test item of a task, the sample itself (for the contact sheet). Runs in a worker process."""
-    split, task, i, seed, knobs, out = job
+Drawn = tuple[dict[str, Any], list[str], str, bool, str, Sample | None]
+
+
+def _draw_item(seed: int, knobs: WorldKnobs, out: Path, job: tuple[str, str, int]) -> Drawn:
+    """Draw item ``i`` of ``task`` in ``split`` (``job``) and write its images under ``out``; returns what the
+    item's records need (its scene row, image paths, additional info, need_format, MGrounding answer) and, for
+    the first test item of a task, the sample itself (for the contact sheet). Runs in a worker process."""
+    split, task, i = job
     s = generate(task, sample_seed(seed, split, task, i), knobs)
     rel_images = [f"images/{task}/{i:05d}_{j + 1}.png" for j in range(len(s.images))]
     for img, rel in zip(s.images, rel_images, strict=True):
@@ -218,20 +222,20 @@ def _draw_item(job: tuple[str, str, int, int, WorldKnobs, Path]) -> tuple[dict[s
     return row, rel_images, s.additional_info, s.need_format, s.answer_text(), s if (split == "test" and i == 0) else None
 
 
-def _drawn(jobs: list[tuple[str, str, int, int, WorldKnobs, Path]], workers: int) -> Iterator[tuple[dict[str, Any], list[str], str, bool, str, Sample | None]]:
-    """``_draw_item`` over ``jobs``, in order: in this process, or spread over ``workers`` forked processes
+def _drawn(draw: Callable[[tuple[str, str, int]], Drawn], jobs: list[tuple[str, str, int]], workers: int) -> Iterator[Drawn]:
+    """``draw`` (:func:`_draw_item` with the world's seed, knobs and folder) over ``jobs``, in order: in this process, or spread over ``workers`` forked processes
     (each item's draw depends on its own seed alone, so the files are the same either way). Forked, not
     spawned: a spawned worker re-imports the caller's script, which breaks scripts without a main guard;
     the workers draw with PIL and numpy only. Where fork is missing the world is drawn in this process."""
     import multiprocessing
 
     if workers <= 1 or len(jobs) < PARALLEL_MIN_ITEMS or "fork" not in multiprocessing.get_all_start_methods():
-        yield from map(_draw_item, jobs)
+        yield from map(draw, jobs)
         return
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from pool.map(_draw_item, jobs, chunksize=64)
+        yield from pool.map(draw, jobs, chunksize=64)
 
 
 def world_workers() -> int:
@@ -252,14 +256,15 @@ def write_world(cfg: DataConfig, out: Path, progress: bool = True, workers: int 
     bar = tqdm(total=total, desc="drawing the embedded world", disable=not progress, mininterval=2.0)
     examples: dict[str, Sample] = {}
     workers = world_workers() if workers is None else workers
+    draw = functools.partial(_draw_item, cfg.seed, knobs, out)
     for split, items in plan.items():
         mig: list[MigRecord] = []
         single: list[MigRecord] = []
         mg: list[MGroundingRecord] = []
         scenes: list[dict[str, Any]] = []
         counter: Counter[str] = Counter()
-        jobs = [(split, task, i, cfg.seed, knobs, out) for task, n in items for i in range(n)]
-        for row, rel_images, info, need_format, answer_text, example in _drawn(jobs, workers):
+        jobs = [(split, task, i) for task, n in items for i in range(n)]
+        for row, rel_images, info, need_format, answer_text, example in _drawn(draw, jobs, workers):
             task = row["task"]
             if split == "test":
                 target = single if task == SINGLE_TASK else mig

@@ -464,11 +464,17 @@ def referring_expression(rng: random.Random, target: Obj, others: list[Obj], ext
     raise WorldError("no expression singles out the target")
 
 
-def gen_group_grounding(rng: random.Random, k: WorldKnobs) -> Sample:
-    n = _n_images(rng, k, 3, 5)
+def _scenes_with_target(rng: random.Random, k: WorldKnobs, lo: int, hi: int) -> tuple[list[list[Obj]], int, Obj]:
+    """``lo`` to ``hi`` (at most ``max_images``) scenes of random objects, a target image (1-based) and an
+    object of it."""
+    n = _n_images(rng, k, lo, hi)
     scenes = [_scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))], first_oid=10 * i) for i in range(n)]
     kk = rng.randint(1, n)
-    tobj = rng.choice(scenes[kk - 1])
+    return scenes, kk, rng.choice(scenes[kk - 1])
+
+
+def gen_group_grounding(rng: random.Random, k: WorldKnobs) -> Sample:
+    scenes, kk, tobj = _scenes_with_target(rng, k, 3, 5)
     others = [o for s in scenes for o in s if o is not tobj]
     ref = referring_expression(rng, tobj, others, k.extra_attribute_prob)
     q = rng.choice(GROUP_TEMPLATES).format(ref=f"<|object_ref_start|>{ref}<|object_ref_end|>")
@@ -558,10 +564,7 @@ def gen_single_refer(rng: random.Random, k: WorldKnobs) -> Sample:
 def gen_multi_refer(rng: random.Random, k: WorldKnobs) -> Sample:
     """2 to ``max_images`` scenes; an object of one of them, described so that only it fits *in that image*
     (other images may hold its twin: the image is named), boxed in that image's frame."""
-    n = _n_images(rng, k, 2, 4)
-    scenes = [_scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))], first_oid=10 * i) for i in range(n)]
-    kk = rng.randint(1, n)
-    tobj = rng.choice(scenes[kk - 1])
+    scenes, kk, tobj = _scenes_with_target(rng, k, 2, 4)
     ref = referring_expression(rng, tobj, [o for o in scenes[kk - 1] if o is not tobj], k.extra_attribute_prob)
     q = rng.choice(MULTI_TEMPLATES).format(ref=f"<|object_ref_start|>{ref}<|object_ref_end|>", n=kk, nth=f"{kk}th", ordinal=ORDINAL_WORDS[kk - 1])
     return Sample(MULTI_TASK, [_draw(rng, k, s) for s in scenes], scenes, q, kk, tobj, need_format=False, meta={"expression": ref})
