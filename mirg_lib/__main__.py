@@ -5,7 +5,7 @@
 * ``gt-predictions --benchmark FILE.json --out FILE.jsonl [--shift 0.4]`` writes predictions that
   answer with the ground truth (optionally shifted right by a fraction of the box width): the
   scorer's self-check.
-* ``data --profile smoke`` builds the embedded world of a profile.
+* ``data --profile smoke`` builds the embedded world of a profile (or, ``data.source: local``, reads its real files).
 * ``reproduce --profile embedded`` runs every notebook in order through papermill.
 * ``figures --profile embedded`` reruns only ``08_plots`` (every figure from the profile's result files).
 * ``tables --profile embedded`` prints the README's results (the papers' tables beside this run's numbers,
@@ -13,6 +13,8 @@
 * ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
+* ``launched SPEC.json`` runs one training stage in a process that ``accelerate launch`` started (what a
+  stage starts itself when the params' ``launch.num_processes`` is above 1; see :mod:`mirg_lib.launch`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("kernel", help="install the project's Jupyter kernel")
 
+    lp = sub.add_parser("launched", help="(started by accelerate launch) run one training stage from its spec file")
+    lp.add_argument("spec")
+
     args = ap.parse_args(argv)
     try:
         if args.cmd == "score":
@@ -72,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
             write_jsonl(args.out, ground_truth_predictions(load_mig_bench(args.benchmark), args.shift))
         elif args.cmd == "data":
-            from .config import load_params, stage_config
-            from .paths import stage_dir
-            from .world import DataConfig, run_data_synthesis
+            from . import pipeline
+            from .config import load_params
 
-            params = load_params(args.profile)
-            m = run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=args.force)
+            m = pipeline.data(load_params(args.profile), force=args.force)
             print(json.dumps({"root": str(m.root), "skipped": m.skipped, "seconds": round(m.seconds, 2), "counts": m.counts}, indent=1))
         elif args.cmd == "reproduce":
             from .config import parse_overrides
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
             meta = ship_base(load_params(args.profile), args.to)
             print(json.dumps({"to": args.to, "sha256": meta["sha256"], "metrics": meta["metrics"]}, indent=1))
+        elif args.cmd == "launched":
+            from .launch import run_spec
+
+            run_spec(args.spec)
         elif args.cmd == "kernel":
             from .notebooks import ensure_kernel
 

@@ -124,6 +124,14 @@ def selected_arms(cfg: AblationsConfig) -> list[Arm]:
     return [a for a in ARMS if a.label in want]
 
 
+def sft_variants(params: Params) -> list[str]:
+    """The SFT variants notebook 03 trains: Zhang et al.'s CoT-SFT (the stage-1 model 04 and 05 start from)
+    and those the selected ablation rows need, in the table order."""
+    cfg = stage_config(AblationsConfig, params, "ablations")
+    need = {"zhang"} | {a.variant for a in selected_arms(cfg) if a.kind == "sft"}
+    return [v for v in ("zhang", "answer", "mirg_text", "mirg_bbox") if v in need]
+
+
 def arm_stage(arm: Arm, seed: int) -> str:
     """The folder (under ``runs/<profile>/``) of an arm's model for ``seed``."""
     return arm.stage if seed == 0 or not arm.seeded else f"{arm.stage}_seed{seed}"

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -192,10 +194,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r:.60}")
-        return value
+        return expand_env(value, where)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r:.60}")
     return value
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, where: str = "") -> str:
+    """``${NAME}`` in a params string replaced by the environment variable (the paper profiles name local
+    checkpoints and data so); an unset variable is an error naming the key and the variable."""
+
+    def sub(m: re.Match[str]) -> str:
+        got = os.environ.get(m.group(1))
+        if got is None:
+            raise ConfigError(f"{where}: {m.group(0)} is not set in the environment (export {m.group(1)}=... ; README, \"Real checkpoints and data\")")
+        return got
+
+    return _ENV_VAR.sub(sub, value)
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

@@ -52,10 +52,10 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
     records = first_per_task(records, None, cfg.max_items_per_task)
-    if model is None:
+    if model is None and records:  # an empty test (a real-data profile without a single-image test) loads nothing
         device = "cuda" if torch.cuda.is_available() else None
         model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
-    if processor is None:
+    if processor is None and records:
         processor = load_processor(model_path)
     t0 = time.perf_counter()
     rows = []

@@ -13,14 +13,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
 from .items import Item
 from .prompts import user_turn, with_suffix
 from .rewards import RECIPE_REWARDS, get_rewards
-from .trainers import JsonlLogCallback, common_args, model_identity, stamp_matches, train_resuming
+from .trainers import (
+    JsonlLogCallback,
+    common_args,
+    model_identity,
+    save_merged,
+    stamp_matches,
+    train_resuming,
+)
+
+if TYPE_CHECKING:
+    from .launch import LaunchConfig
 
 
 @dataclass
@@ -46,6 +56,25 @@ class GRPOStageConfig:
     logging_steps: int = 1
     save_steps: int = 50
     seed: int = 0
+    use_vllm: bool = field(default=False, metadata={"help": "rollouts by vLLM through trl (pip install 'trl[vllm]'; a CUDA GPU); false: transformers' generate", "digest_when_set": True})
+    vllm_mode: Literal["colocate", "server"] = field(default="colocate", metadata={"help": "colocate: vLLM in the training processes; server: a `trl vllm-serve` started beforehand", "digest_when_set": True})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"digest_when_set": True})
+    vllm_server_port: int = field(default=8000, metadata={"digest_when_set": True})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take", "digest_when_set": True})
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it (MIRG-RL: lr 5e-6)", "digest_when_set": True})
+
+    def for_recipe(self) -> GRPOStageConfig:
+        """The settings this config's recipe trains with: ``recipes[recipe]`` set over it (checked like the
+        section's own keys), and no ``recipes`` left, so that its digest holds only what it uses."""
+        import dataclasses
+
+        from .config import ConfigError, from_dict
+
+        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "recipes"}
+        over = self.recipes.get(self.recipe, {})
+        if "recipe" in over:
+            raise ConfigError(f"grpo.recipes.{self.recipe}: cannot set the recipe itself")
+        return from_dict(GRPOStageConfig, {**base, **over}, f"grpo.recipes.{self.recipe}")
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -83,6 +112,27 @@ def grpo_rows(items: list[Item], recipe: str, box_frame: str, processor=None) ->
     return rows
 
 
+def vllm_args(cfg: GRPOStageConfig) -> dict[str, Any]:
+    """trl's vLLM arguments for ``cfg`` (none when ``use_vllm`` is off); with it on and vLLM missing, an error
+    that says how to install it, before any model is loaded."""
+    if not cfg.use_vllm:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            "grpo.use_vllm is true but vLLM is not installed in this environment. Install it with "
+            "`pip install 'trl[vllm]'` (vLLM needs a CUDA GPU and pins its own torch: a separate environment is safest), "
+            "or set grpo.use_vllm: false to generate with transformers."
+        )
+    args: dict[str, Any] = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+    if cfg.vllm_mode == "server":
+        args.update(vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port)
+    else:
+        args["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+    return args
+
+
 def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None):
     """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``."""
     import torch
@@ -92,12 +142,17 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     from .models import load_model, load_processor, lora_config
 
     funcs, weights = get_rewards(cfg.rewards)
+    vllm = vllm_args(cfg)
     processor = load_processor(model_path)
     model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
-    batch = cfg.prompts_per_step * cfg.num_generations
+    from .launch import world_size
+
+    batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
+    if batch % world:  # prompts_per_step is per optimiser step over all processes, as in one process
+        raise ValueError(f"grpo: prompts_per_step x num_generations = {batch} completions per step do not split over {world} processes")
     args = GRPOConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=batch // world,
         num_generations=cfg.num_generations,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_completion_length=cfg.max_completion_length,
@@ -107,6 +162,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         temperature=cfg.temperature,
         reward_weights=weights,
         disable_tqdm=False,
+        **vllm,
         **common_args(cfg, use_cpu),
     )
     log = JsonlLogCallback(log_path or output_dir / "train_log.jsonl")
@@ -122,28 +178,40 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     return trainer
 
 
-def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out_dir: str | Path) -> Path:
+def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out_dir: str | Path, launch: LaunchConfig | None = None, data_dir: str | Path | None = None) -> Path:
     """GRPO from ``init_path`` on ``items``; merged result in ``out_dir/checkpoint``.
 
-    Skipped when done for the same config, start and items; resumes an interrupted run."""
+    Skipped when done for the same config, start and items; resumes an interrupted run. With ``launch``
+    asking for several processes the training runs under ``accelerate launch`` (:mod:`mirg_lib.launch`;
+    the processes read ``items`` back from the pool in ``data_dir`` by id). ``prompts_per_step`` stays
+    the prompts of one optimiser step over all processes; the number of processes is in the digest
+    (each samples its own rollouts)."""
     import dataclasses
     import hashlib
 
     from .config import config_hash
-    from .io import atomic_dir
-    from .sft import merge_and_save
+    from .launch import needs_launch, run_launched
 
     out_dir = Path(out_dir)
     ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
-    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path)
+    world = launch.world_size("grpo") if launch else 1
+    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + (f":world{world}" if world > 1 else "")
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
     if not items:
         raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
+    if needs_launch(launch, "grpo"):
+        assert launch is not None
+        if data_dir is None:
+            raise ValueError("run_grpo on several processes needs data_dir, where the processes read the items back")
+        spec = {"cfg": dataclasses.asdict(cfg), "init_path": str(init_path), "ids": [it.id for it in items], "data_dir": str(data_dir), "out_dir": str(out_dir)}
+        run_launched("grpo", launch, spec, out_dir)
+        if not stamp_matches(final, digest):
+            raise RuntimeError(f"GRPO under accelerate launch exited cleanly but left no checkpoint at {final} (log: {out_dir / 'launch.log'})")
+        return final
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, work, digest)
-    with atomic_dir(final) as tmp:
-        merge_and_save(trainer, tmp, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items)})
+    save_merged(trainer, init_path, final, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": world})
     return final

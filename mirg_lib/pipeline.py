@@ -23,10 +23,17 @@ def _need(path: Path, what: str) -> Path:
 
 
 def data(params: Params, force: bool = False):
+    """The data stage: the embedded world drawn, or (``data.source: local``) the real files read, checked and
+    written in the same layout (:mod:`mirg_lib.local_data`)."""
     from .world import DataConfig, run_data_synthesis
 
+    cfg = stage_config(DataConfig, params, "data")
     with stage(params.profile, "data"):
-        return run_data_synthesis(stage_config(DataConfig, params, "data"), stage_dir(params.profile, "data"), force=force)
+        if cfg.source == "local":
+            from .local_data import run_local_data
+
+            return run_local_data(cfg, stage_dir(params.profile, "data"), force=force)
+        return run_data_synthesis(cfg, stage_dir(params.profile, "data"), force=force)
 
 
 def data_dir(params: Params) -> Path:
@@ -82,14 +89,21 @@ def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path
     """LoRA SFT of the base on ``sft_<variant>.jsonl`` (zhang, answer, mirg_text, mirg_bbox, mirg_reassembled)."""
     from .sft import SFTStageConfig, run_sft
 
-    cfg = stage_config(SFTStageConfig, params, "sft")
+    cfg = stage_config(SFTStageConfig, params, "sft").for_variant(variant)
     if variant == "answer":
         cfg.prompt_recipe = "plain"
     elif variant.startswith("mirg"):
         cfg.prompt_recipe = "mirg"
     sft_file = _need(stage_dir(params.profile, "cot") / f"sft_{variant}.jsonl", f"the {variant} SFT data (02_cot_filtering)")
     with stage(params.profile, f"sft_{name or variant}"):
-        return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"))
+        return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"), launch=launch_config(params))
+
+
+def launch_config(params: Params):
+    """Section ``launch``: how many processes the training stages run on (:mod:`mirg_lib.launch`)."""
+    from .launch import LaunchConfig
+
+    return stage_config(LaunchConfig, params, "launch")
 
 
 def rejection(params: Params, model_path: Path | None = None):
@@ -116,7 +130,7 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
     from .grpo import GRPOStageConfig, run_grpo
     from .items import first_per_task, load_pool_items
 
-    cfg = stage_config(GRPOStageConfig, params, "grpo")
+    cfg = stage_config(GRPOStageConfig, params, "grpo").for_recipe()
     init = init or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
     pool = {it.id: it for it in load_pool_items(data_dir(params) / "train" / "mgrounding.json")}
     if use_rejection:
@@ -130,7 +144,7 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
         candidates = first_per_task([it for i, it in pool.items() if i not in cot_ids], rcfg.tasks, rcfg.max_items_per_task)
         ids = [it.id for it in candidates]  # what rejection sampling would look at, none dropped
     with stage(params.profile, name):
-        return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name))
+        return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name), launch=launch_config(params), data_dir=data_dir(params))
 
 
 def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:

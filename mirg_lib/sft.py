@@ -14,15 +14,26 @@ MIRG-RL: lr 2e-5, global batch 128.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
 from .items import Item
 from .prompts import user_turn, with_suffix
-from .trainers import JsonlLogCallback, common_args, model_identity, stamp_matches, train_resuming
+from .trainers import (
+    JsonlLogCallback,
+    common_args,
+    model_identity,
+    save_merged,
+    stamp_matches,
+    train_resuming,
+)
+
+if TYPE_CHECKING:
+    from .launch import LaunchConfig
 
 
 @dataclass
@@ -46,6 +57,15 @@ class SFTStageConfig:
     logging_steps: int = 5
     save_steps: int = 200
     seed: int = 0
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "SFT data variant (zhang, answer, mirg_text, mirg_bbox) -> settings that differ for it (Zhang et al.'s answer-only baseline: lr 2e-6, batch 64)", "digest_when_set": True})
+
+    def for_variant(self, variant: str) -> SFTStageConfig:
+        """The settings one variant trains with: this config with ``variants[variant]`` set over it (each key
+        checked like the section's own), and no ``variants`` left, so that its digest holds only what it uses."""
+        from .config import from_dict
+
+        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "variants"}
+        return from_dict(SFTStageConfig, {**base, **self.variants.get(variant, {})}, f"sft.variants.{variant}")
 
 
 def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dict[str, Any]]:
@@ -98,28 +118,24 @@ def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[st
     )
 
 
-def merge_and_save(trainer, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Merge the LoRA weights into the base and save a full checkpoint (the stage-1 model)."""
-    from .models import save_checkpoint
-
-    merged = trainer.model.merge_and_unload()
-    return save_checkpoint(merged, trainer.processing_class, path, extra)
-
-
-def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path) -> Path:
+def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path, launch: LaunchConfig | None = None) -> Path:
     """Train LoRA on ``sft_file`` (id, completion) over the pool's items, merge, save ``out_dir/checkpoint``.
 
     Skipped when the checkpoint exists for the same config and inputs; resumes from the last trainer
-    checkpoint of an interrupted run."""
+    checkpoint of an interrupted run. With ``launch`` asking for several processes, the training runs
+    under ``accelerate launch`` (:mod:`mirg_lib.launch`); the number of processes is part of the digest,
+    since it multiplies the batch."""
     import dataclasses
     import json
 
     from .config import config_hash
-    from .io import atomic_dir, sha256_file
+    from .io import sha256_file
     from .items import load_pool_items
+    from .launch import needs_launch, run_launched
 
     out_dir, sft_file = Path(out_dir), Path(sft_file)
-    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path)
+    world = launch.world_size("sft") if launch else 1
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + (f":world{world}" if world > 1 else "")
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
@@ -130,9 +146,15 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     missing = [w["id"] for w in wanted if w["id"] not in by_id]
     if missing:
         raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
+    if needs_launch(launch, "sft"):
+        assert launch is not None
+        spec = {"cfg": dataclasses.asdict(cfg), "base_path": str(base_path), "sft_file": str(sft_file), "data_dir": str(data_dir), "out_dir": str(out_dir)}
+        run_launched("sft", launch, spec, out_dir)
+        if not stamp_matches(final, digest):
+            raise RuntimeError(f"SFT under accelerate launch exited cleanly but left no checkpoint at {final} (log: {out_dir / 'launch.log'})")
+        return final
     items = [by_id[w["id"]] for w in wanted]
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, out_dir / "trainer", digest)
-    with atomic_dir(final) as tmp:
-        merge_and_save(trainer, tmp, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items)})
+    save_merged(trainer, base_path, final, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items), "processes": world})
     return final

@@ -117,7 +117,7 @@ class ScriptedTeacher:
         out = []
         for it in items:
             if it.scene is None:
-                raise ValueError(f"{it.id}: the scripted teacher needs the item's scene")
+                raise ValueError(f"{it.id}: the scripted teacher needs the item's scene, which only the embedded world has; for real data set cot.teacher to local or openai")
             out.append([self._one(it, k, style) for k in range(n_samples)])
         return out
 

@@ -69,19 +69,55 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     import shutil
 
     from .io import write_json
+    from .launch import barrier, is_main_process
 
     work = Path(work)
     last = last_checkpoint(work, digest)
-    if work.is_dir() and not stamp_matches(work, digest):
-        shutil.rmtree(work)
-    if last is None:  # training starts over: so does its log (a finished run's work folder may be gone, its log not)
-        for cb in trainer.callback_handler.callbacks:
-            if getattr(cb, "log_path", None) is not None:
-                cb.log_path.unlink(missing_ok=True)
-    write_json(work / "mirg.json", {"config_hash": digest})
+    barrier()  # every process has read the folder before the main one changes it
+    if is_main_process():
+        if work.is_dir() and not stamp_matches(work, digest):
+            shutil.rmtree(work)
+        if last is None:  # training starts over: so does its log (a finished run's work folder may be gone, its log not)
+            for cb in trainer.callback_handler.callbacks:
+                if getattr(cb, "log_path", None) is not None:
+                    cb.log_path.unlink(missing_ok=True)
+        write_json(work / "mirg.json", {"config_hash": digest})
+    barrier()
     if last is not None:
         load_full_checkpoint(trainer.model, last)
     trainer.train(resume_from_checkpoint=last)
+
+
+def save_merged(trainer: Any, start: str | Path, path: Path, extra: dict[str, Any]) -> Path:
+    """The stage's result as a full checkpoint at ``path`` (written whole or not at all): the LoRA weights
+    merged into the model training started from, with ``extra`` as its ``mirg.json``.
+
+    In one process the trained model is merged in memory. Under ``accelerate launch`` every process saves
+    the adapter through the trainer (which gathers ZeRO-3's shards), and the main process merges it into
+    ``start`` read afresh; the others wait, so the stage ends when the checkpoint is there."""
+    from .io import atomic_dir
+    from .launch import barrier, is_main_process, world_size
+    from .models import save_checkpoint
+
+    path = Path(path)
+    if world_size() == 1:
+        with atomic_dir(path) as tmp:
+            save_checkpoint(trainer.model.merge_and_unload(), trainer.processing_class, tmp, extra)
+        return path
+    adapter = path.parent / "adapter"
+    trainer.save_model(str(adapter))
+    barrier()
+    if is_main_process():
+        from peft import PeftModel
+
+        from .models import load_model
+
+        dtype = next(p for p in trainer.model.parameters()).dtype
+        merged = PeftModel.from_pretrained(load_model(start, dtype=dtype), str(adapter)).merge_and_unload()
+        with atomic_dir(path) as tmp:
+            save_checkpoint(merged, trainer.processing_class, tmp, extra)
+    barrier()
+    return path
 
 
 def load_full_checkpoint(model: Any, checkpoint: str | Path) -> None:
@@ -121,7 +157,7 @@ class JsonlLogCallback:
 
         class _CB(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs:
+                if logs and state.is_world_process_zero:  # one log line per step, not one per process
                     row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in logs.items()}}
                     with open(outer.path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")

@@ -183,3 +183,12 @@ def test_claims_on_the_single_image_test_and_the_readme_report(tmp_path, bench):
     lo, hi = image[0]["ci"]
     assert 0 < lo < 50 < hi and line == f"| MIRG-RL | the image reward helps (text: +4.31) | MIG-Bench | 4.31 | 50.0 | [{lo}, {hi}] | - | held |"
     assert "wall time 1.0 min" in text
+
+
+def test_notebook_03_trains_the_variants_the_selected_rows_need():
+    from mirg_lib.ablations import COT_GRPO, MIRG_TEXT_RL, NO_COLD, sft_variants
+    from mirg_lib.config import load_params
+
+    assert sft_variants(load_params("smoke")) == ["zhang", "answer", "mirg_text", "mirg_bbox"]
+    assert sft_variants(load_params("smoke", {"ablations.arms": [COT_GRPO, NO_COLD]})) == ["zhang"]
+    assert sft_variants(load_params("smoke", {"ablations.arms": [MIRG_TEXT_RL]})) == ["zhang", "mirg_text"]

@@ -49,3 +49,70 @@ def test_config_hash_tracks_changes():
     a = DataConfig()
     assert config_hash(a) == config_hash(DataConfig())
     assert config_hash(a) != config_hash(dataclasses.replace(a, seed=1))
+
+
+def test_every_profile_loads_into_every_stage_config(monkeypatch):
+    """Each params file in params/ (the gpu and paper profiles too, which no test runs end to end) reads into
+    every stage's typed config: a typo or a wrong type in one is caught here, not an hour into a run."""
+    from pathlib import Path
+
+    from mirg_lib.ablations import AblationsConfig
+    from mirg_lib.base_model import BaseModelConfig
+    from mirg_lib.cot import CotConfig
+    from mirg_lib.evaluation import EvalConfig
+    from mirg_lib.grpo import GRPOStageConfig
+    from mirg_lib.launch import LaunchConfig
+    from mirg_lib.rejection import RejectionConfig
+    from mirg_lib.sft import SFTStageConfig
+
+    sections = {"data": DataConfig, "base_model": BaseModelConfig, "cot": CotConfig, "sft": SFTStageConfig,
+                "rejection": RejectionConfig, "grpo": GRPOStageConfig, "eval": EvalConfig, "ablations": AblationsConfig,
+                "launch": LaunchConfig}
+    for var in ("MIRG_QWEN25VL_7B", "MIRG_QWEN2VL_7B", "MIRG_DATA", "MIRG_TEACHER_URL"):  # the paper profiles' local paths
+        monkeypatch.setenv(var, f"/{var.lower()}")
+    profiles = sorted(p.stem for p in (Path(__file__).parents[1] / "params").glob("*.yaml"))
+    assert {"base", "embedded", "smoke", "gpu", "zhang2025_qwen25vl7b", "mirgrl_qwen2vl7b"} <= set(profiles)
+    for name in profiles:
+        params = load_params(name)
+        assert set(params.data) <= set(sections), (name, set(params.data) - set(sections))
+        for section, cls in sections.items():
+            stage_config(cls, params, section)
+    gpu = load_params("gpu")
+    assert gpu.data["base_model"]["preset"] == "small" and gpu.data["base_model"]["shipped"] == ""
+    assert all(gpu.data[s]["bf16"] for s in ("base_model", "sft", "grpo", "eval"))
+    # the papers' settings (RESEARCH.md), as the stages read them
+    zhang, mirg = load_params("zhang2025_qwen25vl7b"), load_params("mirgrl_qwen2vl7b")
+    sft = stage_config(SFTStageConfig, zhang, "sft")
+    assert (sft.learning_rate, sft.lr_scheduler_type, sft.per_device_train_batch_size * sft.gradient_accumulation_steps, sft.max_length) == (1e-4, "cosine", 32, 1024)
+    answer = sft.for_variant("answer")
+    assert (answer.learning_rate, answer.per_device_train_batch_size * answer.gradient_accumulation_steps) == (2e-6, 64)
+    g = stage_config(GRPOStageConfig, zhang, "grpo")
+    assert (g.learning_rate, g.num_generations, g.prompts_per_step, g.gradient_accumulation_steps, g.beta, g.temperature, g.max_completion_length, g.rewards) == \
+        (5e-5, 8, 2, 4, 0.001, 0.7, 1024, {"zhang_accuracy": 1.0, "zhang_format": 0.5})
+    assert stage_config(DataConfig, zhang, "data").mig_bench == "/mirg_data/MIG-Bench/MIG_data.json"
+    assert stage_config(BaseModelConfig, zhang, "base_model").model_name_or_path == "/mirg_qwen25vl_7b"
+    msft, mlaunch = stage_config(SFTStageConfig, mirg, "sft"), stage_config(LaunchConfig, mirg, "launch")
+    assert msft.learning_rate == 2e-5 and msft.per_device_train_batch_size * msft.gradient_accumulation_steps * mlaunch.num_processes == 128
+    mg = stage_config(GRPOStageConfig, mirg, "grpo")
+    assert mg.learning_rate == 5e-6 and mg.prompts_per_step * mg.num_generations == 128
+
+
+def test_per_variant_and_per_recipe_settings():
+    """The papers train their baselines and recipes with other settings (Zhang et al.'s answer-only SFT lr 2e-6,
+    batch 64; MIRG-RL's RL lr 5e-6): ``sft.variants`` and ``grpo.recipes`` set them for that variant or recipe
+    alone, checked like the section's own keys; unset, the digests are those of the runs made before."""
+    from mirg_lib.grpo import GRPOStageConfig
+    from mirg_lib.sft import SFTStageConfig
+
+    sft = from_dict(SFTStageConfig, {"learning_rate": 1e-4, "variants": {"answer": {"learning_rate": 2e-6, "gradient_accumulation_steps": 8}}}, "sft")
+    assert sft.for_variant("answer").learning_rate == 2e-6 and sft.for_variant("answer").gradient_accumulation_steps == 8
+    assert sft.for_variant("zhang").learning_rate == 1e-4 and sft.for_variant("zhang").variants == {}
+    assert config_hash(sft.for_variant("zhang")) == config_hash(SFTStageConfig(learning_rate=1e-4))
+    with pytest.raises(ConfigError, match=r"sft.variants.answer: unknown key 'learning_rat'"):
+        from_dict(SFTStageConfig, {"variants": {"answer": {"learning_rat": 1.0}}}, "sft").for_variant("answer")
+    grpo = from_dict(GRPOStageConfig, {"recipes": {"mirg": {"learning_rate": 5e-6}}}, "grpo")
+    assert grpo.for_recipe().learning_rate == 5e-5 and config_hash(grpo.for_recipe()) == config_hash(GRPOStageConfig())
+    mirg = from_dict(GRPOStageConfig, {"recipe": "mirg", "recipes": {"mirg": {"learning_rate": 5e-6}}}, "grpo").for_recipe()
+    assert mirg.learning_rate == 5e-6 and mirg.rewards == GRPOStageConfig(recipe="mirg").rewards
+    with pytest.raises(ConfigError, match="cannot set the recipe itself"):
+        from_dict(GRPOStageConfig, {"recipes": {"zhang": {"recipe": "mirg"}}}, "grpo").for_recipe()

@@ -82,3 +82,36 @@ def test_rewards_drive_the_update_the_right_way(smoke_world, nano_checkpoint, tm
         trainer.train()
         moves[name] = _even_mass(trainer, rows) - before
     assert moves["toy_even"] > 0.002 and moves["toy_odd"] < -0.002, moves
+
+
+def test_vllm_switch_names_the_install_when_vllm_is_missing(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
+    """use_vllm passes trl's vLLM arguments; without vLLM the stage stops before loading anything, saying how to
+    install it. The switch left off keeps the config digest of the runs made before it existed."""
+    import importlib.util
+
+    import pytest
+
+    from mirg_lib.config import config_hash
+    from mirg_lib.grpo import vllm_args
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    cfg = GRPOStageConfig(use_vllm=True, num_generations=2, prompts_per_step=1)
+    with pytest.raises(RuntimeError, match=r"vLLM is not installed.*pip install 'trl\[vllm\]'.*grpo.use_vllm: false"):
+        make_trainer(cfg, nano_checkpoint, _items(smoke_world, 2), tmp_path / "grpo")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+    assert vllm_args(cfg) == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
+    server = GRPOStageConfig(use_vllm=True, vllm_mode="server", vllm_server_port=8123)
+    assert vllm_args(server) == {"use_vllm": True, "vllm_mode": "server", "vllm_server_host": "0.0.0.0", "vllm_server_port": 8123}
+    assert vllm_args(GRPOStageConfig()) == {}
+    assert config_hash(GRPOStageConfig()) != config_hash(cfg)
+    import dataclasses
+
+    from mirg_lib.config import digest
+
+    before = {k: v for k, v in dataclasses.asdict(GRPOStageConfig()).items() if "vllm" not in k and k != "recipes"}
+    assert config_hash(GRPOStageConfig()) == digest(before)
+    from trl import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path / "a"), use_cpu=True, per_device_train_batch_size=2, num_generations=2, **vllm_args(server))
+    assert args.use_vllm and args.vllm_mode == "server" and args.vllm_server_port == 8123

@@ -66,8 +66,23 @@ class DataConfig:
     n_multi_refer_train: int = field(default=0, metadata={"help": "training-pool items of several images, one named, an object in it described and boxed (the base model's multi-image curriculum; no benchmark task)", "digest_when_set": True})
     object_grid: int = field(default=0, metadata={"help": "pixels; >0: objects are squares whose corners and sides lie on this grid (14: the vision tower's patch grid), 0: anywhere (README: why)"})
     contact_sheet: bool = True
+    # Real data from local files instead of the embedded world (mirg_lib.local_data; README, "Real checkpoints and data")
+    source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files", "digest_when_set": True})
+    mig_bench: str = field(default="", metadata={"help": "local: MIG-Bench's MIG_data.json", "digest_when_set": True})
+    mig_bench_images: str = field(default="", metadata={"help": "local: the folder MIG_data.json's image paths start from ('': the file's folder)", "digest_when_set": True})
+    single_test: str = field(default="", metadata={"help": "local: a single-image grounding test in MIG-Bench's format ('': none; the single-image column stays empty)", "digest_when_set": True})
+    single_test_images: str = field(default="", metadata={"help": "local: the folder single_test's image paths start from ('': the file's folder)", "digest_when_set": True})
+    mgrounding: list[str] = field(default_factory=list, metadata={"help": "local: the MGrounding-630k sharegpt JSON files (the training pool)", "digest_when_set": True})
+    mgrounding_images: str = field(default="", metadata={"help": "local: the folder their image paths start from ('': each file's folder)", "digest_when_set": True})
+    task_map: dict[str, str] = field(default_factory=dict, metadata={"help": "local: MGrounding `type` -> this project's task name (cot.tasks and rejection.tasks select by it); unmapped types stay as they are", "digest_when_set": True})
+    max_train_per_task: int = field(default=0, metadata={"help": "local: keep at most this many pool records per task, in file order (0: all)", "digest_when_set": True})
 
     def __post_init__(self) -> None:
+        if self.source == "local":
+            if not self.mig_bench:
+                raise ValueError("source 'local' needs mig_bench, the path of MIG-Bench's MIG_data.json")
+            if self.max_train_per_task < 0:
+                raise ValueError("max_train_per_task must be >= 0")
         if self.image_size < 56 or self.image_size % 28:
             raise ValueError(f"image_size must be a multiple of 28 and at least 56, got {self.image_size}")
         for name in ("n_test_per_task", "n_train_per_task", "n_single_test", "n_single_train", *CURRICULUM_TASKS.values()):
