@@ -148,7 +148,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     from .launch import world_size
 
     batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
-    if batch % world:  # prompts_per_step is per optimiser step over all processes, as in one process
+    if batch % world:  # prompts_per_step counts the prompts of one micro-step over all processes, as in one process
         raise ValueError(f"grpo: prompts_per_step x num_generations = {batch} completions per step do not split over {world} processes")
     args = GRPOConfig(
         output_dir=str(output_dir),
@@ -184,7 +184,7 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
     Skipped when done for the same config, start and items; resumes an interrupted run. With ``launch``
     asking for several processes the training runs under ``accelerate launch`` (:mod:`mirg_lib.launch`;
     the processes read ``items`` back from the pool in ``data_dir`` by id). ``prompts_per_step`` stays
-    the prompts of one optimiser step over all processes; the number of processes is in the digest
+    the prompts of one micro-step (x gradient_accumulation_steps an optimiser step) over all processes; the number of processes is in the digest
     (each samples its own rollouts)."""
     import dataclasses
     import hashlib

@@ -98,3 +98,31 @@ def test_pixel_stats_and_a_data_normalised_processor_round_trip(tmp_path):
     # the processor applies them: red 1.0 with mean 0.5, std 0.5 becomes 1.0 (CLIP constants would give 1.93)
     px = p2.image_processor(images=[Image.open(paths[0])], return_tensors="pt")["pixel_values"]
     assert px.view(-1, 3, 2, 14, 14)[:, 0].mean().item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_memory_estimate_counts_what_peft_trains_and_meets_the_measured_reference(nano_checkpoint):
+    """bench/memory_7b.py (the README's memory table, estimated): its LoRA count is peft's own on a real model,
+    and its model of a GRPO step lands within 10 % of the one measurement there is (36.6 GiB, RESEARCH.md)."""
+    import importlib.util
+
+    from peft import get_peft_model
+
+    from mirg_lib.models import lora_config
+    from mirg_lib.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("memory_7b", ROOT / "bench" / "memory_7b.py")
+    mem = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["memory_7b"] = mem  # its dataclasses look their module up
+    spec.loader.exec_module(mem)
+    model = load_model(nano_checkpoint)
+    t = model.config.text_config
+    arch = mem.Arch(hidden=t.hidden_size, mlp=t.intermediate_size, layers=t.num_hidden_layers,
+                    kv=t.num_key_value_heads * (t.hidden_size // t.num_attention_heads), vocab=t.vocab_size)
+    peft_model = get_peft_model(model, lora_config(8, 16, 0.0))
+    assert mem.lora_params(arch, 8) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    measured = mem.estimate(mem.SETTINGS[0])["peak"]
+    assert abs(measured - 36.6) / 36.6 < 0.10
+    no_gc, gc = mem.estimate(mem.SETTINGS[2]), mem.estimate(mem.SETTINGS[1])
+    assert no_gc["activations"] > 10 * gc["activations"] and no_gc["weights"] == gc["weights"]
