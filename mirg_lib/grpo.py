@@ -23,6 +23,7 @@ from .rewards import RECIPE_REWARDS, get_rewards
 from .trainers import (
     JsonlLogCallback,
     common_args,
+    merge_adapter,
     model_identity,
     save_merged,
     stamp_matches,
@@ -188,6 +189,7 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
     (each samples its own rollouts)."""
     import dataclasses
     import hashlib
+    import shutil
 
     from .config import config_hash
     from .launch import needs_launch, run_launched
@@ -201,17 +203,17 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
         return final
     if not items:
         raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
+    meta = {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": world}
     if needs_launch(launch, "grpo"):
         assert launch is not None
         if data_dir is None:
             raise ValueError("run_grpo on several processes needs data_dir, where the processes read the items back")
+        shutil.rmtree(out_dir / "adapter", ignore_errors=True)
         spec = {"cfg": dataclasses.asdict(cfg), "init_path": str(init_path), "ids": [it.id for it in items], "data_dir": str(data_dir), "out_dir": str(out_dir)}
         run_launched("grpo", launch, spec, out_dir)
-        if not stamp_matches(final, digest):
-            raise RuntimeError(f"GRPO under accelerate launch exited cleanly but left no checkpoint at {final} (log: {out_dir / 'launch.log'})")
-        return final
+        return merge_adapter(init_path, out_dir / "adapter", final, meta, cfg.bf16)
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, work, digest)
-    save_merged(trainer, init_path, final, {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": world})
+    save_merged(trainer, final, meta)
     return final

@@ -7,11 +7,12 @@ inputs are written to a JSON spec beside its outputs, each process reads it back
 stage function, which trl's / transformers' trainer then runs under DDP or, with a DeepSpeed
 accelerate config (``configs/accelerate/zero2.yaml``, ``zero3.yaml``), under ZeRO. The notebook's process
 streams the processes' output line by line (and into ``launch.log`` beside the stage's outputs), and
-raises, with the exit code and the log's last lines, when the launch fails; the stage's outputs appear
-only when every process finished (the checkpoint is written by the main process after a barrier).
+raises, with the exit code and the log's last lines, when the launch fails. The processes save the LoRA
+adapter (gathered from ZeRO-3's shards by the trainer); the notebook's process merges it into the stage's
+start model once all of them have exited cleanly, so the checkpoint appears only then.
 
-On a machine without a GPU the processes train on the CPU over gloo (the tests run SFT and GRPO so with
-two processes); the configs for GPUs are in ``configs/accelerate/`` (see the README's "Several GPUs").
+On a machine without a GPU the processes train on the CPU over gloo (the tests run SFT and GRPO so with two
+processes, plain DDP and both DeepSpeed configs); the configs are in ``configs/accelerate/``.
 """
 
 from __future__ import annotations
@@ -88,15 +89,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(launch: LaunchConfig, spec_file: Path, num_processes: int) -> list[str]:
-    """The ``accelerate launch`` command line that runs ``spec_file`` on ``num_processes`` processes."""
+def launch_command(launch: LaunchConfig, spec_file: Path, num_processes: int, bf16: bool = False) -> list[str]:
+    """The ``accelerate launch`` command line that runs ``spec_file`` on ``num_processes`` processes. The
+    mixed precision is the stage's own ``bf16`` (over the config file's: DeepSpeed refuses a mismatch)."""
     import torch
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1"]
     if launch.config_file:
         cmd += ["--config_file", str(launch.config_path())]
     else:
-        cmd += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--multi_gpu", "--dynamo_backend", "no"]
+    cmd += ["--mixed_precision", "bf16" if bf16 else "no"]
     if not torch.cuda.is_available():
         # torchrun's processes; the trainer's use_cpu then makes them a gloo group (accelerate's own --cpu
         # flag starts one process only)
@@ -113,7 +116,7 @@ def run_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_dir
     spec_file = out_dir / "launch_spec.json"
     spec_file.write_text(json.dumps({"stage": stage, "launch": dataclasses.asdict(launch), **spec}, indent=1) + "\n")
     n = launch.world_size(stage)
-    cmd = launch_command(launch, spec_file, n)
+    cmd = launch_command(launch, spec_file, n, bf16=bool(spec.get("cfg", {}).get("bf16", False)))
     log_path = out_dir / "launch.log"
     env = {**os.environ, "MIRG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])

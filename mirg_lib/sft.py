@@ -26,6 +26,7 @@ from .prompts import user_turn, with_suffix
 from .trainers import (
     JsonlLogCallback,
     common_args,
+    merge_adapter,
     model_identity,
     save_merged,
     stamp_matches,
@@ -125,8 +126,8 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     checkpoint of an interrupted run. With ``launch`` asking for several processes, the training runs
     under ``accelerate launch`` (:mod:`mirg_lib.launch`); the number of processes is part of the digest,
     since it multiplies the batch."""
-    import dataclasses
     import json
+    import shutil
 
     from .config import config_hash
     from .io import sha256_file
@@ -146,15 +147,15 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     missing = [w["id"] for w in wanted if w["id"] not in by_id]
     if missing:
         raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
+    meta = {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(wanted), "processes": world}
     if needs_launch(launch, "sft"):
         assert launch is not None
+        shutil.rmtree(out_dir / "adapter", ignore_errors=True)
         spec = {"cfg": dataclasses.asdict(cfg), "base_path": str(base_path), "sft_file": str(sft_file), "data_dir": str(data_dir), "out_dir": str(out_dir)}
         run_launched("sft", launch, spec, out_dir)
-        if not stamp_matches(final, digest):
-            raise RuntimeError(f"SFT under accelerate launch exited cleanly but left no checkpoint at {final} (log: {out_dir / 'launch.log'})")
-        return final
+        return merge_adapter(base_path, out_dir / "adapter", final, meta, cfg.bf16)
     items = [by_id[w["id"]] for w in wanted]
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, out_dir / "trainer", digest)
-    save_merged(trainer, base_path, final, {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(items), "processes": world})
+    save_merged(trainer, final, meta)
     return final

@@ -88,15 +88,15 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
     trainer.train(resume_from_checkpoint=last)
 
 
-def save_merged(trainer: Any, start: str | Path, path: Path, extra: dict[str, Any]) -> Path:
-    """The stage's result as a full checkpoint at ``path`` (written whole or not at all): the LoRA weights
-    merged into the model training started from, with ``extra`` as its ``mirg.json``.
+def save_merged(trainer: Any, path: Path, extra: dict[str, Any]) -> Path:
+    """The stage's result: in one process, the LoRA weights merged into the model and saved as a full
+    checkpoint at ``path`` (written whole or not at all), ``extra`` its ``mirg.json``; returns ``path``.
 
-    In one process the trained model is merged in memory. Under ``accelerate launch`` every process saves
-    the adapter through the trainer (which gathers ZeRO-3's shards), and the main process merges it into
-    ``start`` read afresh; the others wait, so the stage ends when the checkpoint is there."""
+    Under ``accelerate launch`` every process saves the adapter through the trainer instead (which gathers
+    ZeRO-3's shards) to ``path``'s sibling ``adapter/`` and returns that: the process that started the launch
+    merges it (:func:`merge_adapter`), outside the distributed run, once every process has finished."""
     from .io import atomic_dir
-    from .launch import barrier, is_main_process, world_size
+    from .launch import barrier, world_size
     from .models import save_checkpoint
 
     path = Path(path)
@@ -107,16 +107,24 @@ def save_merged(trainer: Any, start: str | Path, path: Path, extra: dict[str, An
     adapter = path.parent / "adapter"
     trainer.save_model(str(adapter))
     barrier()
-    if is_main_process():
-        from peft import PeftModel
+    return adapter
 
-        from .models import load_model
 
-        dtype = next(p for p in trainer.model.parameters()).dtype
-        merged = PeftModel.from_pretrained(load_model(start, dtype=dtype), str(adapter)).merge_and_unload()
-        with atomic_dir(path) as tmp:
-            save_checkpoint(merged, trainer.processing_class, tmp, extra)
-    barrier()
+def merge_adapter(start: str | Path, adapter: Path, path: Path, extra: dict[str, Any], bf16: bool) -> Path:
+    """Merge the LoRA adapter a launched stage saved into ``start`` and save the full checkpoint at ``path``
+    (whole or not at all) with ``extra`` as its ``mirg.json``."""
+    import torch
+    from peft import PeftModel
+
+    from .io import atomic_dir
+    from .models import load_model, load_processor, save_checkpoint
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise RuntimeError(f"the launched stage left no adapter at {adapter}")
+    model = load_model(start, dtype=torch.bfloat16 if bf16 else torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    with atomic_dir(path) as tmp:
+        save_checkpoint(merged, load_processor(start), tmp, extra)
     return path
 
 

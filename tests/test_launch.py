@@ -87,3 +87,26 @@ def test_grpo_step_on_two_processes_and_a_failing_launch(smoke_world, nano_check
     with pytest.raises(RuntimeError, match=r"(?s)stage 'grpo' failed under accelerate launch on 2 processes \(exit code [1-9]\d*\): error: grpo: prompts_per_step x num_generations = 3 completions per step do not split over 2 processes; whole log"):
         run_grpo(bad, nano_checkpoint, items, tmp_path / "bad", launch=LaunchConfig(num_processes=2), data_dir=smoke_world.root)
     assert not (tmp_path / "bad" / "checkpoint").exists() and (tmp_path / "bad" / "launch.log").is_file()
+
+
+def _differs(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    ta = {k: v for f in sorted(a.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    tb = {k: v for f in sorted(b.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    return any(not (ta[k] == tb[k]).all() for k in ta)
+
+
+def test_deepspeed_zero2_sft_and_zero3_grpo_on_two_processes(sft_file, smoke_world, nano_checkpoint, tmp_path):
+    """The shipped DeepSpeed configs run the stages on the CPU (DeepSpeed's CPU accelerator): SFT under ZeRO-2,
+    a GRPO step under ZeRO-3 (parameters sharded: the adapter is saved gathered, then merged outside the run)."""
+    import deepspeed  # noqa: F401  (a dev dependency: its absence is a failure, not a skip)
+    sft = SFTStageConfig(per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2, learning_rate=5e-3, lora_r=4, lora_alpha=8, logging_steps=1, save_steps=100)
+    z2 = run_sft(sft, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "z2", launch=LaunchConfig(num_processes=2, config_file="configs/accelerate/zero2.yaml"))
+    assert _shapes(z2) == _shapes(Path(nano_checkpoint)) and _differs(z2, Path(nano_checkpoint))
+    assert "--config_file" in (tmp_path / "z2" / "launch.log").read_text() and json.loads((z2 / "mirg.json").read_text())["processes"] == 2
+    items = load_pool_items(smoke_world.train_file)[:4]
+    grpo = GRPOStageConfig(num_generations=2, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=8, max_steps=1, learning_rate=1e-2, lora_r=4, lora_alpha=8, save_steps=100)
+    z3 = run_grpo(grpo, nano_checkpoint, items, tmp_path / "z3", launch=LaunchConfig(num_processes=2, config_file="configs/accelerate/zero3.yaml"), data_dir=smoke_world.root)
+    assert _shapes(z3) == _shapes(Path(nano_checkpoint))
+    assert [r["step"] for r in map(json.loads, (tmp_path / "z3" / "train_log.jsonl").read_text().splitlines()) if "kl" in r] == [1]

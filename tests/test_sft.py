@@ -42,7 +42,7 @@ def test_sft_trains_language_lora_and_merges(rows, nano_checkpoint, tmp_path):
     trainer.train()
     losses = [json.loads(line).get("loss") for line in (tmp_path / "sft" / "train_log.jsonl").read_text().splitlines()]
     assert any(v is not None for v in losses)
-    path = save_merged(trainer, nano_checkpoint, tmp_path / "stage1", {"stage": "sft"})
+    path = save_merged(trainer, tmp_path / "stage1", {"stage": "sft"})
     base, merged = load_model(nano_checkpoint), load_model(path)
     sb, sm = base.state_dict(), merged.state_dict()
     assert set(sb) == set(sm)
@@ -60,7 +60,7 @@ def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tm
     def run(name):
         trainer = make_trainer(cfg, nano_checkpoint, rows, tmp_path / name / "trainer", log_path=tmp_path / name / "log.jsonl")
         train_resuming(trainer, tmp_path / name / "trainer", "digest")
-        return save_merged(trainer, nano_checkpoint, tmp_path / name / "merged", {})
+        return save_merged(trainer, tmp_path / name / "merged", {})
 
     def losses(name):
         return {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if "loss" in r}
