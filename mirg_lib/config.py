@@ -237,6 +237,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def overlay(cfg: T, table: str, key: str, where: str) -> T:
+    """``cfg`` with the settings of ``getattr(cfg, table)[key]`` set over it (each checked like the section's
+    own keys) and ``table`` left empty, so that its digest holds only what it uses (``sft.variants``,
+    ``grpo.recipes``)."""
+    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k != table}  # type: ignore[call-overload]
+    return from_dict(type(cfg), {**base, **getattr(cfg, table).get(key, {})}, where)
+
+
 def stage_config(cls: type[T], params: Params, section: str) -> T:
     return from_dict(cls, params.section(section), f"{params.where} [{section}]")
 

@@ -23,7 +23,6 @@ from .rewards import RECIPE_REWARDS, get_rewards
 from .trainers import (
     JsonlLogCallback,
     common_args,
-    merge_adapter,
     model_identity,
     save_merged,
     stamp_matches,
@@ -65,17 +64,12 @@ class GRPOStageConfig:
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it (MIRG-RL: lr 5e-6)", "digest_when_set": True})
 
     def for_recipe(self) -> GRPOStageConfig:
-        """The settings this config's recipe trains with: ``recipes[recipe]`` set over it (checked like the
-        section's own keys), and no ``recipes`` left, so that its digest holds only what it uses."""
-        import dataclasses
+        """The settings this config's recipe trains with: ``recipes[recipe]`` over it (:func:`config.overlay`)."""
+        from .config import ConfigError, overlay
 
-        from .config import ConfigError, from_dict
-
-        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "recipes"}
-        over = self.recipes.get(self.recipe, {})
-        if "recipe" in over:
+        if "recipe" in self.recipes.get(self.recipe, {}):
             raise ConfigError(f"grpo.recipes.{self.recipe}: cannot set the recipe itself")
-        return from_dict(GRPOStageConfig, {**base, **over}, f"grpo.recipes.{self.recipe}")
+        return overlay(self, "recipes", self.recipe, f"grpo.recipes.{self.recipe}")
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -140,14 +134,13 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from .launch import world_size
     from .models import load_model, load_processor, lora_config
 
     funcs, weights = get_rewards(cfg.rewards)
     vllm = vllm_args(cfg)
     processor = load_processor(model_path)
     model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
-    from .launch import world_size
-
     batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
     if batch % world:  # prompts_per_step counts the prompts of one micro-step over all processes, as in one process
         raise ValueError(f"grpo: prompts_per_step x num_generations = {batch} completions per step do not split over {world} processes")
@@ -189,15 +182,14 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
     (each samples its own rollouts)."""
     import dataclasses
     import hashlib
-    import shutil
 
     from .config import config_hash
-    from .launch import needs_launch, run_launched
+    from .launch import digest_tag, needs_launch, processes, train_launched
 
     out_dir = Path(out_dir)
     ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
-    world = launch.world_size("grpo") if launch else 1
-    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + (f":world{world}" if world > 1 else "")
+    world = processes(launch, "grpo")
+    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + digest_tag(world)
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
@@ -208,10 +200,8 @@ def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out
         assert launch is not None
         if data_dir is None:
             raise ValueError("run_grpo on several processes needs data_dir, where the processes read the items back")
-        shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-        spec = {"cfg": dataclasses.asdict(cfg), "init_path": str(init_path), "ids": [it.id for it in items], "data_dir": str(data_dir), "out_dir": str(out_dir)}
-        run_launched("grpo", launch, spec, out_dir)
-        return merge_adapter(init_path, out_dir / "adapter", final, meta, cfg.bf16)
+        spec = {"cfg": meta["config"], "init_path": str(init_path), "ids": [it.id for it in items], "data_dir": str(data_dir), "out_dir": str(out_dir)}
+        return train_launched("grpo", launch, spec, out_dir, init_path, final, meta)
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, work, digest)

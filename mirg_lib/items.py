@@ -121,6 +121,16 @@ def load_pool_items(mgrounding_file: Path, tasks: list[str] | None = None) -> li
     return [item_from_mgrounding(r, mgrounding_file.parent, scenes.get(r.id)) for r in recs if tasks is None or r.type in tasks]
 
 
+def pool_items(data_dir: str | Path, ids: list[str], what: str) -> list[Item]:
+    """The training pool's items (``<data_dir>/train/mgrounding.json``) with these ``ids``, in their order; an
+    id the pool does not hold is an error naming ``what`` asked for it."""
+    by_id = {it.id: it for it in load_pool_items(Path(data_dir) / "train" / "mgrounding.json")}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} ids not in the training pool, first {missing[:3]}")
+    return [by_id[i] for i in ids]
+
+
 def load_bench_items(mig_file: Path, tasks: list[str] | None = None) -> list[Item]:
     """Items of a benchmark (MIG-Bench format); embedded scenes are matched by record index."""
     from .formats import load_mig_bench

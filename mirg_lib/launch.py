@@ -77,6 +77,16 @@ def in_launched_process() -> bool:
     return "MIRG_LAUNCHED" in os.environ
 
 
+def processes(launch: LaunchConfig | None, stage: str) -> int:
+    """How many processes ``stage`` trains on under ``launch`` (None: one)."""
+    return launch.world_size(stage) if launch else 1
+
+
+def digest_tag(n: int) -> str:
+    """What the number of processes adds to a stage's digest (it changes the batch: nothing for one)."""
+    return f":world{n}" if n > 1 else ""
+
+
 def needs_launch(launch: LaunchConfig | None, stage: str) -> bool:
     """Whether ``stage`` must start ``accelerate launch`` (several processes asked for, and this process is
     not already one of them)."""
@@ -144,6 +154,18 @@ def run_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_dir
         )
 
 
+def train_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_dir: Path, start: str | Path, final: Path, meta: dict[str, Any]) -> Path:
+    """A training stage under ``accelerate launch`` (:func:`run_launched`), then its adapter merged into
+    ``start`` as the full checkpoint ``final`` with ``meta`` (:func:`mirg_lib.trainers.merge_adapter`)."""
+    import shutil
+
+    from .trainers import merge_adapter
+
+    shutil.rmtree(Path(out_dir) / "adapter", ignore_errors=True)  # an earlier run's must not be merged
+    run_launched(stage, launch, spec, out_dir)
+    return merge_adapter(start, Path(out_dir) / "adapter", final, meta, bool(spec["cfg"].get("bf16", False)))
+
+
 def run_spec(spec_file: str | Path) -> None:
     """Inside each launched process: read the spec and run the stage function (``mirg_lib launched``)."""
     from .config import from_dict
@@ -157,13 +179,10 @@ def run_spec(spec_file: str | Path) -> None:
         run_sft(from_dict(SFTStageConfig, spec["cfg"], "sft"), spec["base_path"], spec["sft_file"], spec["data_dir"], spec["out_dir"], launch=launch)
     elif stage == "grpo":
         from .grpo import GRPOStageConfig, run_grpo
-        from .items import load_pool_items
+        from .items import pool_items
 
-        pool = {it.id: it for it in load_pool_items(Path(spec["data_dir"]) / "train" / "mgrounding.json")}
-        missing = [i for i in spec["ids"] if i not in pool]
-        if missing:
-            raise ValueError(f"{spec_file}: {len(missing)} GRPO item ids are not in the training pool, first {missing[:3]}")
-        run_grpo(from_dict(GRPOStageConfig, spec["cfg"], "grpo"), spec["init_path"], [pool[i] for i in spec["ids"]], spec["out_dir"], launch=launch, data_dir=spec["data_dir"])
+        items = pool_items(spec["data_dir"], spec["ids"], f"{spec_file} (GRPO items)")
+        run_grpo(from_dict(GRPOStageConfig, spec["cfg"], "grpo"), spec["init_path"], items, spec["out_dir"], launch=launch, data_dir=spec["data_dir"])
     else:
         raise ValueError(f"{spec_file}: unknown stage {stage!r}; launchable: {list(LAUNCHABLE)}")
 

@@ -19,14 +19,12 @@ modification time); written whole or not at all (:func:`mirg_lib.io.atomic_dir`)
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from .config import config_hash, digest
 from .formats import (
-    MissingImageError,
     RecordError,
     check_images,
     load_mgrounding,
@@ -37,7 +35,7 @@ from .formats import (
 )
 from .io import atomic_dir, write_json
 from .items import item_from_mgrounding
-from .world.build import DataConfig, WorldManifest
+from .world.build import DataConfig, WorldManifest, reused_manifest
 
 DROPPED_NAMED = 50  # dropped records named one by one in the manifest (all are counted)
 
@@ -63,9 +61,10 @@ def _absolute(records: list[Any], root: Path) -> None:
 
 def _bench(path: str, images: str) -> list[Any]:
     file = Path(path)
+    root = Path(images) if images else file.parent
     records = load_mig_bench(file)
-    check_images(records, file, Path(images) if images else file.parent)
-    _absolute(records, Path(images) if images else file.parent)
+    check_images(records, file, root)
+    _absolute(records, root)
     return records
 
 
@@ -73,11 +72,9 @@ def run_local_data(cfg: DataConfig, out_dir: str | Path, force: bool = False) ->
     """Read, check and lay out the real files of ``cfg`` in ``out_dir`` (see the module's doc)."""
     out_dir = Path(out_dir)
     ident = _identity(cfg)
-    manifest_path = out_dir / "manifest.json"
-    if not force and manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") == ident:
-            return WorldManifest(out_dir, ident, old["counts"], float(old.get("seconds", 0.0)), skipped=True)
+    reused = None if force else reused_manifest(out_dir, ident)
+    if reused is not None:
+        return reused
     t0 = time.perf_counter()
     bench = _bench(cfg.mig_bench, cfg.mig_bench_images)
     single = _bench(cfg.single_test, cfg.single_test_images) if cfg.single_test else []
@@ -94,9 +91,7 @@ def run_local_data(cfg: DataConfig, out_dir: str | Path, force: bool = False) ->
             if rec.id in ids:
                 raise RecordError(file, rec.index, "id", f"{rec.id!r} is also the id of {ids[rec.id][0]} record {ids[rec.id][1]}; the pool's ids must be unique")
             ids[rec.id] = (file, rec.index)
-            for img in rec.images:
-                if not resolve_image(root, img).is_file():
-                    raise MissingImageError(resolve_image(root, img), file, rec.index)
+            check_images([rec], file, root)
             try:
                 item_from_mgrounding(rec, root)
             except ValueError as e:  # no box in the answer: nothing to ground
@@ -123,9 +118,9 @@ def run_local_data(cfg: DataConfig, out_dir: str | Path, force: bool = False) ->
                 "counts": counts,
                 "dropped": {"count": n_dropped, "first": dropped},
                 "over_max_train_per_task": capped,
-                "seconds": round(time.perf_counter() - t0, 2),
             },
         )
+        write_json(tmp / "timing.json", {"seconds": round(time.perf_counter() - t0, 2)})  # as the drawn world keeps it
     return WorldManifest(out_dir, ident, counts, time.perf_counter() - t0)
 
 

@@ -128,23 +128,22 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
     rejection sampling kept, or (``use_rejection=False``) on every item it would have looked at: the first
     ``rejection.max_items_per_task`` pool items of each of ``rejection.tasks`` not used for CoT SFT."""
     from .grpo import GRPOStageConfig, run_grpo
-    from .items import first_per_task, load_pool_items
+    from .items import first_per_task, load_pool_items, pool_items
 
     cfg = stage_config(GRPOStageConfig, params, "grpo").for_recipe()
     init = init or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
-    pool = {it.id: it for it in load_pool_items(data_dir(params) / "train" / "mgrounding.json")}
     if use_rejection:
         rl = _need(stage_dir(params.profile, "rejection") / "rl_items.jsonl", "the RL items (04_rejection_sampling)")
-        ids = [json.loads(line)["id"] for line in rl.read_text().splitlines() if line.strip()]
+        items = pool_items(data_dir(params), [json.loads(line)["id"] for line in rl.read_text().splitlines() if line.strip()], str(rl))
     else:
         from .rejection import RejectionConfig
 
         rcfg = stage_config(RejectionConfig, params, "rejection")
         cot_ids = _sft_ids(params)
-        candidates = first_per_task([it for i, it in pool.items() if i not in cot_ids], rcfg.tasks, rcfg.max_items_per_task)
-        ids = [it.id for it in candidates]  # what rejection sampling would look at, none dropped
+        pool = load_pool_items(data_dir(params) / "train" / "mgrounding.json")
+        items = first_per_task([it for it in pool if it.id not in cot_ids], rcfg.tasks, rcfg.max_items_per_task)  # what rejection sampling would look at, none dropped
     with stage(params.profile, name):
-        return run_grpo(cfg, init, [pool[i] for i in ids], stage_dir(params.profile, name), launch=launch_config(params), data_dir=data_dir(params))
+        return run_grpo(cfg, init, items, stage_dir(params.profile, name), launch=launch_config(params), data_dir=data_dir(params))
 
 
 def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from .prompts import user_turn, with_suffix
 from .trainers import (
     JsonlLogCallback,
     common_args,
-    merge_adapter,
     model_identity,
     save_merged,
     stamp_matches,
@@ -61,12 +60,10 @@ class SFTStageConfig:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "SFT data variant (zhang, answer, mirg_text, mirg_bbox) -> settings that differ for it (Zhang et al.'s answer-only baseline: lr 2e-6, batch 64)", "digest_when_set": True})
 
     def for_variant(self, variant: str) -> SFTStageConfig:
-        """The settings one variant trains with: this config with ``variants[variant]`` set over it (each key
-        checked like the section's own), and no ``variants`` left, so that its digest holds only what it uses."""
-        from .config import from_dict
+        """The settings one variant trains with: ``variants[variant]`` over this config (:func:`config.overlay`)."""
+        from .config import overlay
 
-        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "variants"}
-        return from_dict(SFTStageConfig, {**base, **self.variants.get(variant, {})}, f"sft.variants.{variant}")
+        return overlay(self, "variants", variant, f"sft.variants.{variant}")
 
 
 def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dict[str, Any]]:
@@ -127,34 +124,27 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
     under ``accelerate launch`` (:mod:`mirg_lib.launch`); the number of processes is part of the digest,
     since it multiplies the batch."""
     import json
-    import shutil
 
     from .config import config_hash
     from .io import sha256_file
-    from .items import load_pool_items
-    from .launch import needs_launch, run_launched
+    from .items import pool_items
+    from .launch import digest_tag, needs_launch, processes, train_launched
 
     out_dir, sft_file = Path(out_dir), Path(sft_file)
-    world = launch.world_size("sft") if launch else 1
-    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + (f":world{world}" if world > 1 else "")
+    world = processes(launch, "sft")
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + digest_tag(world)
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
     wanted = [json.loads(line) for line in sft_file.read_text().splitlines() if line.strip()]
     if not wanted:
         raise ValueError(f"{sft_file}: no SFT examples (did the CoT filter keep nothing?)")
-    by_id = {it.id: it for it in load_pool_items(Path(data_dir) / "train" / "mgrounding.json")}
-    missing = [w["id"] for w in wanted if w["id"] not in by_id]
-    if missing:
-        raise ValueError(f"{sft_file}: {len(missing)} ids not in the training pool, first {missing[:3]}")
+    items = pool_items(data_dir, [w["id"] for w in wanted], str(sft_file))
     meta = {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(wanted), "processes": world}
     if needs_launch(launch, "sft"):
         assert launch is not None
-        shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-        spec = {"cfg": dataclasses.asdict(cfg), "base_path": str(base_path), "sft_file": str(sft_file), "data_dir": str(data_dir), "out_dir": str(out_dir)}
-        run_launched("sft", launch, spec, out_dir)
-        return merge_adapter(base_path, out_dir / "adapter", final, meta, cfg.bf16)
-    items = [by_id[w["id"]] for w in wanted]
+        spec = {"cfg": meta["config"], "base_path": str(base_path), "sft_file": str(sft_file), "data_dir": str(data_dir), "out_dir": str(out_dir)}
+        return train_launched("sft", launch, spec, out_dir, base_path, final, meta)
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, out_dir / "trainer", digest)
     save_merged(trainer, final, meta)

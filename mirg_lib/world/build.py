@@ -308,16 +308,26 @@ def write_world(cfg: DataConfig, out: Path, progress: bool = True, workers: int 
     return counts
 
 
+def reused_manifest(out_dir: Path, digest: str) -> WorldManifest | None:
+    """The data already in ``out_dir`` when its ``manifest.json`` was written for ``digest`` (its wall time from
+    ``timing.json``), else None: the data stage's skip, for the drawn world and the real files alike."""
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    old = json.loads(manifest_path.read_text())
+    if old.get("config_hash") != digest:
+        return None
+    timing = json.loads((out_dir / "timing.json").read_text()) if (out_dir / "timing.json").is_file() else {}
+    return WorldManifest(out_dir, digest, old["counts"], float(timing.get("seconds", 0.0)), skipped=True)
+
+
 def run_data_synthesis(cfg: DataConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> WorldManifest:
     """The stage: build the world in ``out_dir`` unless it is already there for this same config."""
     out_dir = Path(out_dir)
     digest = config_hash(cfg)
-    manifest_path = out_dir / "manifest.json"
-    if not force and manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") == digest:
-            timing = json.loads((out_dir / "timing.json").read_text()) if (out_dir / "timing.json").is_file() else {}
-            return WorldManifest(out_dir, digest, old["counts"], float(timing.get("seconds", 0.0)), skipped=True)
+    reused = None if force else reused_manifest(out_dir, digest)
+    if reused is not None:
+        return reused
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         counts = write_world(cfg, tmp, progress)
