@@ -62,6 +62,13 @@ class GRPOStageConfig:
     vllm_server_port: int = field(default=8000, metadata={"digest_when_set": True})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take", "digest_when_set": True})
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it (MIRG-RL: lr 5e-6)", "digest_when_set": True})
+    merged_rollouts: bool = field(
+        default=True,
+        metadata={"help": "sample the rollouts from the LoRA merged into a copy of the weights (speed.merged_lora; bench/NOTES.md): the same policy, one product per layer instead of three; "
+                  "only where that gives the same rollouts (no LoRA dropout, no ZeRO-3/FSDP, no vLLM), else trl's own path. "
+                  "On the 2-core CPU the embedded GRPO's logs (loss, rewards, KL) were bit-identical either way, so the default keeps the digests of earlier runs",
+                  "digest_when_set": True},
+    )
 
     def for_recipe(self) -> GRPOStageConfig:
         """The settings this config's recipe trains with: ``recipes[recipe]`` over it (:func:`config.overlay`)."""
@@ -128,8 +135,9 @@ def vllm_args(cfg: GRPOStageConfig) -> dict[str, Any]:
     return args
 
 
-def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None):
-    """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``."""
+def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None, model=None):
+    """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``; ``model``: an already loaded model (the
+    processor is still read from ``model_path``), e.g. bench/grpo_step.py's randomly initialised 7B."""
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -140,7 +148,8 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     funcs, weights = get_rewards(cfg.rewards)
     vllm = vllm_args(cfg)
     processor = load_processor(model_path)
-    model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    if model is None:
+        model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
     if batch % world:  # prompts_per_step counts the prompts of one micro-step over all processes, as in one process
         raise ValueError(f"grpo: prompts_per_step x num_generations = {batch} completions per step do not split over {world} processes")
@@ -169,6 +178,10 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         callbacks=[log.callback],
     )
+    if cfg.merged_rollouts:
+        from .speed import use_merged_rollouts
+
+        trainer.mirg_merged_rollouts_off = use_merged_rollouts(trainer)  # the reasons it is off; empty: on
     return trainer
 
 

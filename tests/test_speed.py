@@ -1,0 +1,178 @@
+"""Speed work (mirg_lib/speed.py, bench/grpo_step.py, bench/eval_speed.py): merged-LoRA rollouts give the same
+model and the same rollouts and put the weights back bit for bit; the phase split adds up; the floor
+reproduces the reference's arithmetic; both benchmarks run end to end on a CPU."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mirg_lib.grpo import GRPOStageConfig, make_trainer
+from mirg_lib.items import load_pool_items
+from mirg_lib.speed import (
+    GRPOPhases,
+    Rates,
+    device_rates,
+    grpo_work,
+    lora_layers,
+    merge_blockers,
+    merged_lora,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _peft_nano(nano_checkpoint, dropout=0.0):
+    from peft import get_peft_model
+
+    from mirg_lib.models import load_model, lora_config
+
+    model = get_peft_model(load_model(nano_checkpoint, dtype=torch.float32), lora_config(8, 16, dropout))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in lora_layers(model):  # B starts at zero: give the adapter a real effect
+            for b in m.lora_B.values():
+                b.weight.normal_(0, 0.2)
+    return model
+
+
+def _inputs(smoke_world, nano_checkpoint, n=3):
+    from PIL import Image
+
+    from mirg_lib.generation import build_inputs
+    from mirg_lib.models import load_processor
+    from mirg_lib.prompts import user_turn
+
+    items = load_pool_items(smoke_world.train_file)[:n]
+    proc = load_processor(nano_checkpoint)
+    msgs = [user_turn(len(it.images), it.question) for it in items]
+    imgs = [[Image.open(p).convert("RGB") for p in it.images] for it in items]
+    return build_inputs(proc, msgs, imgs)
+
+
+def test_merged_lora_is_the_same_model_and_restores_the_weights_exactly(smoke_world, nano_checkpoint):
+    model = _peft_nano(nano_checkpoint).eval()
+    inputs = _inputs(smoke_world, nano_checkpoint)
+    layers = lora_layers(model)
+    assert layers
+    before = {id(m): (m.base_layer.weight.data_ptr(), m.base_layer.weight.detach().clone()) for m in layers}
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with torch.no_grad(), model.disable_adapter():
+            no_lora = model(**inputs).logits
+        with merged_lora(model):
+            assert not torch.equal(layers[0].base_layer.weight, before[id(layers[0])][1])  # merged inside
+            merged = model(**inputs).logits
+    assert (plain - no_lora).abs().max() > 1e-3  # the adapter matters ...
+    assert torch.allclose(merged, plain, atol=1e-4, rtol=1e-4), (merged - plain).abs().max()  # ... and merging keeps it
+    for m in layers:
+        ptr, w = before[id(m)]
+        assert m.base_layer.weight.data_ptr() == ptr and torch.equal(m.base_layer.weight, w)
+    assert not any(m.disable_adapters for m in layers)  # adapters on again
+    with pytest.raises(RuntimeError, match="boom"), merged_lora(model):
+        raise RuntimeError("boom")
+    for m in layers:
+        assert torch.equal(m.base_layer.weight, before[id(m)][1])
+
+
+def test_merge_is_refused_where_it_would_change_the_rollouts(nano_checkpoint):
+    assert merge_blockers(_peft_nano(nano_checkpoint, dropout=0.0)) == []
+    assert any("dropout" in why for why in merge_blockers(_peft_nano(nano_checkpoint, dropout=0.1)))
+    from mirg_lib.models import load_model
+
+    assert merge_blockers(load_model(nano_checkpoint)) == ["no LoRA layers"]
+
+
+def _run(smoke_world, nano_checkpoint, tmp_path, name, merged, dropout=0.0, steps=2):
+    from mirg_lib import rewards as rewards_mod
+
+    seen = []
+
+    def toy_len(completions, completion_ids=None, **kw):  # the share of even ids: differs between rollouts
+        seen.append([list(c) for c in completion_ids])
+        return [sum(t % 2 == 0 for t in c) / max(1, len(c)) for c in completion_ids]
+
+    rewards_mod.REWARD_FUNCS["toy_len_seen"] = toy_len
+    try:
+        cfg = GRPOStageConfig(rewards={"toy_len_seen": 1.0}, num_generations=4, prompts_per_step=2, gradient_accumulation_steps=1, temperature=1.0,
+                              max_completion_length=12, max_steps=steps, learning_rate=5e-2, lora_r=8, lora_alpha=16, lora_dropout=dropout,
+                              save_steps=100, merged_rollouts=merged)
+        trainer = make_trainer(cfg, nano_checkpoint, load_pool_items(smoke_world.train_file)[:8], tmp_path / name)
+        phases = GRPOPhases(trainer)
+        trainer.train()
+    finally:
+        del rewards_mod.REWARD_FUNCS["toy_len_seen"]
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    return trainer, seen, lora, phases
+
+
+def test_merged_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world, nano_checkpoint, tmp_path):
+    """Two steps (the second samples from the updated policy) with and without merging: the same token ids,
+    and the same LoRA weights after the updates (fp32 on a CPU; within 1e-6)."""
+    on, seen_on, lora_on, phases = _run(smoke_world, nano_checkpoint, tmp_path, "on", True)
+    off, seen_off, lora_off, _ = _run(smoke_world, nano_checkpoint, tmp_path, "off", False)
+    assert on.mirg_merged_rollouts_off == [] and not hasattr(off, "mirg_merged_rollouts_off")
+    assert len(seen_on) == 2 and seen_on == seen_off
+    assert any(len(c) > 1 for c in seen_on[0])
+    assert all(torch.allclose(lora_on[n], lora_off[n], atol=1e-6) for n in lora_on)
+    assert any(lora_on[n].abs().sum() > 0 for n in lora_on if "lora_B" in n)  # B starts at zero: the steps trained
+    # the phase split: every step has all four, and they add up to the step
+    assert len(phases.steps) == 2
+    for s in phases.steps:
+        assert s["generation_s"] > 0 and s["training_s"] > 0 and s["logprobs_s"] >= 0 and s["scoring_s"] >= 0
+        assert math.isclose(s["generation_s"] + s["scoring_s"] + s["logprobs_s"] + s["training_s"], s["step_s"], rel_tol=0.02, abs_tol=0.02)
+        assert s["completion_tokens"] == sum(len(c) for c in seen_on[phases.steps.index(s)])
+    summary = phases.summary(warmup=1)
+    assert summary["steps_measured"] == 1 and summary["step_s"] == phases.steps[1]["step_s"]
+    with_dropout, _, _, _ = _run(smoke_world, nano_checkpoint, tmp_path, "dropout", True, dropout=0.1, steps=1)
+    assert any("dropout" in why for why in with_dropout.mirg_merged_rollouts_off)
+
+
+def test_floor_reproduces_the_reference_arithmetic():
+    """RESEARCH.md's H100 reference: decoding reads ~16 GB per token step at 3.0 TB/s for 1024 steps, the
+    passes are ~1.6 PFLOP at 793 TFLOP/s; about 7.6 s in all. The 7B language model: 7.07 B matrix
+    parameters (bf16) plus LoRA r=64 in fp32; 16 rollouts of ~600 prompt and 1024 completion tokens."""
+    h100 = Rates("H100", "bfloat16", 3.0e12, 793e12)
+    work = grpo_work(7.07e9, 7.07e9 * 2 + 161e6 * 4, 28, 512, 3584, 16, 600, 1024, beta=0.001, gradient_checkpointing=True, vision_flops=5.5e12)
+    floor = work.floor(h100)
+    assert work.passes == 4  # forward, reference, recompute, input gradients
+    assert 1.4e15 < work.flops < 1.8e15 and 14e9 < work.decode_bytes < 17e9
+    assert 6.8 < floor["floor_s"] < 8.2 and math.isclose(floor["floor_s"], floor["decode_s"] + floor["passes_s"])
+    no_kl = grpo_work(7.07e9, 14.8e9, 28, 512, 3584, 16, 600, 1024, beta=0.0, gradient_checkpointing=False)
+    assert no_kl.passes == 2 and no_kl.flops < work.flops / 1.8
+
+
+def test_device_rates_measures_this_cpu():
+    r = device_rates("cpu", torch.float32, copy_bytes=16 << 20, n=256, repeats=2)
+    assert r.device == "cpu" and 1e8 < r.copy_bytes_per_s < 1e13 and 1e8 < r.matmul_flop_per_s < 1e14
+
+
+def _bench(name):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_grpo_step_benchmark_runs_on_a_cpu(tmp_path):
+    out = tmp_path / "step.json"
+    res = _bench("grpo_step").main(["--size", "tiny", "--completion", "6", "--image-size", "56", "--steps", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert res["setting"]["prompts_x_rollouts"] == "2 x 8" and res["setting"]["completion_tokens"] == 6
+    assert res["setting"]["prompt_tokens"] > 2 * (56 // 28) ** 2  # two images' tokens and the question
+    assert res["steps_measured"] == 1 and res["seconds_per_step"] > 0
+    assert math.isclose(sum(res["phases_s"].values()), res["seconds_per_step"], rel_tol=0.03, abs_tol=0.01)
+    assert res["floor_s"]["floor_s"] > 0 and math.isclose(res["ratio_to_floor"], res["seconds_per_step"] / res["floor_s"]["floor_s"], rel_tol=0.05)
+    assert res["commit"] and res["date"] and res["device"] == "cpu"
+
+
+def test_eval_speed_benchmark_compares_batched_and_single(smoke_world, nano_checkpoint, tmp_path):
+    res = _bench("eval_speed").main(["--profile", "smoke", "--checkpoint", str(nano_checkpoint), "--bench", str(smoke_world.test_file),
+                                     "--items-per-task", "1", "--batch-size", "8", "--max-new-tokens", "8", "--out", str(tmp_path / "e.json")])
+    assert res["items"] >= 8 and res["batched"]["batch_size"] == 8 and res["one_at_a_time"]["batch_size"] == 1
+    assert res["identical_predictions"] == res["items"], res["first_differences"]
+    assert res["speedup"] > 0 and json.loads((tmp_path / "e.json").read_text())["speedup"] == res["speedup"]
