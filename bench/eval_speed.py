@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mirg_lib.config import load_params, stage_config
     from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint
+    from mirg_lib.io import write_json
     from mirg_lib.models import load_model, load_processor
     from mirg_lib.paths import stage_dir
     from mirg_lib.pipeline import bench_file
@@ -74,11 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
         "identical_predictions": sum(same),
         "first_differences": differ[:3],
     }
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, result)
     return result
 
 

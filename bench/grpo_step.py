@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     from mirg_lib.grpo import GRPOStageConfig, make_trainer
+    from mirg_lib.io import write_json
     from mirg_lib.results import provenance
     from mirg_lib.speed import GRPOPhases, device_rates, grpo_work, rates_dict
 
@@ -191,11 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_to_floor": round(step["step_s"] / floor["floor_s"], 2),
         "peak_gib": round(peak, 2) if peak is not None else None,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, result)
     return result
 
 
