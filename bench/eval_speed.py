@@ -12,6 +12,7 @@ and how many predictions are identical (with the first that differ).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(ckpt, dtype=torch.bfloat16 if args.bf16 else torch.float32, device=device)
     processor = load_processor(ckpt)
     tmp = Path(tempfile.mkdtemp(prefix="mirg-eval-speed-"))
-    warm = EvalConfig(**{**cfg.__dict__, "max_items_per_task": 1, "max_new_tokens": 4})
+    warm = dataclasses.replace(cfg, max_items_per_task=1, max_new_tokens=4)
     evaluate_checkpoint(ckpt, bench, warm, None, model=model, processor=processor)
     runs, preds = {}, {}
     for name, bs in (("batched", args.batch_size), ("one_at_a_time", 1)):

@@ -44,15 +44,14 @@ def build_model(size: str, tokenizer, device: str, dtype: torch.dtype):
     """Qwen2.5-VL of ``size`` with random weights (seed 0) and Qwen's vocabulary size (tiny: the tokenizer's)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from mirg_lib.models import SPECIAL_TOKENS
+    from mirg_lib.models import SPECIAL_TOKENS, mrope_section
 
     (hidden, mlp, layers, heads, kv), (depth, width, vmlp, vheads, full) = SIZES[size]["text"], SIZES[size]["vision"]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    half = hidden // heads // 2
     text = {
         "vocab_size": SIZES[size].get("vocab", VOCAB) or len(tokenizer), "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv, "max_position_embeddings": 32768,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section(hidden // heads)},
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"], "tie_word_embeddings": False,
     }
     vision = {"depth": depth, "hidden_size": width, "intermediate_size": vmlp, "num_heads": vheads, "out_hidden_size": hidden,
@@ -129,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import dataclasses
 
-    import yaml
-
+    from mirg_lib.config import parse_overrides
     from mirg_lib.grpo import GRPOStageConfig, make_trainer
     from mirg_lib.io import write_json
     from mirg_lib.results import provenance
@@ -143,17 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     model = build_model(args.size, processor.tokenizer, device, dtype)
     init_s = time.perf_counter() - t0
-    overrides = {}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     cfg = GRPOStageConfig(num_generations=8, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=args.completion,
                           max_steps=args.warmup + args.steps, learning_rate=5e-5, beta=0.001, temperature=0.7, lora_r=64, lora_alpha=128,
                           lora_dropout=0.0, bf16=cuda, gradient_checkpointing=cuda, save_steps=10**9, logging_steps=1)
     cfg = dataclasses.replace(cfg, **overrides)
     trainer = make_trainer(cfg, proc_dir, items, tmp / "grpo", model=model)
-    for target in (trainer.generation_config,):  # every completion runs to the full length: a fixed workload
-        target.min_new_tokens = args.completion
+    trainer.generation_config.min_new_tokens = args.completion  # every completion runs to the full length: a fixed workload
     trainer.generation_kwargs["min_new_tokens"] = args.completion
     phases = GRPOPhases(trainer, sync=True)
     if cuda:

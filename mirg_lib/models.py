@@ -79,11 +79,15 @@ class ModelPreset:
         return self.hidden_size // self.num_attention_heads
 
     def mrope_section(self) -> list[int]:
-        """Qwen2-VL splits each head's rotary half into (temporal, height, width) sections, 1:1.5:1.5."""
-        half = self.head_dim // 2
-        t = half // 4
-        h = (half - t) // 2
-        return [t, h, half - t - h]
+        return mrope_section(self.head_dim)
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL splits each head's rotary half into (temporal, height, width) sections, 1:1.5:1.5."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
 
 
 PRESETS: dict[str, ModelPreset] = {

@@ -37,11 +37,10 @@ class GRPOPhases:
     def __init__(self, trainer: Any, sync: bool = True) -> None:
         from transformers import TrainerCallback
 
-        self.trainer, self.sync = trainer, sync
+        self.sync = sync
         self.steps: list[dict[str, float]] = []
         self._cur: dict[str, float] = {}
         self._t0 = 0.0
-        gen, rewards, gas = trainer._generate, trainer._calculate_rewards, trainer._generate_and_score_completions
         phases = self
 
         def timed(fn, key):
@@ -50,16 +49,23 @@ class GRPOPhases:
                 t = time.perf_counter()
                 out = fn(*args, **kwargs)
                 phases._wait()
-                phases._cur[key] = phases._cur.get(key, 0.0) + time.perf_counter() - t
-                if key == "prepare":
-                    phases._count(out)
+                phases._add(key, time.perf_counter() - t)
                 return out
 
             return wrapper
 
-        trainer._generate = timed(gen, "generation")
-        trainer._calculate_rewards = timed(rewards, "scoring")
-        trainer._generate_and_score_completions = timed(gas, "prepare")
+        timed_prepare = timed(trainer._generate_and_score_completions, "prepare")
+
+        def prepare(*args, **kwargs):  # generation, scoring, log-probs: the batch the step trains on
+            batch = timed_prepare(*args, **kwargs)
+            mask, ids = batch.get("completion_mask"), batch.get("prompt_ids")
+            phases._add("completion_tokens", float(mask.sum()) if mask is not None else 0.0)
+            phases._add("prompt_tokens", float(ids.numel()) if ids is not None else 0.0)  # padded
+            return batch
+
+        trainer._generate = timed(trainer._generate, "generation")
+        trainer._calculate_rewards = timed(trainer._calculate_rewards, "scoring")
+        trainer._generate_and_score_completions = prepare
 
         class _Steps(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
@@ -76,13 +82,8 @@ class GRPOPhases:
         if self.sync:
             _sync(None)
 
-    def _count(self, batch: dict[str, Any]) -> None:
-        mask = batch.get("completion_mask")
-        if mask is not None:
-            self._cur["completion_tokens"] = self._cur.get("completion_tokens", 0.0) + float(mask.sum())
-        ids = batch.get("prompt_ids")
-        if ids is not None:
-            self._cur["prompt_tokens"] = self._cur.get("prompt_tokens", 0.0) + float(ids.numel())
+    def _add(self, key: str, value: float) -> None:
+        self._cur[key] = self._cur.get(key, 0.0) + value
 
     def _close(self, step_s: float) -> None:
         c = self._cur
@@ -126,6 +127,7 @@ def merge_blockers(model: Any, trainer: Any = None) -> list[str]:
     With LoRA dropout the unmerged model samples through dropout masks (trl generates in training mode), so
     merging would change the rollouts; under DeepSpeed ZeRO-3 or FSDP the weights are partitioned."""
     import torch.nn as nn
+    from peft.tuners.lora.layer import Linear as LoraLinear
 
     why = []
     layers = lora_layers(model)
@@ -133,7 +135,7 @@ def merge_blockers(model: Any, trainer: Any = None) -> list[str]:
         why.append("no LoRA layers")
     if any(not isinstance(d, nn.Identity) for m in layers for d in m.lora_dropout.values()):
         why.append("LoRA dropout is on (trl samples the rollouts through its masks)")
-    if any(type(m).__name__ != "Linear" or getattr(m, "fan_in_fan_out", False) for m in layers):
+    if any(not isinstance(m, LoraLinear) or m.fan_in_fan_out for m in layers):  # quantised or Conv1D layouts: not swapped
         why.append("a LoRA layer that is not a plain Linear")
     if trainer is not None:
         if getattr(trainer, "is_fsdp_enabled", False):
@@ -172,8 +174,7 @@ def merged_lora(model: Any) -> Iterator[None]:
 def use_merged_rollouts(trainer: Any) -> list[str]:
     """Make ``trainer`` (trl's GRPOTrainer, LoRA) sample its rollouts from merged weights (:func:`merged_lora`)
     where that gives the same rollouts; returns the reasons it does not (empty: it does)."""
-    model = trainer.model
-    why = merge_blockers(model, trainer)
+    why = merge_blockers(trainer.model, trainer)
     if why:
         return why
     generate = trainer._generate_single_turn

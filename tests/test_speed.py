@@ -86,34 +86,31 @@ def test_merge_is_refused_where_it_would_change_the_rollouts(nano_checkpoint):
     assert merge_blockers(load_model(nano_checkpoint)) == ["no LoRA layers"]
 
 
-def _run(smoke_world, nano_checkpoint, tmp_path, name, merged, dropout=0.0, steps=2):
+def _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, name, merged, dropout=0.0, steps=2):
     from mirg_lib import rewards as rewards_mod
 
     seen = []
 
-    def toy_len(completions, completion_ids=None, **kw):  # the share of even ids: differs between rollouts
+    def toy_even(completions, completion_ids=None, **kw):  # the share of even ids: differs between rollouts
         seen.append([list(c) for c in completion_ids])
         return [sum(t % 2 == 0 for t in c) / max(1, len(c)) for c in completion_ids]
 
-    rewards_mod.REWARD_FUNCS["toy_len_seen"] = toy_len
-    try:
-        cfg = GRPOStageConfig(rewards={"toy_len_seen": 1.0}, num_generations=4, prompts_per_step=2, gradient_accumulation_steps=1, temperature=1.0,
-                              max_completion_length=12, max_steps=steps, learning_rate=5e-2, lora_r=8, lora_alpha=16, lora_dropout=dropout,
-                              save_steps=100, merged_rollouts=merged)
-        trainer = make_trainer(cfg, nano_checkpoint, load_pool_items(smoke_world.train_file)[:8], tmp_path / name)
-        phases = GRPOPhases(trainer)
-        trainer.train()
-    finally:
-        del rewards_mod.REWARD_FUNCS["toy_len_seen"]
+    monkeypatch.setitem(rewards_mod.REWARD_FUNCS, "toy_even_seen", toy_even)
+    cfg = GRPOStageConfig(rewards={"toy_even_seen": 1.0}, num_generations=4, prompts_per_step=2, gradient_accumulation_steps=1, temperature=1.0,
+                          max_completion_length=12, max_steps=steps, learning_rate=5e-2, lora_r=8, lora_alpha=16, lora_dropout=dropout,
+                          save_steps=100, merged_rollouts=merged)
+    trainer = make_trainer(cfg, nano_checkpoint, load_pool_items(smoke_world.train_file)[:8], tmp_path / name)
+    phases = GRPOPhases(trainer)
+    trainer.train()
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     return trainer, seen, lora, phases
 
 
-def test_merged_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world, nano_checkpoint, tmp_path):
+def test_merged_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
     """Two steps (the second samples from the updated policy) with and without merging: the same token ids,
     and the same LoRA weights after the updates (fp32 on a CPU; within 1e-6)."""
-    on, seen_on, lora_on, phases = _run(smoke_world, nano_checkpoint, tmp_path, "on", True)
-    off, seen_off, lora_off, _ = _run(smoke_world, nano_checkpoint, tmp_path, "off", False)
+    on, seen_on, lora_on, phases = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "on", True)
+    off, seen_off, lora_off, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "off", False)
     assert on.mirg_merged_rollouts_off == [] and not hasattr(off, "mirg_merged_rollouts_off")
     assert len(seen_on) == 2 and seen_on == seen_off
     assert any(len(c) > 1 for c in seen_on[0])
@@ -127,7 +124,7 @@ def test_merged_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world
         assert s["completion_tokens"] == sum(len(c) for c in seen_on[phases.steps.index(s)])
     summary = phases.summary(warmup=1)
     assert summary["steps_measured"] == 1 and summary["step_s"] == phases.steps[1]["step_s"]
-    with_dropout, _, _, _ = _run(smoke_world, nano_checkpoint, tmp_path, "dropout", True, dropout=0.1, steps=1)
+    with_dropout, _, _, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "dropout", True, dropout=0.1, steps=1)
     assert any("dropout" in why for why in with_dropout.mirg_merged_rollouts_off)
 
 
