@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= embedded
+LAB_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m mirg_lib kernel >/dev/null
 	@touch $(STAMP)
 
-.PHONY: help venv setup test test-all reproduce figures data lab lint clean
+.PHONY: help venv setup test test-all reproduce figures data defaults lab lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,7 +26,10 @@ venv: $(STAMP) ## create or update .venv from pyproject.toml (the one list of pi
 setup: $(STAMP) ## venv + nbstripout as this repository's git filter
 	$(VENV)/bin/nbstripout --install --attributes .gitattributes
 
-test: $(STAMP) ## the test suite (fast; under 10 minutes on 2 CPU cores)
+test: $(STAMP) ## the fast tests (under 2 minutes on 2 CPU cores)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP) ## every test, the slow ones too (papermill, launch, teacher server, base training, JupyterLab); what CI runs
 	$(PY) -m pytest -q
 
 reproduce: $(STAMP) ## run every notebook in order with params/$(PROFILE).yaml -> runs/$(PROFILE)/
@@ -37,8 +41,11 @@ figures: $(STAMP) ## redraw every figure from runs/$(PROFILE)/results/ (notebook
 data: $(STAMP) ## build only the embedded world of $(PROFILE) -> runs/$(PROFILE)/data/
 	$(PY) -m mirg_lib data --profile $(PROFILE)
 
-lab: $(STAMP) ## JupyterLab on the project's own kernel
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+defaults: $(STAMP) ## rewrite params/base.yaml (every setting at its default) from the stage configs' dataclasses
+	$(PY) -m mirg_lib defaults
+
+lab: $(STAMP) ## JupyterLab on notebooks/ with the project's kernel (127.0.0.1; --allow-root when root; LAB_ARGS="--port=9999")
+	$(PY) -m mirg_lib.lab $(LAB_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .

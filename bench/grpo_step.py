@@ -1,10 +1,10 @@
 """Seconds per GRPO step in the speed reference's setting, split into phases, against the hardware's floor.
 
-    python bench/grpo_step.py --size 7b --out bench/results/grpo_step_h100.json     # one GPU (issue 6's setting)
+    python bench/grpo_step.py --size 7b --out bench/results/grpo_step_h100.json     # one GPU, the reference setting
     python bench/grpo_step.py --size 7b --set merged_rollouts=false                 # trl's own rollout path
     python bench/grpo_step.py --size tiny --completion 16 --image-size 56           # a CPU check of the script
 
-The setting of ``../shared/RESEARCH.md``'s reference point: the Qwen2.5-VL-7B architecture (8.29 B
+The setting of the GRPO speed reference (docs/speed.md): the Qwen2.5-VL-7B architecture (8.29 B
 parameters, vocabulary 152,064) with random weights, Zhang et al.'s RL settings (2 prompts x 8 rollouts,
 temperature 0.7, KL 0.001, LoRA r=64 / alpha 128 on the LLM without dropout, bf16, gradient checkpointing)
 and two 448 x 448 images per prompt. Every completion runs to ``--completion`` tokens (1024;

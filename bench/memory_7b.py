@@ -1,6 +1,6 @@
 """GPU memory of the papers' settings on one 80 GB GPU, ESTIMATED (no GPU has been at hand in this project).
 
-    python bench/memory_7b.py            # the README's table
+    python bench/memory_7b.py            # the memory table of docs/real_data.md
     python bench/memory_7b.py --json     # the same as JSON
 
 What is counted, in bytes the way ``torch.cuda.max_memory_allocated`` counts them (no CUDA context, no
@@ -19,7 +19,7 @@ allocator slack), for the Qwen2.5-VL-7B / Qwen2-VL-7B language model (hidden 358
   ``per_device_train_batch_size x steps_per_generation`` completions, by default x gradient accumulation).
 
 The model of the activations is checked against the one measurement there is
-(``../shared/RESEARCH.md``: trl's GRPOTrainer, 2 prompts x 8 rollouts of 1024 tokens, two 448 px images, LoRA
+(the GRPO speed reference of docs/speed.md: trl's GRPOTrainer, 2 prompts x 8 rollouts of 1024 tokens, two 448 px images, LoRA
 r=64 without dropout, gradient checkpointing, one H100: 36.6 GB peak): the same setting is the first row.
 """
 

@@ -1,17 +1,19 @@
 """Command line: ``python -m mirg_lib <command>``.
 
 * ``score --benchmark FILE.json --predictions FILE.jsonl [--protocol migician|lenient]``
-  prints the scores as one JSON object (format in the README).
+  prints the scores as one JSON object (format in docs/scoring.md).
 * ``gt-predictions --benchmark FILE.json --out FILE.jsonl [--shift 0.4]`` writes predictions that
   answer with the ground truth (optionally shifted right by a fraction of the box width): the
   scorer's self-check.
 * ``data --profile smoke`` builds the embedded world of a profile (or, ``data.source: local``, reads its real files).
 * ``reproduce --profile embedded`` runs every notebook in order through papermill.
 * ``figures --profile embedded`` reruns only ``08_plots`` (every figure from the profile's result files).
-* ``tables --profile embedded`` prints the README's results (the papers' tables beside this run's numbers,
-  the claims and their verdicts) from the profile's ``results/ablations.json`` and ``claims.json``.
+* ``tables --profile embedded [--results results/embedded] [--readme README.md]`` prints the README's results
+  (the papers' tables beside this run's numbers, the claims and their verdicts) from ``ablations.json`` and
+  ``claims.json``, and writes them into the README between its table markers.
 * ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
+* ``defaults`` writes ``params/base.yaml``, every setting at its default, from the stage configs' dataclasses.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
 * ``launched SPEC.json`` runs one training stage in a process that ``accelerate launch`` started (what a
   stage starts itself when the params' ``launch.num_processes`` is above 1; see :mod:`mirg_lib.launch`).
@@ -24,6 +26,28 @@ import json
 import sys
 
 from .formats import RecordError
+
+
+def run_launched_spec(spec_file: str) -> None:
+    """Inside each process ``accelerate launch`` started: read the spec the pipeline wrote and run its stage
+    function (:func:`mirg_lib.pipeline.train_sft`, ``train_grpo``)."""
+    from pathlib import Path
+
+    from .config import from_dict
+
+    spec = json.loads(Path(spec_file).read_text())
+    if spec.get("stage") == "sft":
+        from .sft import SFTStageConfig, run_sft
+
+        run_sft(from_dict(SFTStageConfig, spec["cfg"], "sft"), spec["base_path"], spec["sft_file"], spec["data_dir"], spec["out_dir"])
+    elif spec.get("stage") == "grpo":
+        from .grpo import GRPOStageConfig, run_grpo
+        from .items import pool_items
+
+        items = pool_items(spec["data_dir"], spec["ids"], f"{spec_file} (GRPO items)")
+        run_grpo(from_dict(GRPOStageConfig, spec["cfg"], "grpo"), spec["init_path"], items, spec["out_dir"])
+    else:
+        raise ValueError(f"{spec_file}: unknown stage {spec.get('stage')!r}; launchable: sft, grpo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tp = sub.add_parser("tables", help="print the README's results (paper tables beside this run's, the claims) from a profile's result files")
     tp.add_argument("--profile", default="embedded")
+    tp.add_argument("--results", default=None, help="the folder of the result files (default: runs/<profile>/results)")
+    tp.add_argument("--readme", default=None, metavar="README.md", help="also write them between that file's <!-- tables:begin/end --> markers")
 
     bp = sub.add_parser("ship-base", help="copy a profile's trained and scored base model to a folder to commit")
     bp.add_argument("--profile", default="embedded")
     bp.add_argument("--to", required=True)
 
+    sub.add_parser("defaults", help="write params/base.yaml (every setting at its default) from the stage configs")
     sub.add_parser("kernel", help="install the project's Jupyter kernel")
 
     lp = sub.add_parser("launched", help="(started by accelerate launch) run one training stage from its spec file")
@@ -92,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
             reproduce(args.profile, [FIGURES_NOTEBOOK])
         elif args.cmd == "tables":
-            from .ablations import report
+            from .ablations import report, write_readme_tables
 
-            print(report(args.profile), end="")
+            text = report(args.profile, args.results)
+            print(text, end="")
+            if args.readme:
+                write_readme_tables(args.readme, text)
         elif args.cmd == "ship-base":
             from .config import load_params
             from .pipeline import ship_base
@@ -102,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             meta = ship_base(load_params(args.profile), args.to)
             print(json.dumps({"to": args.to, "sha256": meta["sha256"], "metrics": meta["metrics"]}, indent=1))
         elif args.cmd == "launched":
-            from .launch import run_spec
+            run_launched_spec(args.spec)
+        elif args.cmd == "defaults":
+            from .sections import write_defaults
 
-            run_spec(args.spec)
+            print(write_defaults())
         elif args.cmd == "kernel":
             from .notebooks import ensure_kernel
 

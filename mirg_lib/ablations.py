@@ -105,7 +105,7 @@ class AblationsConfig:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seed 0 reuses notebooks 03-05's models; s > 0 retrains each arm's last stage"})
     arms: list[str] = field(default_factory=list, metadata={"help": "labels of the arms to run (empty: all; an arm's start is run too)"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples over the benchmark items"})
-    confidence: float = 0.95
+    confidence: float = field(default=0.95, metadata={"help": "the claims' interval level"})
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS_BY_LABEL]
@@ -393,14 +393,16 @@ def _md(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report(profile: str) -> str:
+def report(profile: str, folder: str | Path | None = None) -> str:
     """The README's results: each paper table beside this run's numbers, and the claims with their verdicts,
-    as Markdown, from ``results/ablations.json`` and ``results/claims.json`` with their provenance."""
+    as Markdown, from ``ablations.json`` and ``claims.json`` (in ``folder``; default: the profile's
+    ``runs/<profile>/results/``) with their provenance."""
     import json
 
     from .results import load_results, results_dir
 
-    data = load_results(results_dir(profile) / "ablations.json")
+    folder = Path(folder) if folder is not None else results_dir(profile)
+    data = load_results(folder / "ablations.json")
     prov = data["provenance"]
     lines = [
         f"Measured {prov['date'][:10]} on {prov['device']} ({prov['cpu']}), commit {prov['commit']}, "
@@ -411,7 +413,7 @@ def report(profile: str) -> str:
         rows = paper_table(data["rows"], table)
         if rows:
             lines += ["", f"**{table}**", ""] + _md(rows)
-    claims_file = results_dir(profile) / "claims.json"
+    claims_file = folder / "claims.json"
     if claims_file.is_file():
         claims = json.loads(claims_file.read_text())["claims"]
         lines += ["", "**Claims** (difference in points; interval: paired bootstrap over items)", ""]
@@ -431,3 +433,25 @@ def report(profile: str) -> str:
             ]
         )
     return "\n".join(lines) + "\n"
+
+
+README_BEGIN, README_END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def readme_tables(readme: str | Path) -> str:
+    """The text between the README's table markers (what ``tables --readme`` wrote there)."""
+    text = Path(readme).read_text(encoding="utf-8")
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{readme}: expected one {README_BEGIN} and one {README_END} line")
+    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+
+
+def write_readme_tables(readme: str | Path, tables: str) -> None:
+    """Put ``tables`` (:func:`report`'s output) between the README's table markers."""
+    from .io import atomic_path
+
+    readme_tables(readme)  # the markers are there, once each
+    text = Path(readme).read_text(encoding="utf-8")
+    head, rest = text.split(README_BEGIN, 1)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(head + README_BEGIN + "\n" + tables.strip("\n") + "\n" + README_END + rest.split(README_END, 1)[1], encoding="utf-8")

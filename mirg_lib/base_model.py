@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .config import config_hash, digest, field_default
+from .config import CACHE_VERSION, config_hash, digest
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
@@ -51,44 +51,40 @@ REFER_TASKS = (SINGLE_TASK, MULTI_TASK)
 class BaseModelConfig:
     """Section ``base_model`` of the params."""
 
-    model_name_or_path: str = field(default="", metadata={"help": "a local real checkpoint folder: used as is"})
-    shipped: str = field(default="", metadata={"help": "a committed checkpoint folder (repo-relative) to start from"})
-    arch: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
-    preset: str = "tiny"
-    image_max_pixels: int = 28 * 28 * 64
-    normalise: Literal["data", "clip"] = field(default="data", metadata={"help": "pixel normalisation: the training images' own statistics, or Qwen's CLIP constants"})
-    train_tasks: list[str] = field(default_factory=lambda: ["single_refer"])
-    max_steps: int = 3000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    lr_scheduler_type: str = "constant_with_warmup"
-    save_steps: int = 500
+    model_name_or_path: str = field(default="", metadata={"help": "a local real checkpoint folder (Qwen2-VL-7B-Instruct, ...): used as is, nothing trained"})
+    shipped: str = field(default="", metadata={"help": "a committed checkpoint folder (repository-relative) to start from, as from a download"})
+    arch: Literal["qwen2_vl", "qwen2_5_vl"] = field(default="qwen2_vl", metadata={"help": "the small base's architecture (transformers' classes)"})
+    preset: str = field(default="tiny", metadata={"help": "the small base's size (mirg_lib.models.PRESETS)"})
+    image_max_pixels: int = field(default=28 * 28 * 64, metadata={"help": "the processor's max_pixels"})
+    train_tasks: list[str] = field(default_factory=lambda: ["single_refer"], metadata={"help": "training-pool tasks the grounding phase trains on"})
+    max_steps: int = field(default=3000, metadata={"help": "grounding-phase steps"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "grounding-phase learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "learning-rate warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "transformers' scheduler name"})
+    save_steps: int = field(default=500, metadata={"help": "steps between intermediate checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "intermediate checkpoints kept (the newest), for scoring while training goes on"})
-    logging_steps: int = 25
-    bf16: bool = False
-    seed: int = 0
-    vision_warmup_steps: int = field(default=0, metadata={"help": "first train the vision tower alone this many steps on the targets vision_warmup_targets names (as Qwen2-VL's tower comes pretrained); 0: off (README)"})
-    vision_warmup_lr: float = 1e-3
-    vision_warmup_batch_size: int = 16
-    vision_warmup_targets: Literal["lone", "dense"] = field(default="lone", metadata={"help": "lone: name the attributes of one-object images from pooled tokens; dense: every merged token of every single-image item names the object whose centre it holds (or none), that object's box in patches, and its own row and column (README)"})
-    vision_warmup_word_aligned: bool = field(default=False, metadata={"help": "the warm-up's attribute classifiers are the language model's own embeddings of the attribute words (trained with the tower): vision tokens land where their words are, as a CLIP-trained tower's do (README)", "digest_when_set": True})
-    grounding_attention_weight: float = field(default=0.0, metadata={"help": "weight of a supervised-attention loss: head 0 of grounding_attention_layers attends, from the answer, to the image token holding the target (README: the selection hop); 0: off", "digest_when_set": True})
-    grounding_attention_span: int = field(default=3, metadata={"help": "the grounding-attention loss looks from the positions that predict the answer's first N tokens (before a coordinate is written: written digits give the place away); 0: every answer position", "digest_when_set": True})
-    grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 the grounding-attention loss supervises", "digest_when_set": True})
-    expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 the grounding-attention loss also trains to look, from the same positions, at the referring expression's words (the first hop; README)", "digest_when_set": True})
-    language_digits_loss: bool = field(default=True, metadata={"help": "whether the language texts' digit tokens (their boxes, and image numbers) carry loss: without the images they cannot be predicted, and learning them from text alone taught the base to write boxes without looking (README); false: loss on the words only", "digest_when_set": True})
-    language_items: int = field(default=0, metadata={"help": "text-only sequences of the world's language added to the training mix (every task's questions with each recipe's prompt, answered by the scripted teacher in each style, from scenes no stage uses; language_texts): a pretrained VLM has read the words its fine-tuning uses (README); 0: off", "digest_when_set": True})
-    language_phase_steps: int = field(default=0, metadata={"help": "after the grounding steps (max_steps), this many more from the grounded weights over the same image items and language_phase_texts language texts (language_texts; batches grouped by length, constant language_phase_lr after the warm-up, the grounding-attention term kept): the base reads the words its fine-tuning uses once it grounds (docs/base_model.md); 0: off", "digest_when_set": True})
-    language_phase_texts: int = field(default=4000, metadata={"help": "language texts in the language phase", "digest_when_set": True})
-    language_phase_reasoning: int = field(default=0, metadata={"help": "single-image referring items of the training pool, with their images, answered in the language phase by the error-free scripted teacher in the recipes' reasoning styles (reasoning_items): the box after a reasoning text, as a pretrained VLM has grounded after reasoning; 0: off", "digest_when_set": True})
-    language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)", "digest_when_set": True})
-    language_phase_words_before_box: int = field(default=0, metadata={"help": "in the language phase, 3 in 4 single-image referring items are answered after 1 to N words drawn from the world's language, then their box (words_before_box; the grounding-attention loss looks from where the box starts): a base that grounds only from its answer's first positions loses its box after five words of text (bench/box_after_text.py), where a pretrained VLM grounds after reasoning; 0: off", "digest_when_set": True})
-    language_phase_json_boxes: float = field(default=0.0, metadata={"help": "in the language phase, this share of the single-image referring items is answered with its box in JSON (json_boxes: ```json {\"bbox_2d\": [x1, y1, x2, y2], \"label\": ...}```, Qwen2.5-VL's own grounding notation and Zhang et al.'s answer form), the rest in <|box_start|>(x1,y1),(x2,y2)<|box_end|>: a base that grounds in one notation only does not carry it to the other (bench/box_after_text.py); 0: off", "digest_when_set": True})
-    language_phase_tasks: list[str] = field(default_factory=list, metadata={"help": "training-pool tasks added to the image items in the language phase only (multi_refer: several images, one named, an object in it boxed: the image indexing a pretrained VLM brings from its multi-image data; docs/base_model.md); they get the phase's words before the box and JSON boxes as the single-image referring items do", "digest_when_set": True})
-    language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase (the box's tokens: 20 covers one box); 0: grounding_attention_span", "digest_when_set": True})
-    language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase (with words before the box, what to look for must be fetched from the question wherever it is); []: expression_attention_layers", "digest_when_set": True})
+    logging_steps: int = field(default=25, metadata={"help": "steps between log lines"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
+    seed: int = field(default=0, metadata={"help": "seed of the model's initialisation, its tokenizer and its batches"})
+    vision_warmup_steps: int = field(default=0, metadata={"help": "steps training the vision tower alone first, every merged token naming its object and place; 0: off"})
+    vision_warmup_lr: float = field(default=1e-3, metadata={"help": "the warm-up's learning rate"})
+    vision_warmup_batch_size: int = field(default=16, metadata={"help": "the warm-up's images per step"})
+    vision_warmup_word_aligned: bool = field(default=False, metadata={"help": "the warm-up's attribute classifiers are the language model's embeddings of the attribute words"})
+    grounding_attention_weight: float = field(default=0.0, metadata={"help": "weight of the loss teaching head 0 of grounding_attention_layers to look at the target's image token; 0: off"})
+    grounding_attention_span: int = field(default=3, metadata={"help": "that loss looks from the positions predicting the answer's first N tokens; 0: every answer position"})
+    grounding_attention_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "language-model layers (Python indices) whose head 0 that loss supervises"})
+    expression_attention_layers: list[int] = field(default_factory=list, metadata={"help": "layers whose head 0 also learns to look at the referring expression's words"})
+    language_phase_steps: int = field(default=0, metadata={"help": "steps after the grounding phase over the image items and the world's language texts; 0: off"})
+    language_phase_texts: int = field(default=4000, metadata={"help": "text-only sequences of the world's language in that phase"})
+    language_phase_reasoning: int = field(default=0, metadata={"help": "single-image referring items answered there in the recipes' reasoning styles, box last"})
+    language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)"})
+    language_phase_words_before_box: int = field(default=0, metadata={"help": "3 in 4 referring answers there start with 1 to N words of the world's language; 0: off"})
+    language_phase_json_boxes: float = field(default=0.0, metadata={"help": "share of the referring answers there whose box is Zhang et al.'s / Qwen2.5-VL's JSON"})
+    language_phase_tasks: list[str] = field(default_factory=list, metadata={"help": "training-pool tasks added in the language phase only (e.g. multi_refer)"})
+    language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase; 0: the same"})
+    language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase; []: the same"})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -97,7 +93,7 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
-        counts = ("language_items", "language_phase_steps", "language_phase_texts", "language_phase_reasoning", "language_phase_words_before_box", "language_phase_grounding_span")
+        counts = ("language_phase_steps", "language_phase_texts", "language_phase_reasoning", "language_phase_words_before_box", "language_phase_grounding_span")
         negative = [f"base_model.{name} ({getattr(self, name)})" for name in counts if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)}: must be >= 0")
@@ -105,8 +101,6 @@ class BaseModelConfig:
             raise ValueError(f"base_model.language_phase_json_boxes ({self.language_phase_json_boxes}): must be in [0, 1]")
         if self.language_phase_lr <= 0:
             raise ValueError(f"base_model.language_phase_lr ({self.language_phase_lr}): must be > 0")
-        if self.vision_warmup_targets not in ("lone", "dense"):
-            raise ValueError(f"base_model.vision_warmup_targets must be lone or dense, not {self.vision_warmup_targets!r}")
         if self.grounding_attention_weight < 0 or self.grounding_attention_span < 0 or (self.grounding_attention_weight and not self.grounding_attention_layers):
             raise ValueError("base_model.grounding_attention_weight and grounding_attention_span must be >= 0 and, with a weight, grounding_attention_layers must name a layer")
         depth = PRESETS[self.preset].num_hidden_layers
@@ -257,9 +251,8 @@ class PrecomputedVL(torch.utils.data.Dataset):
     which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
     referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
 
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), text_digits_loss: bool = True, prompts: list[str] | None = None, ground_at_box: list[bool] | None = None):
-        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`);
-        with ``text_digits_loss`` false their replies' digit tokens carry no loss (``answer_labels``).
+    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), prompts: list[str] | None = None, ground_at_box: list[bool] | None = None):
+        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`).
         ``prompts``: each item's prompt text (default: its question). ``ground_at_box``: for each item,
         whether the grounding-attention loss looks from where its answer's first box starts
         (:func:`box_start_token`: a reasoning reply's) instead of from the answer's start."""
@@ -282,15 +275,12 @@ class PrecomputedVL(torch.utils.data.Dataset):
                 if at_box:
                     example["grounding_from"] = torch.tensor(box_start_token(ans, tok))
             self.examples.append(example)
-        digits = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
         for prompt, reply in texts:
             text = processor.apply_chat_template(user_turn(0, prompt), add_generation_prompt=True, tokenize=False)
             example = {
                 "prompt_ids": torch.tensor(tok(text, add_special_tokens=False)["input_ids"]),
                 "answer_ids": torch.tensor(tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]),
             }
-            if not text_digits_loss:
-                example["answer_labels"] = example["answer_ids"].masked_fill(torch.isin(example["answer_ids"], digits), -100)
             if grounding:  # nothing to look at: the grounding-attention loss skips the row
                 example["target_tokens"] = torch.zeros(0, dtype=torch.long)
                 example["expression_tokens"] = torch.zeros(0, dtype=torch.long)
@@ -310,7 +300,7 @@ class PrecomputedVL(torch.utils.data.Dataset):
 def length_grouped(trainer, dataset: PrecomputedVL):
     """Have ``trainer`` draw batches of examples of similar length (transformers' ``LengthGroupedSampler``,
     seeded like its random sampler): the language texts run two to three times longer than an image item,
-    and a batch padded to its longest row took 2.4 times as long per step (README)."""
+    and a batch padded to its longest row took 2.4 times as long per step (docs/log.md)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     lengths = dataset.lengths()
@@ -335,7 +325,7 @@ class CompletionCollator:
             seq = torch.cat([e["prompt_ids"], e["answer_ids"]])
             ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1
-            labels[i, len(e["prompt_ids"]) : len(seq)] = e.get("answer_labels", e["answer_ids"])
+            labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
         image = ids == self.image_token_id
         batch = {
             "input_ids": ids,
@@ -393,7 +383,7 @@ def grounding_trainer(weight: float, layers: list[int], span: int = 0, expressio
     ``span`` tokens (0: all; :func:`grounding_attention_loss`). Head 0 of each of ``expression_layers`` is
     trained the same way to attend to the referring expression's words (``expression_mask``): the first hop,
     gathering what to look for, which the second needs in its query. Supervised
-    attention, a pointer before the box; the base model's selection hop (README). The language model runs
+    attention, a pointer before the box; the base model's selection hop (docs/log.md). The language model runs
     transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The losses
     are logged as ``grounding_attention_loss`` and ``expression_attention_loss`` (means since the last log line).
     With ``weight`` 0 it is the plain ``Trainer``."""
@@ -497,18 +487,6 @@ def single_image_scene_items(items: list[Item]) -> list[Item]:
     return [it for it in items if it.scene is not None and len(it.images) == 1]
 
 
-def lone_object_items(items: list[Item]) -> list[Item]:
-    """Items whose one image holds one object of the embedded world (its scene says which)."""
-    return [it for it in single_image_scene_items(items) if len(it.scene["images"][0]["objects"]) == 1]
-
-
-def pooled_vision_tokens(visual: torch.nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-    """One vector per image: the max over its merged tokens from a Qwen2-VL vision tower (and merger)."""
-    tokens = visual(pixel_values, grid_thw=image_grid_thw).pooler_output  # every image's tokens, one after another
-    per_image = (image_grid_thw.prod(-1) // visual.spatial_merge_size**2).tolist()
-    return torch.stack([t.max(0).values for t in tokens.split(per_image)])
-
-
 def _attribute_classes() -> dict[str, list[str]]:
     from .world.objects import COLOURS, PATTERNS, SHAPES, SIZES
 
@@ -557,36 +535,28 @@ def attribute_word_ids(tokenizer, classes: dict[str, list[str]]) -> dict[str, li
 
 
 class AttributeHeads(torch.nn.Module):
-    """The vision tower with a linear head per attribute on its pooled tokens: the ``lone`` warm-up's model.
-    ``labels`` is one row per image; ``targets`` names its columns."""
+    """The vision warm-up's model: the vision tower with linear heads on every merged token (raster order, as
+    the tower emits them). A token names the attributes of the object whose box centre lies in its cell (the
+    largest, if several; ``none`` if no centre does), that object's box corners in patches (0 .. grid side),
+    and its own row and column: object-centric tokens that carry where they are. ``labels`` is one row per
+    token, -100 where a target does not apply; ``targets`` names its columns."""
 
-    targets = ATTRIBUTES
+    targets = ATTRIBUTES + CORNERS + ("row", "col")
 
-    def __init__(self, visual: torch.nn.Module, dim: int, classes: dict[str, list[str]] | None = None, sizes: dict[str, int] | None = None, words: tuple[torch.nn.Embedding, Any] | None = None):
-        """``classes``: each attribute's values (default: the world's); ``sizes``: the other targets' class counts;
-        ``words``: (the language model's input embeddings, its tokenizer): attribute heads are
-        :class:`WordAlignedLogits` on those embeddings instead of free linear heads."""
+    def __init__(self, visual: torch.nn.Module, dim: int, side: int, words: tuple[torch.nn.Embedding, Any] | None = None):
+        """``side``: the largest image side in patches; ``words``: (the language model's input embeddings, its
+        tokenizer): attribute heads are :class:`WordAlignedLogits` on those embeddings instead of free linear heads."""
         super().__init__()
         self.visual = visual
-        self.classes = classes or _attribute_classes()
-        sizes = {**{a: len(c) for a, c in self.classes.items()}, **(sizes or {})}
+        self.classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
+        sizes = {**{a: len(c) for a, c in self.classes.items()}, **dict.fromkeys(CORNERS, side + 1), "row": side, "col": side}
         self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(dim, sizes[t]) for t in self.targets})
         if words is not None:
             embed, tokenizer = words
             for a, ids in attribute_word_ids(tokenizer, self.classes).items():
                 self.heads[a] = WordAlignedLogits(embed, ids, len(self.classes[a]) - len(ids))
-
-    def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
-        obj = scene["images"][0]["objects"][0]
-        return torch.tensor([[self.classes[a].index(obj[a]) for a in ATTRIBUTES]])
-
-    def target_logits(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        pooled = pooled_vision_tokens(self.visual, pixel_values, image_grid_thw)
-        return [self.heads[a](pooled) for a in ATTRIBUTES]
-
-    def scored(self, labels: torch.Tensor, j: int) -> torch.Tensor:
-        """Which rows count towards target ``j``'s accuracy."""
-        return labels[:, j] >= 0
+        self.merge = visual.spatial_merge_size
+        self.side = side
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         logits = self.target_logits(pixel_values, image_grid_thw)
@@ -594,22 +564,6 @@ class AttributeHeads(torch.nn.Module):
         if labels is not None:
             out["loss"] = sum(torch.nn.functional.cross_entropy(lg, labels[:, i], ignore_index=-100) for i, lg in enumerate(logits))
         return out
-
-
-class DenseAttributeHeads(AttributeHeads):
-    """The ``dense`` warm-up's model: linear heads on every merged token (raster order, as the tower emits them).
-    A token names the attributes of the object whose box centre lies in its cell (the largest, if several;
-    ``none`` if no centre does), that object's box corners in patches (0 .. grid side), and its own row and
-    column: object-centric tokens that carry where they are, which a lone-object warm-up does not teach
-    (README: the selection hop). ``labels`` is one row per token, -100 where a target does not apply."""
-
-    targets = ATTRIBUTES + CORNERS + ("row", "col")
-
-    def __init__(self, visual: torch.nn.Module, dim: int, side: int, words: tuple[torch.nn.Embedding, Any] | None = None):
-        classes = {a: [*c, "none"] for a, c in _attribute_classes().items()}
-        super().__init__(visual, dim, classes, {**dict.fromkeys(CORNERS, side + 1), "row": side, "col": side}, words)
-        self.merge = visual.spatial_merge_size
-        self.side = side
 
     def labels(self, scene: dict[str, Any], grid_thw: torch.Tensor) -> torch.Tensor:
         _, h, w = (int(v) for v in grid_thw.reshape(-1))
@@ -641,26 +595,20 @@ class DenseAttributeHeads(AttributeHeads):
 
 def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], work: Path, progress: bool = True) -> dict[str, float]:
     """Train ``model``'s vision tower alone for ``cfg.vision_warmup_steps``, as Qwen2-VL's tower comes pretrained
-    before its language model sees it: ``lone`` names the shape, colour, pattern and size of the lone-object
-    items among ``items``; ``dense`` teaches every merged token of every single-image item of the embedded
-    world its object and place (``DenseAttributeHeads``). Returns each target's accuracy (%) on those
-    training items (README: why)."""
+    before its language model sees it: every merged token of every single-image item of the embedded world
+    learns its object and place (:class:`AttributeHeads`). Returns each target's accuracy (%) on those
+    training items."""
     from transformers import Trainer, TrainingArguments
 
     from .trainers import JsonlLogCallback, common_args
 
-    dense = cfg.vision_warmup_targets == "dense"
-    chosen = single_image_scene_items(items) if dense else lone_object_items(items)
+    chosen = single_image_scene_items(items)
     if not chosen:
-        need = "single-image items of the embedded world (with scenes)" if dense else "one-object items in the training mix (data.n_single_describe_train or n_single_locate_train)"
-        raise ValueError(f"base_model.vision_warmup_steps needs {need}")
+        raise ValueError("base_model.vision_warmup_steps needs single-image items of the embedded world (with scenes)")
     encoded = [processor.image_processor([Image.open(it.images[0]).convert("RGB")], return_tensors="pt") for it in chosen]
     dim = model.config.text_config.hidden_size  # the merger's width
     words = (model.get_input_embeddings(), processor.tokenizer) if cfg.vision_warmup_word_aligned else None
-    if dense:
-        net = DenseAttributeHeads(model.model.visual, dim, max(int(v) for e in encoded for v in e["image_grid_thw"][0, 1:]), words)
-    else:
-        net = AttributeHeads(model.model.visual, dim, words=words)
+    net = AttributeHeads(model.model.visual, dim, max(int(v) for e in encoded for v in e["image_grid_thw"][0, 1:]), words)
     examples = [{"pixel_values": e["pixel_values"], "image_grid_thw": e["image_grid_thw"], "labels": net.labels(it.scene, e["image_grid_thw"])} for it, e in zip(chosen, encoded, strict=True)]
 
     def collate(batch):
@@ -697,14 +645,14 @@ def warm_up_vision(cfg: BaseModelConfig, model, processor, items: list[Item], wo
     return {t: round(100.0 * float(right[j]) / max(1.0, float(total[j])), 1) for j, t in enumerate(net.targets)}
 
 
-WARMUP_FIELDS = ("arch", "preset", "image_max_pixels", "normalise", "train_tasks", "seed")  # and every vision_warmup_* field
+WARMUP_FIELDS = ("arch", "preset", "image_max_pixels", "train_tasks", "seed")  # and every vision_warmup_* field
 
 
 def warmup_digest(cfg: BaseModelConfig, data_dir: Path) -> str:
     """What the warm-up's outcome depends on: the fields that build the model and pick its items, the
     warm-up's own fields, and the world (its data config digest)."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in WARMUP_FIELDS or k.startswith("vision_warmup")}
-    return digest({"world": world_digest(data_dir) or str(Path(data_dir).resolve()), **values})
+    return digest({"cache_version": CACHE_VERSION, "world": world_digest(data_dir) or str(Path(data_dir).resolve()), **values})
 
 
 def world_digest(data_dir: str | Path) -> str | None:
@@ -782,14 +730,14 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
     return meta
 
 
-def grounding_phase(cfg: BaseModelConfig) -> BaseModelConfig:
-    """The config of the first phase alone (no language phase): its digest is the one a base trained before
-    the language phase existed carries, so such a base is the first phase's output. ``language_digits_loss``
-    belongs to the language phase too when the first phase reads no texts (``language_items`` 0)."""
-    def own(name: str) -> bool:  # with no texts in the first phase, whether their digits carry loss is the language phase's
-        return name.startswith("language_phase_") or (name == "language_digits_loss" and not cfg.language_items)
+def grounding_config(cfg: BaseModelConfig) -> dict[str, Any]:
+    """The settings the grounding phase depends on: every field but the language phase's, whose changes alone
+    restart from the grounded checkpoint."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("language_phase_")}
 
-    return dataclasses.replace(cfg, **{f.name: field_default(f) for f in dataclasses.fields(BaseModelConfig) if own(f.name)})
+
+def grounding_digest(cfg: BaseModelConfig) -> str:
+    return digest({"cache_version": CACHE_VERSION, **grounding_config(cfg)})
 
 
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
@@ -812,9 +760,9 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
     if stamp_matches(final, config_hash(cfg)):
         return BaseModelResult(final, "trained", 0.0, skipped=True)
     if not cfg.language_phase_steps:
-        return BaseModelResult(final, "trained", _grounding_phase(cfg, Path(data_dir), out_dir, final, progress))
-    first, grounded = grounding_phase(cfg), out_dir / "grounded"
-    seconds = 0.0 if stamp_matches(grounded, config_hash(first)) else _grounding_phase(first, Path(data_dir), out_dir, grounded, progress)
+        return BaseModelResult(final, "trained", _grounding_phase(cfg, config_hash(cfg), Path(data_dir), out_dir, final, progress))
+    grounded = out_dir / "grounded"
+    seconds = 0.0 if stamp_matches(grounded, grounding_digest(cfg)) else _grounding_phase(cfg, grounding_digest(cfg), Path(data_dir), out_dir, grounded, progress)
     return BaseModelResult(final, "trained", seconds + _language_phase(cfg, Path(data_dir), out_dir, grounded, final, progress))
 
 
@@ -857,7 +805,7 @@ def _train(cfg: BaseModelConfig, model, processor, dataset: PrecomputedVL, args,
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
     trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
-    if grouped:  # without texts, the plain random sampler (the runs made before language_items stay as they were)
+    if grouped:  # the language phase's batches grouped by length; the grounding phase's drawn at random
         length_grouped(trainer, dataset)
     train_resuming(trainer, Path(args.output_dir), digest)
     nan = [row for row in _read_log(log_file) if row.get("loss") is None and "loss" in row]
@@ -877,33 +825,29 @@ def _save_base(trainer, processor, dest: Path, meta: dict[str, Any]) -> None:
     shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
 
 
-def _grounding_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, dest: Path, progress: bool) -> float:
-    """Build the small model and train it from scratch (``max_steps``) into ``dest``; returns the seconds."""
+def _grounding_phase(cfg: BaseModelConfig, digest: str, data_dir: Path, out_dir: Path, dest: Path, progress: bool) -> float:
+    """Build the small model and train it from scratch (``max_steps``) into ``dest``, stamped ``digest``;
+    returns the seconds."""
     from .models import count_parameters, create_small_model, pixel_stats
     from .trainers import last_checkpoint
 
     t0 = time.perf_counter()
-    digest = config_hash(cfg)
     pool, train = _training_items(cfg, data_dir)
-    mean = std = None
-    if cfg.normalise == "data":  # as a pretrained checkpoint carries its data's statistics (README: why)
-        mean, std = pixel_stats(p for it in train for p in it.images)
+    mean, std = pixel_stats(p for it in train for p in it.images)  # as a pretrained checkpoint carries its data's statistics
     model, processor = create_small_model(cfg.preset, tokenizer_corpus(tokenizer_pool(pool, cfg.train_tasks), seed=cfg.seed), cfg.arch, cfg.seed, cfg.image_max_pixels, mean, std)
-    texts = language_texts(data_dir, cfg.language_items, cfg.seed) if cfg.language_items else []
-    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0, texts=texts, text_digits_loss=cfg.language_digits_loss)
+    dataset = PrecomputedVL(train, processor, [it.reference or "" for it in train], grounding=cfg.grounding_attention_weight > 0)
     work = out_dir / "trainer"
     if cfg.vision_warmup_steps and last_checkpoint(work, digest) is None:  # a resumed run's checkpoint holds the warmed tower
         record = warm_up_cached(cfg, model, processor, train, data_dir, out_dir, progress)
         write_json(out_dir / "vision_warmup.json", {"config_hash": digest, **record})
     args = _training_args(cfg, work, progress, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type)
-    trainer = _train(cfg, model, processor, dataset, args, out_dir / "train_log.jsonl", digest, grouped=bool(texts))
+    trainer = _train(cfg, model, processor, dataset, args, out_dir / "train_log.jsonl", digest, grouped=False)
     seconds = time.perf_counter() - t0
     meta = {
-        "config": dataclasses.asdict(cfg),
+        "config": grounding_config(cfg) if cfg.language_phase_steps else dataclasses.asdict(cfg),
         "config_hash": digest,
         "parameters": count_parameters(trainer.model),
         "train_items": len(train),
-        "language_items": len(texts),
         "seconds": round(seconds, 1),
         "device": device_name(),
     }
@@ -945,7 +889,6 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         answers + replies,
         grounding=cfg.grounding_attention_weight > 0,
         texts=texts,
-        text_digits_loss=cfg.language_digits_loss,
         prompts=[it.question for it in train] + prompts,
         ground_at_box=at_box + [True] * len(reasoning),
     )
@@ -964,7 +907,6 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "config_hash": digest,
         "parameters": first["parameters"],
         "train_items": len(train),
-        "language_items": first.get("language_items", 0),
         "language_phase": {"steps": cfg.language_phase_steps, "tasks": {t: sum(it.task == t for it in extra) for t in cfg.language_phase_tasks}, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),

@@ -1,7 +1,7 @@
 """Boxes and their coordinate frames.
 
-Three frames meet in this project, and mixing them is the most reported reproduction bug
-(`../shared/RESEARCH.md`):
+Three frames meet in this project, and mixing them is the most reported reproduction bug of these
+recipes (docs/scoring.md):
 
 * ``rel1``    -- 0-1 relative to the image (MIG-Bench answers),
 * ``rel1000`` -- 0-1000 relative to the image (Qwen2-VL box tokens, MGrounding-630k),
@@ -90,7 +90,11 @@ class Box:
 
     @property
     def is_finite(self) -> bool:
-        return all(math.isfinite(v) for v in self.coords)
+        """Whether every coordinate is a finite float (an integer too large for one is not)."""
+        try:
+            return all(math.isfinite(v) for v in self.coords)
+        except OverflowError:
+            return False
 
     @property
     def is_proper(self) -> bool:
@@ -121,7 +125,7 @@ def iou_xyxy(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[flo
     try:
         ax1, ay1, ax2, ay2 = (float(v) for v in a)
         bx1, by1, bx2, by2 = (float(v) for v in b)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0.0
     vals = (ax1, ay1, ax2, ay2, bx1, by1, bx2, by2)
     if not all(math.isfinite(v) for v in vals):
@@ -143,7 +147,7 @@ def iou(a: Box, b: Box) -> float:
     """IoU of two boxes, compared in 0-1 relative coordinates whatever their frames."""
     try:
         ra, rb = a.to(Frame.REL1), b.to(Frame.REL1)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return 0.0
     return iou_xyxy(ra.coords, rb.coords)
 

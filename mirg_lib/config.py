@@ -95,9 +95,13 @@ def parse_overrides(sets: list[str]) -> dict[str, Any]:
     return out
 
 
+# the params' top-level sections, one per stage config (mirg_lib.sections maps each to its dataclass)
+SECTION_NAMES = ("data", "base_model", "cot", "sft", "rejection", "grpo", "eval", "ablations", "launch")
+
+
 def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | None = None) -> Params:
     """Merge a profile with the chain of files it extends, then ``overrides`` (dotted keys allowed:
-    ``{"data.seed": 3}``)."""
+    ``{"data.seed": 3}``). An unknown top-level section is an error naming it and the files."""
     files: list[Path] = []
     path = resolve_params_file(profile)
     chain: list[dict[str, Any]] = []
@@ -116,7 +120,13 @@ def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | No
         merged = deep_merge(merged, data)
     set_overrides(merged, overrides or {})
     name = Path(str(profile)).stem
-    return Params(name, list(reversed(files)), merged)
+    params = Params(name, list(reversed(files)), merged)
+    for key in merged:
+        if key not in SECTION_NAMES:
+            close = difflib.get_close_matches(str(key), SECTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{params.where}: unknown section {key!r}{hint}; known sections: {list(SECTION_NAMES)}")
+    return params
 
 
 def set_overrides(data: dict[str, Any], overrides: dict[str, Any], merge: bool = True) -> dict[str, Any]:
@@ -210,7 +220,7 @@ def expand_env(value: str, where: str = "") -> str:
     def sub(m: re.Match[str]) -> str:
         got = os.environ.get(m.group(1))
         if got is None:
-            raise ConfigError(f"{where}: {m.group(0)} is not set in the environment (export {m.group(1)}=... ; README, \"Real checkpoints and data\")")
+            raise ConfigError(f"{where}: {m.group(0)} is not set in the environment (export {m.group(1)}=... ; docs/real_data.md)")
         return got
 
     return _ENV_VAR.sub(sub, value)
@@ -254,15 +264,11 @@ def digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def field_default(f: dataclasses.Field) -> Any:
-    """A dataclass field's default value (called from its ``default_factory`` where it has one)."""
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+# Enters every stage's digest: bump it when a stage's outputs change meaning under the same settings, so that
+# every run made before is redone rather than reused.
+CACHE_VERSION = 2
 
 
 def config_hash(cfg: Any) -> str:
     """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
-    values = dataclasses.asdict(cfg)
-    for f in dataclasses.fields(cfg):  # an option added after runs were made enters the digest only once it is set
-        if f.metadata.get("digest_when_set") and values[f.name] == field_default(f):
-            del values[f.name]
-    return digest(values)
+    return digest({"cache_version": CACHE_VERSION, **dataclasses.asdict(cfg)})

@@ -1,9 +1,9 @@
 """CoT synthesis and filtering (``01`` extension and ``02_cot_filtering``).
 
 * Synthesis: the teacher answers every training item ``n_samples`` times in each style.
-* Zhang et al.'s filter: keep an item only when all its samples are right (IoU >= 0.5 with the
-  ground truth; for the MIRG styles also the right image). The kept item's SFT target is its first
-  sample.
+* Zhang et al.'s filter: keep an item only when it has exactly ``n_samples`` samples and all are right
+  (IoU >= 0.5 with the ground truth; for the MIRG styles also the right image). The kept item's SFT
+  target is its first sample.
 * MIRG-RL's trajectory reassembly: a "reasoning only" reply is rewritten so that every object it
   names reads ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>obj<|object_ref_end|><|box_start|>..<|box_end|>``
   and later mentions reuse the bbox_id. The paper maps objects to images and boxes with a second VLM;
@@ -30,27 +30,28 @@ from .formats import IN_DOMAIN
 from .io import atomic_dir, write_json, write_jsonl
 from .items import Item, first_per_task, load_pool_items
 from .rewards import mirg_image, zhang_accuracy
-from .teacher import STYLES, ScriptedTeacher, Teacher, TeacherItem, box_in_frame, box_tokens
+from .teacher import ENV_NAME, STYLES, ScriptedTeacher, Teacher, TeacherItem, box_in_frame, box_tokens
 
 
 @dataclass
 class CotConfig:
     """Section ``cot`` of the params."""
 
-    teacher: Literal["scripted", "local", "openai"] = "scripted"
+    teacher: Literal["scripted", "local", "openai"] = field(default="scripted", metadata={"help": "scripted: the embedded world's teacher; local: a VLM checkpoint; openai: an OpenAI-compatible endpoint"})
     teacher_model: str = field(default="", metadata={"help": "local checkpoint folder, or the served model's name"})
     base_url: str = field(default="", metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"})
-    n_samples: int = 4
-    temperature: float = 0.7
-    error_rate: float = 0.2
-    error_rates: dict[str, float] = field(default_factory=dict)
-    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
-    max_items_per_task: int = 0
-    styles: list[str] = field(default_factory=lambda: ["zhang", "mirg_text", "mirg_bbox"])
-    frame: Literal["rel1000", "abs"] = "rel1000"
-    max_new_tokens: int = 512  # local and openai teachers
-    batch_size: int = 8  # local teacher: prompts per generate call
-    seed: int = 0
+    api_key_env: str = field(default="", metadata={"help": "openai: NAME of the environment variable holding the API key, e.g. OPENAI_API_KEY ('': no key)"})
+    n_samples: int = field(default=4, metadata={"help": "teacher samples per item; an item is kept when every one is right"})
+    temperature: float = field(default=0.7, metadata={"help": "teacher sampling temperature"})
+    error_rate: float = field(default=0.2, metadata={"help": "scripted: chance a sample is wrong"})
+    error_rates: dict[str, float] = field(default_factory=dict, metadata={"help": "scripted: task -> error_rate where it differs"})
+    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"], metadata={"help": "pool tasks the CoT items come from"})
+    max_items_per_task: int = field(default=100, metadata={"help": "the first N pool items of each task (0: all)"})
+    styles: list[str] = field(default_factory=lambda: ["zhang", "mirg_text", "mirg_bbox"], metadata={"help": "reply styles written: Zhang et al.'s CoT, MIRG-RL's text and bbox trajectories"})
+    frame: Literal["rel1000", "abs"] = field(default="rel1000", metadata={"help": "the boxes' frame in the replies; abs: Qwen2.5-VL's pixel boxes"})
+    max_new_tokens: int = field(default=512, metadata={"help": "local and openai teachers: tokens per sample"})
+    batch_size: int = field(default=8, metadata={"help": "local teacher: prompts per generate call"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self) -> None:
         bad = [s for s in self.styles if s not in STYLES or s == "answer"]
@@ -58,6 +59,9 @@ class CotConfig:
             raise ValueError(f"cot.styles: unknown {bad}; expected among {[s for s in STYLES if s != 'answer']}")
         if self.n_samples < 1:
             raise ValueError("cot.n_samples must be >= 1")
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+            # never echo the value: it may be the key itself, pasted by mistake
+            raise ValueError("cot.api_key_env must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), not the key itself")
 
 
 def make_teacher(cfg: CotConfig) -> Teacher:
@@ -71,7 +75,7 @@ def make_teacher(cfg: CotConfig) -> Teacher:
 
     if not cfg.base_url:
         raise ValueError("cot.teacher 'openai' needs cot.base_url")
-    return OpenAITeacher(cfg.base_url, cfg.teacher_model, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
+    return OpenAITeacher(cfg.base_url, cfg.teacher_model, api_key_env=cfg.api_key_env, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
 
 
 def abs_size(item: Item) -> tuple[int, int]:
@@ -117,12 +121,11 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>desc<|object_ref_end|><|box_start|>..<|box_end|>``,
     later ones the bbox_id alone. The answer becomes the target's bbox_id and box.
     """
-    from .parsing import THINK_RE, parse_response
+    from .parsing import parse_response
     from .teacher import _desc, _reading_order
 
-    m = THINK_RE.search(reply)
     parsed = parse_response(reply)
-    if m is None or parsed.box is None:
+    if parsed.think is None or parsed.box is None:
         return reply
     images = scene["images"]
     seen: dict[str, str] = {}
@@ -134,7 +137,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
                     return i, {"m": j, **o}
         return None
 
-    think = m.group(1)
+    think = parsed.think
     out, pos, current = [], 0, scene["target_image"]
     events = sorted([(x.start(), "img", x) for x in _IMAGE.finditer(think)] + [(x.start(), "obj", x) for x in _MENTION.finditer(think)], key=lambda e: e[0])
     for start, kind, x in events:
@@ -201,7 +204,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
                 ok = judge(style, rs, it, cfg.frame, abs_size(it) if cfg.frame == "abs" else None)
                 samples.append({"id": it.id, "task": it.task, "samples": rs, "correct": ok})
                 c[f"{it.task}/candidates"] += 1
-                if all(ok):
+                if len(rs) == cfg.n_samples and all(ok):  # exactly n samples, all right (an empty list is not "all right")
                     c[f"{it.task}/kept"] += 1
                     sft.append({"id": it.id, "task": it.task, "completion": rs[0]})
                     if style == "zhang":

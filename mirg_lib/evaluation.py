@@ -25,13 +25,13 @@ from .scoring import Prediction, score
 class EvalConfig:
     """Section ``eval`` of the params."""
 
-    prompt: Literal["plain", "zhang", "mirg"] = "plain"
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    max_items_per_task: int = field(default=0, metadata={"help": "the first N items of each MIG-Bench task (0: all); pipeline.evaluate scores the single-image test whole"})
-    frame: Literal["auto", "rel1000", "abs"] = "auto"  # auto: Migician's rule; abs: Qwen2.5-VL's pixel boxes
-    protocol: Literal["migician", "lenient"] = "migician"
-    bf16: bool = False
+    prompt: Literal["plain", "zhang", "mirg"] = field(default="zhang", metadata={"help": "the recipe's prompt the model is asked with"})
+    max_new_tokens: int = field(default=256, metadata={"help": "greedy tokens per answer"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
+    max_items_per_task: int = field(default=0, metadata={"help": "the first N items of each MIG-Bench task (0: all); the single-image test is scored whole"})
+    frame: Literal["auto", "rel1000", "abs"] = field(default="auto", metadata={"help": "how answers' boxes are read; auto: Migician's rule; abs: Qwen2.5-VL's pixel boxes"})
+    protocol: Literal["migician", "lenient"] = field(default="migician", metadata={"help": "Migician's scoring, or a lenient reading of any box in the reply"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 weights"})
 
 
 def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:

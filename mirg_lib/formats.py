@@ -7,8 +7,11 @@
   ``conversations`` (``from`` human/gpt, ``value``; one ``<image>`` placeholder per image) and ``type``.
 
 The embedded world is written in exactly these formats and read back by exactly this code.
-A bad record is a :class:`RecordError` naming the file, the record's index and the field; nothing is
-silently skipped. Extra fields are kept (in ``extra``) and written back.
+A bad record is a :class:`RecordError` naming the file, the record's index (0-based position in the
+JSON list) or line (1-based, for JSON Lines and for errors in the file's text) and the field; nothing
+is silently skipped. A file that cannot be read as UTF-8 JSON, a duplicate key, an integer too long to
+convert and a directory given as a file are RecordErrors too. Extra fields are kept (in ``extra``) and
+written back.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ MIG_TASKS = (
     "reasoning",
     "correspondence",
 )
+# the project's own single-image test (the embedded world's test/single_refer.json), in MIG-Bench's format
+SINGLE_TASKS = ("single_refer",)
+KNOWN_TASKS = (*MIG_TASKS, *SINGLE_TASKS)
+_TASK_NAMES = {t.casefold(): t for t in KNOWN_TASKS}
 # Zhang et al.'s split (their Table 3 checks out this way): trained on these four, the rest unseen.
 IN_DOMAIN = ("diff", "common_object", "region", "refer_grounding")
 OUT_OF_DOMAIN = tuple(t for t in MIG_TASKS if t not in IN_DOMAIN)
@@ -43,14 +50,29 @@ MIG_FIELDS = ("task", "images", "question", "answer", "additional_info", "need_f
 IMAGE_PLACEHOLDER = "<image>"
 
 
-class RecordError(ValueError):
-    """A malformed record: names the file, the record's index and the field."""
+# answers may overshoot the image by this much (the real file's worst is 1.048) and are clipped to it
+ANSWER_TOLERANCE = 0.05
 
-    def __init__(self, file: str | os.PathLike, index: int | None, field: str | None, problem: str):
-        self.file, self.index, self.field, self.problem = str(file), index, field, problem
+
+class RecordError(ValueError):
+    """A malformed record or file: names the file, the record's 0-based ``index`` in a JSON list or the
+    1-based ``line`` of the file, and the field."""
+
+    def __init__(
+        self,
+        file: str | os.PathLike,
+        index: int | None,
+        field: str | None,
+        problem: str,
+        *,
+        line: int | None = None,
+    ):
+        self.file, self.index, self.field, self.problem, self.line = str(file), index, field, problem, line
         where = f"{self.file}"
         if index is not None:
-            where += f", record {index}"
+            where += f", index {index}"
+        if line is not None:
+            where += f", line {line}"
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {problem}")
@@ -59,7 +81,7 @@ class RecordError(ValueError):
 class MissingImageError(FileNotFoundError):
     def __init__(self, path: str | os.PathLike, file: str | os.PathLike, index: int):
         self.path = str(path)
-        super().__init__(f"{file}, record {index}: image not found: {path}")
+        super().__init__(f"{file}, index {index}: image not found: {path}")
 
 
 @dataclass
@@ -73,6 +95,7 @@ class MigRecord:
     index: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     reordered: bool = False  # the file had the corners swapped; see load_mig_bench
+    clipped: bool = False  # the file's answer overshot the image slightly; see load_mig_bench
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -117,17 +140,111 @@ class MGroundingRecord:
         return d
 
 
-def _load_json_list(path: Path) -> list[Any]:
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+class _HugeInteger(ValueError):
+    def __init__(self, digits: int):
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _integer(text: str) -> int:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        return int(text)
+    except ValueError:  # beyond Python's integer string-conversion limit
+        raise _HugeInteger(len(text.lstrip("-"))) from None
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_int=_integer)
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A file's UTF-8 text; anything but a missing file (a directory, unreadable, not UTF-8) is a RecordError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise
+    except IsADirectoryError:
+        raise RecordError(path, None, None, "is a directory, not a file") from None
+    except OSError as e:
+        raise RecordError(path, None, None, f"cannot be read ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RecordError(path, None, None, f"not UTF-8 text (byte 0x{data[e.start]:02x}, offset {e.start})", line=line) from None
+
+
+def decode_json(path: str | os.PathLike, text: str, pos: int = 0, *, index: int | None = None, line: int | None = None) -> tuple[Any, int]:
+    """One JSON value of ``text`` from ``pos`` (no whitespace before it) and where it ends.
+
+    Any problem is a RecordError naming ``path`` and ``index`` or ``line`` (else the line of the error).
+    Duplicate keys and integers too long to convert are refused; NaN and Infinity are read as Python does.
+    """
+    try:
+        return _DECODER.raw_decode(text, pos)
     except json.JSONDecodeError as e:
-        raise RecordError(path, None, None, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
-    if not isinstance(data, list):
-        raise RecordError(path, None, None, f"expected a JSON list of records, got {type(data).__name__}")
-    return data
+        at = line if line is not None else e.lineno
+        raise RecordError(path, index, None, f"not valid JSON ({e.msg}, column {e.colno})", line=at) from None
+    except _DuplicateKey as e:
+        key, problem = e.key, "duplicate key"
+    except _HugeInteger as e:
+        key, problem = None, f"an integer of {e.digits} digits"
+    except RecursionError:
+        key, problem = None, "nested too deeply"
+    if line is None:
+        problem += f" (in the value starting at line {_line_of(text, pos)})"
+    raise RecordError(path, index, key, problem, line=line)
+
+
+def _load_json_list(path: Path) -> list[Any]:
+    """The records of a file holding one JSON list, decoded one by one so an error names its index."""
+    text = read_text(path)
+    n = len(text)
+    i = _JSON_WS.match(text, 0).end()  # type: ignore[union-attr]
+    if i >= n or text[i] != "[":
+        value, end = decode_json(path, text, i)
+        if _JSON_WS.match(text, end).end() != n:  # type: ignore[union-attr]
+            raise RecordError(path, None, None, "not valid JSON (extra data after the value)", line=_line_of(text, end))
+        raise RecordError(path, None, None, f"expected a JSON list of records, got {type(value).__name__}")
+    records: list[Any] = []
+    i = _JSON_WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    if i < n and text[i] == "]":
+        i += 1
+    else:
+        while True:
+            value, i = decode_json(path, text, i, index=len(records))
+            records.append(value)
+            i = _JSON_WS.match(text, i).end()  # type: ignore[union-attr]
+            if i < n and text[i] == ",":
+                i = _JSON_WS.match(text, i + 1).end()  # type: ignore[union-attr]
+                continue
+            if i < n and text[i] == "]":
+                i += 1
+                break
+            raise RecordError(path, None, None, f"not valid JSON (expected ',' or ']' after index {len(records) - 1})", line=_line_of(text, i))
+    if _JSON_WS.match(text, i).end() != n:  # type: ignore[union-attr]
+        raise RecordError(path, None, None, "not valid JSON (extra data after the list)", line=_line_of(text, i))
+    return records
 
 
 def _need(path: Path, i: int, rec: Any, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -176,27 +293,49 @@ def _load(path: str | os.PathLike, parse: Any, image_root: str | os.PathLike | N
     return records
 
 
-def parse_mig_record(path: Path, i: int, rec: Any) -> MigRecord:
-    task = _need(path, i, rec, "task", str)
+def _task_name(path: Path, i: int, rec: dict) -> str:
+    raw = _need(path, i, rec, "task", str)
+    task = raw.strip()
     if not task:
         raise RecordError(path, i, "task", "empty task name")
-    images = _image_list(path, i, rec)
-    question = _need(path, i, rec, "question", str)
-    answer = _need(path, i, rec, "answer", list)
+    known = _TASK_NAMES.get(task.casefold())
+    if known is None:
+        raise RecordError(path, i, "task", f"unknown task {raw!r:.80}; expected one of {', '.join(KNOWN_TASKS)}")
+    return known
+
+
+def _answer_box(path: Path, i: int, answer: list) -> tuple[list[float], bool, bool]:
+    """The answer with its corners ordered and clipped to the image, and whether either was needed."""
     if len(answer) != 4:
         raise RecordError(path, i, "answer", f"expected 4 numbers [x1, y1, x2, y2], got {len(answer)} values")
     vals: list[float] = []
     for v in answer:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        try:
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
+        except OverflowError:
+            ok = False
+        if not ok:
             raise RecordError(path, i, "answer", f"expected finite numbers, got {answer!r:.80}")
         vals.append(float(v))
-    if max(vals) > 1.5 or min(vals) < -0.5:
-        raise RecordError(path, i, "answer", f"expected 0-1 relative coordinates, got {vals}")
+    if max(vals) > 1 + ANSWER_TOLERANCE or min(vals) < -ANSWER_TOLERANCE:
+        raise RecordError(
+            path, i, "answer", f"expected 0-1 relative coordinates (at most {ANSWER_TOLERANCE} beyond the image), got {vals}"
+        )
     x1, y1, x2, y2 = vals
     reordered = x2 < x1 or y2 < y1
-    vals = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
-    if vals[2] <= vals[0] or vals[3] <= vals[1]:
-        raise RecordError(path, i, "answer", f"degenerate box (zero width or height): {answer}")
+    box = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+    clipped = max(box) > 1 or min(box) < 0
+    box = [min(1.0, max(0.0, v)) for v in box]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise RecordError(path, i, "answer", f"degenerate box (zero width or height within the image): {vals}")
+    return box, reordered, clipped
+
+
+def parse_mig_record(path: Path, i: int, rec: Any) -> MigRecord:
+    task = _task_name(path, i, rec)
+    images = _image_list(path, i, rec)
+    question = _need(path, i, rec, "question", str)
+    vals, reordered, clipped = _answer_box(path, i, _need(path, i, rec, "answer", list))
     info = rec.get("additional_info", "")
     if info is None:
         info = ""
@@ -206,7 +345,7 @@ def parse_mig_record(path: Path, i: int, rec: Any) -> MigRecord:
     if not isinstance(need_format, bool):
         raise RecordError(path, i, "need_format", f"expected true or false, got {need_format!r:.40}")
     extra = {k: v for k, v in rec.items() if k not in MIG_FIELDS}
-    return MigRecord(task, images, question, vals, info, need_format, i, extra, reordered)
+    return MigRecord(task, images, question, vals, info, need_format, i, extra, reordered, clipped)
 
 
 def load_mig_bench(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check: bool = False) -> list[MigRecord]:
@@ -214,8 +353,11 @@ def load_mig_bench(path: str | os.PathLike, image_root: str | os.PathLike | None
 
     The real file has 5 answers with swapped corners (x2 < x1 or y2 < y1). Migician's scorer can
     never mark those right; we order the corners and flag the record (``reordered``) so that the
-    ground truth scores 100% and the count is visible. With ``check=True`` every image must exist
-    under ``image_root`` (default: the file's folder).
+    ground truth scores 100% and the count is visible. It also has 2 answers a little past the image
+    (up to 1.048): answers up to ``ANSWER_TOLERANCE`` outside 0-1 are clipped to it and flagged
+    (``clipped``), farther ones refused. A task name is one of ``KNOWN_TASKS`` (surrounding spaces and
+    case ignored). With ``check=True`` every image must exist under ``image_root`` (default: the
+    file's folder).
     """
     return _load(path, parse_mig_record, image_root, check)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -29,46 +29,37 @@ from .trainers import (
     train_resuming,
 )
 
-if TYPE_CHECKING:
-    from .launch import LaunchConfig
-
 
 @dataclass
 class GRPOStageConfig:
     """Section ``grpo`` of the params (defaults: Zhang et al.'s RL settings)."""
 
-    recipe: Literal["zhang", "mirg"] = "zhang"
+    recipe: Literal["zhang", "mirg"] = field(default="zhang", metadata={"help": "the recipe's prompt, reply form and rewards"})
     rewards: dict[str, float] = field(default_factory=dict, metadata={"help": "reward name -> weight; empty: the recipe's"})
-    learning_rate: float = 5e-5
-    num_generations: int = 8
-    prompts_per_step: int = 2
-    gradient_accumulation_steps: int = 4
-    beta: float = 0.001
-    temperature: float = 0.7
-    max_completion_length: int = 1024
-    max_steps: int = 100
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    box_frame: Literal["rel1000", "abs", "rel1", "auto"] = "rel1000"
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int = 50
-    seed: int = 0
-    use_vllm: bool = field(default=False, metadata={"help": "rollouts by vLLM through trl (pip install 'trl[vllm]'; a CUDA GPU); false: transformers' generate", "digest_when_set": True})
-    vllm_mode: Literal["colocate", "server"] = field(default="colocate", metadata={"help": "colocate: vLLM in the training processes; server: a `trl vllm-serve` started beforehand", "digest_when_set": True})
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"digest_when_set": True})
-    vllm_server_port: int = field(default=8000, metadata={"digest_when_set": True})
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take", "digest_when_set": True})
-    recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it (MIRG-RL: lr 5e-6)", "digest_when_set": True})
-    merged_rollouts: bool = field(
-        default=True,
-        metadata={"help": "sample the rollouts from the LoRA merged into a copy of the weights (speed.merged_lora; bench/NOTES.md): the same policy, one product per layer instead of three; "
-                  "only where that gives the same rollouts (no LoRA dropout, no ZeRO-3/FSDP, no vLLM), else trl's own path. "
-                  "On the 2-core CPU the embedded GRPO's logs (loss, rewards, KL) were bit-identical either way, so the default keeps the digests of earlier runs",
-                  "digest_when_set": True},
-    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "trl GRPOConfig's learning_rate"})
+    num_generations: int = field(default=8, metadata={"help": "rollouts per prompt"})
+    prompts_per_step: int = field(default=2, metadata={"help": "prompts per micro-step over all processes"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-steps per optimiser step"})
+    beta: float = field(default=0.001, metadata={"help": "KL coefficient"})
+    temperature: float = field(default=0.7, metadata={"help": "rollout sampling temperature"})
+    max_completion_length: int = field(default=1024, metadata={"help": "tokens per rollout"})
+    max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (on the language model's projections)"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    box_frame: Literal["rel1000", "abs", "rel1", "auto"] = field(default="rel1000", metadata={"help": "how rollouts' boxes are read; abs: Qwen2.5-VL's pixel boxes"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
+    logging_steps: int = field(default=1, metadata={"help": "steps between log lines"})
+    save_steps: int = field(default=50, metadata={"help": "steps between trainer checkpoints (an interrupted run resumes from the last)"})
+    seed: int = field(default=0, metadata={"help": "trainer seed"})
+    use_vllm: bool = field(default=False, metadata={"help": "rollouts by vLLM through trl (pip install 'trl[vllm]'; a CUDA GPU); never run here"})
+    vllm_mode: Literal["colocate", "server"] = field(default="colocate", metadata={"help": "colocate: vLLM in the training processes; server: a `trl vllm-serve` started beforehand"})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "server: its host"})
+    vllm_server_port: int = field(default=8000, metadata={"help": "server: its port"})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take"})
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it"})
+    merged_rollouts: bool = field(default=True, metadata={"help": "sample rollouts from the LoRA merged into the weights, where that gives the same rollouts"})
 
     def for_recipe(self) -> GRPOStageConfig:
         """The settings this config's recipe trains with: ``recipes[recipe]`` over it (:func:`config.overlay`)."""
@@ -142,7 +133,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from .launch import world_size
+    from .dist import world_size
     from .models import load_model, load_processor, lora_config
 
     funcs, weights = get_rewards(cfg.rewards)
@@ -185,36 +176,36 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     return trainer
 
 
-def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out_dir: str | Path, launch: LaunchConfig | None = None, data_dir: str | Path | None = None) -> Path:
-    """GRPO from ``init_path`` on ``items``; merged result in ``out_dir/checkpoint``.
-
-    Skipped when done for the same config, start and items; resumes an interrupted run. With ``launch``
-    asking for several processes the training runs under ``accelerate launch`` (:mod:`mirg_lib.launch`;
-    the processes read ``items`` back from the pool in ``data_dir`` by id). ``prompts_per_step`` stays
-    the prompts of one micro-step (x gradient_accumulation_steps an optimiser step) over all processes; the number of processes is in the digest
-    (each samples its own rollouts)."""
+def grpo_stamp(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], processes: int) -> tuple[str, dict[str, Any]]:
+    """The digest a GRPO checkpoint carries (config, items, start model, and the number of processes: each
+    samples its own rollouts) and its ``mirg.json``; no items is an error."""
     import dataclasses
     import hashlib
 
     from .config import config_hash
-    from .launch import digest_tag, needs_launch, processes, train_launched
+
+    if not items:
+        raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
+    ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
+    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + (f":world{processes}" if processes > 1 else "")
+    meta = {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": processes}
+    return digest, meta
+
+
+def run_grpo(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], out_dir: str | Path) -> Path:
+    """GRPO from ``init_path`` on ``items`` in this process; merged result in ``out_dir/checkpoint``. Under
+    ``accelerate launch`` every process runs this (``prompts_per_step`` stays the prompts of one micro-step
+    over all processes) and the adapter is saved instead; :func:`mirg_lib.pipeline.train_grpo` decides where
+    it runs.
+
+    Skipped when done for the same config, start and items; resumes an interrupted run."""
+    from .dist import world_size
 
     out_dir = Path(out_dir)
-    ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
-    world = processes(launch, "grpo")
-    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + digest_tag(world)
+    digest, meta = grpo_stamp(cfg, init_path, items, world_size())
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
-    if not items:
-        raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
-    meta = {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": world}
-    if needs_launch(launch, "grpo"):
-        assert launch is not None
-        if data_dir is None:
-            raise ValueError("run_grpo on several processes needs data_dir, where the processes read the items back")
-        spec = {"cfg": meta["config"], "init_path": str(init_path), "ids": [it.id for it in items], "data_dir": str(data_dir), "out_dir": str(out_dir)}
-        return train_launched("grpo", launch, spec, out_dir, init_path, final, meta)
     work = out_dir / "trainer"
     trainer = make_trainer(cfg, init_path, items, work, log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, work, digest)

@@ -2,9 +2,9 @@
 
 Section ``launch`` of the params. With ``num_processes: 1`` (the default) every stage runs in the
 notebook's own process, as always. With more, the training stages named in ``stages`` (SFT and GRPO)
-start ``accelerate launch`` on ``python -m mirg_lib launched <spec>``: the stage's typed config and
-inputs are written to a JSON spec beside its outputs, each process reads it back and runs the very same
-stage function, which trl's / transformers' trainer then runs under DDP or, with a DeepSpeed
+start ``accelerate launch`` on ``python -m mirg_lib launched <spec>`` (:func:`mirg_lib.pipeline.train_sft`,
+``train_grpo``): the stage's typed config and inputs are written to a JSON spec beside its outputs, each
+process reads it back and runs the very same stage function (the CLI dispatches it), which trl's / transformers' trainer then runs under DDP or, with a DeepSpeed
 accelerate config (``configs/accelerate/zero2.yaml``, ``zero3.yaml``), under ZeRO. The notebook's process
 streams the processes' output line by line (and into ``launch.log`` beside the stage's outputs), and
 raises, with the exit code and the log's last lines, when the launch fails. The processes save the LoRA
@@ -41,7 +41,7 @@ class LaunchConfig:
     """Section ``launch`` of the params: how many processes the training stages run on."""
 
     num_processes: int = field(default=1, metadata={"help": "processes per training stage; >1 runs it under `accelerate launch`"})
-    config_file: str = field(default="", metadata={"help": "an accelerate config (configs/accelerate/ddp.yaml, zero2.yaml, zero3.yaml; relative to the repository); '': plain DDP"})
+    config_file: str = field(default="", metadata={"help": "an accelerate config (configs/accelerate/{ddp,zero2,zero3}.yaml, repository-relative); '': plain DDP"})
     stages: list[str] = field(default_factory=lambda: list(LAUNCHABLE), metadata={"help": "which training stages go multi-process"})
     main_process_port: int = field(default=0, metadata={"help": "0: a free port"})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "more `accelerate launch` arguments, passed as they are"})
@@ -62,35 +62,6 @@ class LaunchConfig:
     def world_size(self, stage: str) -> int:
         """The number of processes ``stage`` trains on."""
         return self.num_processes if stage in self.stages else 1
-
-
-def world_size() -> int:
-    """Processes of the run this process belongs to (1 outside ``accelerate launch`` / torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def in_launched_process() -> bool:
-    return "MIRG_LAUNCHED" in os.environ
-
-
-def processes(launch: LaunchConfig | None, stage: str) -> int:
-    """How many processes ``stage`` trains on under ``launch`` (None: one)."""
-    return launch.world_size(stage) if launch else 1
-
-
-def digest_tag(n: int) -> str:
-    """What the number of processes adds to a stage's digest (it changes the batch: nothing for one)."""
-    return f":world{n}" if n > 1 else ""
-
-
-def needs_launch(launch: LaunchConfig | None, stage: str) -> bool:
-    """Whether ``stage`` must start ``accelerate launch`` (several processes asked for, and this process is
-    not already one of them)."""
-    return launch is not None and launch.world_size(stage) > 1 and not in_launched_process()
 
 
 def _free_port() -> int:
@@ -128,7 +99,7 @@ def run_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_dir
     n = launch.world_size(stage)
     cmd = launch_command(launch, spec_file, n, bf16=bool(spec.get("cfg", {}).get("bf16", False)))
     log_path = out_dir / "launch.log"
-    env = {**os.environ, "MIRG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     tail: deque[str] = deque(maxlen=30)
     errors: list[str] = []  # the processes' own error lines: torchrun's report that follows them names no cause
@@ -164,32 +135,3 @@ def train_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_d
     shutil.rmtree(Path(out_dir) / "adapter", ignore_errors=True)  # an earlier run's must not be merged
     run_launched(stage, launch, spec, out_dir)
     return merge_adapter(start, Path(out_dir) / "adapter", final, meta, bool(spec["cfg"].get("bf16", False)))
-
-
-def run_spec(spec_file: str | Path) -> None:
-    """Inside each launched process: read the spec and run the stage function (``mirg_lib launched``)."""
-    from .config import from_dict
-
-    spec = json.loads(Path(spec_file).read_text())
-    launch = from_dict(LaunchConfig, spec["launch"], "launch")
-    stage = spec["stage"]
-    if stage == "sft":
-        from .sft import SFTStageConfig, run_sft
-
-        run_sft(from_dict(SFTStageConfig, spec["cfg"], "sft"), spec["base_path"], spec["sft_file"], spec["data_dir"], spec["out_dir"], launch=launch)
-    elif stage == "grpo":
-        from .grpo import GRPOStageConfig, run_grpo
-        from .items import pool_items
-
-        items = pool_items(spec["data_dir"], spec["ids"], f"{spec_file} (GRPO items)")
-        run_grpo(from_dict(GRPOStageConfig, spec["cfg"], "grpo"), spec["init_path"], items, spec["out_dir"], launch=launch, data_dir=spec["data_dir"])
-    else:
-        raise ValueError(f"{spec_file}: unknown stage {stage!r}; launchable: {list(LAUNCHABLE)}")
-
-
-def barrier() -> None:
-    """Wait for every process of a launched run (nothing outside one)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

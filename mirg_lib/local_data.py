@@ -35,7 +35,7 @@ from .formats import (
 )
 from .io import atomic_dir, write_json
 from .items import item_from_mgrounding
-from .world.build import DataConfig, WorldManifest, reused_manifest
+from .world.build import DataConfig, WorldManifest, data_checksums, reused_manifest
 
 DROPPED_NAMED = 50  # dropped records named one by one in the manifest (all are counted)
 
@@ -48,7 +48,7 @@ def _identity(cfg: DataConfig) -> str:
     files = []
     for p in _source_files(cfg):
         if not p.is_file():
-            raise FileNotFoundError(f"data ({cfg.source}): {p} does not exist (README, \"Real checkpoints and data\", says where to get it and how to lay it out)")
+            raise FileNotFoundError(f"data ({cfg.source}): {p} does not exist (docs/real_data.md says where to get it and how to lay it out)")
         st = p.stat()
         files.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return digest({"config": config_hash(cfg), "files": files})
@@ -89,7 +89,7 @@ def run_local_data(cfg: DataConfig, out_dir: str | Path, force: bool = False) ->
                 capped += 1
                 continue
             if rec.id in ids:
-                raise RecordError(file, rec.index, "id", f"{rec.id!r} is also the id of {ids[rec.id][0]} record {ids[rec.id][1]}; the pool's ids must be unique")
+                raise RecordError(file, rec.index, "id", f"{rec.id!r} is also the id of {ids[rec.id][0]} index {ids[rec.id][1]}; the pool's ids must be unique")
             ids[rec.id] = (file, rec.index)
             check_images([rec], file, root)
             try:
@@ -118,6 +118,7 @@ def run_local_data(cfg: DataConfig, out_dir: str | Path, force: bool = False) ->
                 "counts": counts,
                 "dropped": {"count": n_dropped, "first": dropped},
                 "over_max_train_per_task": capped,
+                "files": data_checksums(tmp),
             },
         )
         write_json(tmp / "timing.json", {"seconds": round(time.perf_counter() - t0, 2)})  # as the drawn world keeps it

@@ -95,7 +95,7 @@ PRESETS: dict[str, ModelPreset] = {
     "nano": ModelPreset(512, 64, 128, 2, 2, 1, 32, 1, 2),
     # the embedded base model on a CPU
     "tiny": ModelPreset(1024, 192, 512, 4, 4, 2, 128, 3, 4),
-    # the same with rotary bases sized for a few hundred positions (an experiment: see the README)
+    # the same with rotary bases sized for a few hundred positions (an experiment: docs/log.md)
     "tiny-shortrope": ModelPreset(1024, 192, 512, 4, 4, 2, 128, 3, 4, rope_theta=100.0, vision_rope_theta=100.0),
     # the gpu profile
     "small": ModelPreset(2048, 384, 1024, 8, 6, 2, 256, 6, 4),
@@ -249,7 +249,7 @@ def create_small_model(
 
     ``image_mean`` / ``image_std``: the pixel normalisation (see :func:`pixel_stats`). With Qwen's CLIP
     defaults the embedded world's light backgrounds sit far from zero and every image looks alike to an
-    untrained vision tower (measured in the README)."""
+    untrained vision tower (measured: docs/log.md)."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     tokenizer = train_tokenizer(corpus, p.vocab_size)
     processor = build_processor(tokenizer, max_pixels=image_max_pixels, image_mean=image_mean, image_std=image_std)

@@ -87,7 +87,7 @@ def cot(params: Params):
 
 def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path:
     """LoRA SFT of the base on ``sft_<variant>.jsonl`` (zhang, answer, mirg_text, mirg_bbox, mirg_reassembled)."""
-    from .sft import SFTStageConfig, run_sft
+    from .sft import SFTStageConfig
 
     cfg = stage_config(SFTStageConfig, params, "sft").for_variant(variant)
     if variant == "answer":
@@ -96,7 +96,7 @@ def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path
         cfg.prompt_recipe = "mirg"
     sft_file = _need(stage_dir(params.profile, "cot") / f"sft_{variant}.jsonl", f"the {variant} SFT data (02_cot_filtering)")
     with stage(params.profile, f"sft_{name or variant}"):
-        return run_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"), launch=launch_config(params))
+        return train_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"), launch_config(params))
 
 
 def launch_config(params: Params):
@@ -104,6 +104,42 @@ def launch_config(params: Params):
     from .launch import LaunchConfig
 
     return stage_config(LaunchConfig, params, "launch")
+
+
+def train_sft(cfg, base: str | Path, sft_file: str | Path, data: str | Path, out_dir: str | Path, launch=None) -> Path:
+    """:func:`mirg_lib.sft.run_sft` in this process, or on ``launch``'s processes under ``accelerate launch``
+    (skipped there too when the checkpoint is up to date); returns the merged checkpoint."""
+    from .sft import run_sft, sft_stamp
+
+    n = launch.world_size("sft") if launch else 1
+    if n == 1:
+        return run_sft(cfg, base, sft_file, data, out_dir)
+    digest, meta = sft_stamp(cfg, base, sft_file, n)
+    spec = {"cfg": meta["config"], "base_path": str(base), "sft_file": str(sft_file), "data_dir": str(data), "out_dir": str(out_dir)}
+    return _launched("sft", launch, spec, Path(out_dir), base, digest, meta)
+
+
+def train_grpo(cfg, init: str | Path, items: list, data: str | Path, out_dir: str | Path, launch=None) -> Path:
+    """:func:`mirg_lib.grpo.run_grpo` in this process, or on ``launch``'s processes under ``accelerate launch``
+    (which read ``items`` back from the pool in ``data`` by id); returns the merged checkpoint."""
+    from .grpo import grpo_stamp, run_grpo
+
+    n = launch.world_size("grpo") if launch else 1
+    if n == 1:
+        return run_grpo(cfg, init, items, out_dir)
+    digest, meta = grpo_stamp(cfg, init, items, n)
+    spec = {"cfg": meta["config"], "init_path": str(init), "ids": [it.id for it in items], "data_dir": str(data), "out_dir": str(out_dir)}
+    return _launched("grpo", launch, spec, Path(out_dir), init, digest, meta)
+
+
+def _launched(stage_name: str, launch, spec: dict[str, Any], out_dir: Path, start: str | Path, digest: str, meta: dict[str, Any]) -> Path:
+    from .launch import train_launched
+    from .trainers import stamp_matches
+
+    final = out_dir / "checkpoint"
+    if stamp_matches(final, digest):
+        return final
+    return train_launched(stage_name, launch, spec, out_dir, start, final, meta)
 
 
 def rejection(params: Params, model_path: Path | None = None):
@@ -127,7 +163,7 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
     """GRPO from ``init`` (default: the Zhang CoT-SFT model) into ``runs/<profile>/<name>/`` on the RL items
     rejection sampling kept, or (``use_rejection=False``) on every item it would have looked at: the first
     ``rejection.max_items_per_task`` pool items of each of ``rejection.tasks`` not used for CoT SFT."""
-    from .grpo import GRPOStageConfig, run_grpo
+    from .grpo import GRPOStageConfig
     from .items import first_per_task, load_pool_items, pool_items
 
     cfg = stage_config(GRPOStageConfig, params, "grpo").for_recipe()
@@ -143,7 +179,7 @@ def grpo(params: Params, init: Path | None = None, name: str = "grpo", use_rejec
         pool = load_pool_items(data_dir(params) / "train" / "mgrounding.json")
         items = first_per_task([it for it in pool if it.id not in cot_ids], rcfg.tasks, rcfg.max_items_per_task)  # what rejection sampling would look at, none dropped
     with stage(params.profile, name):
-        return run_grpo(cfg, init, items, stage_dir(params.profile, name), launch=launch_config(params), data_dir=data_dir(params))
+        return train_grpo(cfg, init, items, data_dir(params), stage_dir(params.profile, name), launch_config(params))
 
 
 def evaluate(params: Params, model_path: Path, name: str, single: bool = False, prompt: str | None = None) -> dict[str, Any]:

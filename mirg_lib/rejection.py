@@ -31,16 +31,16 @@ from .trainers import model_identity
 class RejectionConfig:
     """Section ``rejection`` of the params."""
 
-    k: int = 8
-    temperature: float = 0.7
-    max_new_tokens: int = 256
-    batch_size: int = 16  # prompts per generation batch: the k samples of batch_size // k items at a time
-    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"])
-    max_items_per_task: int = 0
-    recipe: Literal["zhang", "mirg"] = "zhang"
-    frame: Literal["auto", "rel1000", "abs"] = "auto"  # abs: Qwen2.5-VL's pixel boxes
-    enabled: bool = True  # false: keep every item (the "w/o rejection sampling" ablation)
-    seed: int = 0
+    k: int = field(default=8, metadata={"help": "samples per RL item from the stage-1 model"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per sample"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch: the k samples of batch_size // k items at a time"})
+    tasks: list[str] = field(default_factory=lambda: [*IN_DOMAIN, "single_refer"], metadata={"help": "pool tasks the RL items come from"})
+    max_items_per_task: int = field(default=0, metadata={"help": "the first N pool items of each task not used for CoT SFT (0: all)"})
+    recipe: Literal["zhang", "mirg"] = field(default="zhang", metadata={"help": "the prompt and reply form sampled"})
+    frame: Literal["auto", "rel1000", "abs"] = field(default="auto", metadata={"help": "how replies' boxes are read; abs: Qwen2.5-VL's pixel boxes"})
+    enabled: bool = field(default=True, metadata={"help": "false: keep every item (the papers' w/o rejection sampling row)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
 
 
 @dataclass

@@ -10,8 +10,9 @@ columns as keyword arguments, and returns one float per completion. Columns read
   (Migician's rule: values above 1 are 0-1000). Default ``auto``;
 * ``image_size``   -- ``[width, height]`` of the target image as the model saw it (``abs`` only).
 
-Any model output, however broken, gets a number: degenerate, inverted, out-of-image and non-finite
-boxes score 0, and nothing raises. A missing *dataset column* is a configuration error and does raise.
+Any model output, however broken or long, gets a number, in time linear in its length (see
+:mod:`mirg_lib.parsing`): degenerate, inverted, out-of-image and non-finite boxes score 0, and nothing
+raises. A missing *dataset column* is a configuration error and does raise.
 
 Zhang et al.: ``r = 1.0 * IoU + 0.5 * format`` (format: ``<think>..</think><answer>..</answer>`` with a
 JSON ``bbox_2d`` box in the answer). MIRG-RL: ``r = r_fmt + r_img + r_obj``.
@@ -69,7 +70,7 @@ def predicted_rel_box(parsed: ParsedResponse, frame: str = "auto", image_size: S
 def _gt(ans: Any) -> tuple[float, ...] | None:
     try:
         vals = tuple(float(v) for v in ans)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return vals if len(vals) == 4 else None
 
@@ -125,7 +126,7 @@ def mirg_image(completions: Sequence[Any], **kwargs: Any) -> list[float]:
         got = parse_response(completion_text(comp)).image_index
         try:
             want = int(tgt)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             want = None
         out.append(1.0 if got is not None and want is not None and got == want else 0.0)
     return out

@@ -8,9 +8,11 @@ Default protocol ``migician`` follows Migician's published evaluation code:
   boxes -- Migician's own quirk, kept);
 * nothing parsed scores 0; correct when IoU >= 0.5; AVG is the unweighted mean of the tasks.
 
-Two departures, both documented in the README: when the reply has an ``<answer>`` block the box is
+Two departures, both documented in docs/scoring.md: when the reply has an ``<answer>`` block the box is
 taken from it (a CoT model's reasoning boxes are not its answer), and ground-truth boxes with
 swapped corners are ordered on reading (5 records of the real file; Migician can never score them).
+Ground-truth boxes a little past the image (2 records of the real file, up to 1.048) are clipped to it
+on reading (``gt_clipped`` counts them). The IoU threshold must lie in (0, 1].
 
 Protocol ``lenient`` reads the first box of the answer in any form :mod:`mirg_lib.parsing` knows
 (JSON, box tokens, lists). A prediction may name its frame (``rel1``, ``rel1000``, ``abs`` with the
@@ -22,7 +24,6 @@ right image, which Migician's protocol never checks.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -39,12 +40,16 @@ from .formats import (
     OUT_OF_DOMAIN,
     MigRecord,
     RecordError,
+    decode_json,
     group_target_image,
     load_mig_bench,
+    read_text,
 )
-from .parsing import answer_region, image_index_from_text, parse_response
+from .parsing import answer_region, parse_response
 
 PROTOCOLS = ("migician", "lenient")
+_JSON_WS = " \t\n\r"
+MAX_IMAGE_SIDE = 1_000_000  # pixels: a larger image_size in a prediction is a mistake, not an image
 
 _MIGICIAN_PATTERNS = (
     re.compile(r"\((\d+),\s*(\d+)\),\s*\((\d+),\s*(\d+)\)"),
@@ -56,20 +61,18 @@ _MIGICIAN_PATTERNS = (
 )
 
 
-def migician_raw_boxes(text: str) -> list[tuple[float, float, float, float]]:
-    """All boxes of the first Migician pattern that matches ``text``, unscaled."""
+def migician_raw_boxes(text: str, limit: int | None = None) -> list[tuple[float, float, float, float]]:
+    """All boxes (or the first ``limit``) of the first Migician pattern that matches ``text``, unscaled."""
     if not isinstance(text, str):
         return []
     for rx in _MIGICIAN_PATTERNS:
-        matches = rx.findall(text)
-        if matches:
-            out = []
-            for m in matches:
-                try:
-                    out.append(tuple(float(v) for v in m))
-                except (ValueError, OverflowError):
-                    continue
-            return out  # type: ignore[return-value]
+        out: list[tuple[float, float, float, float]] = []
+        for m in rx.finditer(text):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(tuple(float(v) for v in m.groups()))  # type: ignore[arg-type]  # digits: never raises
+        if out:
+            return out
     return []
 
 
@@ -92,50 +95,55 @@ class Prediction:
 
 
 def load_predictions(path: str | os.PathLike) -> dict[int, Prediction]:
-    """Read a predictions JSONL file. A bad line names the file, the line and the field."""
+    """Read a predictions JSONL file. A bad line names the file, the line (1-based) and the field."""
     path = Path(path)
     preds: dict[int, Prediction] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"line is not valid JSON ({e.msg})") from e
-            preds_row = parse_prediction(path, lineno, row)
-            if preds_row.index in preds:
-                raise RecordError(path, lineno, "index", f"duplicate prediction for benchmark index {preds_row.index}")
-            preds[preds_row.index] = preds_row
+    text = read_text(path).replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text files read
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        start = len(line) - len(line.lstrip(_JSON_WS))
+        row, end = decode_json(path, line, start, line=lineno)
+        if line[end:].strip(_JSON_WS):
+            raise RecordError(path, None, None, f"not valid JSON (extra data after the object, column {end + 1})", line=lineno)
+        pred = parse_prediction(path, lineno, row)
+        if pred.index in preds:
+            raise RecordError(path, None, "index", f"duplicate prediction for benchmark index {pred.index}", line=lineno)
+        preds[pred.index] = pred
     return preds
 
 
 def parse_prediction(path: Path, lineno: int, row: Any) -> Prediction:
+    """One prediction row; ``lineno`` is its 1-based line, named by every error."""
+
+    def bad(field: str | None, problem: str) -> RecordError:
+        return RecordError(path, None, field, problem, line=lineno)
+
     if not isinstance(row, dict):
-        raise RecordError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+        raise bad(None, f"expected a JSON object, got {type(row).__name__}")
     idx = row.get("index")
     if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-        raise RecordError(path, lineno, "index", f"expected a non-negative integer, got {idx!r:.40}")
+        raise bad("index", f"expected a non-negative integer, got {idx!r:.40}")
     resp = row.get("response")
     if not isinstance(resp, str):
-        raise RecordError(path, lineno, "response", f"expected the raw model reply as a string, got {type(resp).__name__}")
+        raise bad("response", f"expected the raw model reply as a string, got {type(resp).__name__}")
     frame = row.get("frame", "auto")
     if frame not in ("auto", *(f.value for f in Frame)):
-        raise RecordError(path, lineno, "frame", f"expected auto, rel1, rel1000 or abs, got {frame!r:.40}")
+        raise bad("frame", f"expected auto, rel1, rel1000 or abs, got {frame!r:.40}")
     size = row.get("image_size")
     if size is not None:
         if (
             not isinstance(size, (list, tuple))
             or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE for v in size)
         ):
-            raise RecordError(path, lineno, "image_size", f"expected [width, height] in pixels, got {size!r:.40}")
+            raise bad("image_size", f"expected [width, height] in pixels (1 to {MAX_IMAGE_SIDE}), got {size!r:.40}")
         size = (int(size[0]), int(size[1]))
     if frame == "abs" and size is None:
-        raise RecordError(path, lineno, "image_size", "an 'abs' prediction needs the [width, height] it was made at")
+        raise bad("image_size", "an 'abs' prediction needs the [width, height] it was made at")
     task = row.get("task")
     if task is not None and not isinstance(task, str):
-        raise RecordError(path, lineno, "task", "expected a string")
+        raise bad("task", "expected a string")
     return Prediction(idx, resp, frame, size, task)
 
 
@@ -143,7 +151,7 @@ def predicted_box(pred: Prediction, protocol: str = "migician") -> tuple[float, 
     """The prediction's box in 0-1 relative coordinates, or None when nothing can be read."""
     _, region = answer_region(pred.response)
     if protocol == "migician":
-        raw = migician_raw_boxes(region)
+        raw = migician_raw_boxes(region, limit=2)  # the first box, and whether there are several
         if not raw:
             return None
         if pred.frame == "auto":
@@ -162,7 +170,7 @@ def predicted_box(pred: Prediction, protocol: str = "migician") -> tuple[float, 
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     try:
         box = Box(*first, frame=Frame.parse(pred.frame), size=pred.image_size).to(Frame.REL1)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return box.coords
 
@@ -177,7 +185,15 @@ class ItemScore:
     image_correct: bool | None = None
 
 
+def check_threshold(threshold: object) -> float:
+    """The IoU threshold as a float; refused outside (0, 1] (at 0 every reply, garbage too, is right)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"IoU threshold must lie in (0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def score_item(record: MigRecord, pred: Prediction | None, protocol: str = "migician", threshold: float = 0.5) -> ItemScore:
+    threshold = check_threshold(threshold)
     if pred is None:
         return ItemScore(record.index, record.task, 0.0, False, "missing", False if record.task == "group_grounding" else None)
     box = predicted_box(pred, protocol)
@@ -189,7 +205,7 @@ def score_item(record: MigRecord, pred: Prediction | None, protocol: str = "migi
     image_ok = None
     if record.task == "group_grounding":
         want = group_target_image(record)
-        got = image_index_from_text(answer_region(pred.response)[1])
+        got = parse_response(pred.response).image_index  # the image the answer region names
         image_ok = want is not None and got == want
     return ItemScore(record.index, record.task, value, correct, status, image_ok)
 
@@ -214,15 +230,16 @@ def score(
     protocol: str = "migician",
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """The scores as one JSON-ready dict (see the README for the fields)."""
+    """The scores as one JSON-ready dict (docs/scoring.md lists the fields)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    threshold = check_threshold(threshold)
     by_index = {r.index: r for r in records}
     unknown = sorted(set(predictions) - set(by_index))
     if unknown:
         raise ValueError(f"{len(unknown)} predictions name benchmark indices that do not exist, first {unknown[:5]}")
     for idx, p in predictions.items():
-        if p.task is not None and p.task != by_index[idx].task:
+        if p.task is not None and p.task.strip().casefold() != by_index[idx].task.casefold():
             raise ValueError(f"prediction for index {idx} says task {p.task!r}, the benchmark says {by_index[idx].task!r}")
     items = [score_item(r, predictions.get(r.index), protocol, threshold) for r in records]
     per_task: dict[str, list[ItemScore]] = defaultdict(list)
@@ -251,6 +268,7 @@ def score(
         "missing": sum(i.status == "missing" for i in items),
         "unparseable": sum(i.status == "unparseable" for i in items),
         "gt_reordered": sum(r.reordered for r in records),
+        "gt_clipped": sum(r.clipped for r in records),
     }
     gg = per_task.get("group_grounding", [])
     if gg:
@@ -267,6 +285,7 @@ def score(
 
 
 def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, protocol: str = "migician", threshold: float = 0.5) -> dict[str, Any]:
+    check_threshold(threshold)  # before reading either file
     return score(load_mig_bench(benchmark), load_predictions(predictions), protocol, threshold)
 
 

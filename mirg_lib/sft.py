@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -32,32 +32,29 @@ from .trainers import (
     train_resuming,
 )
 
-if TYPE_CHECKING:
-    from .launch import LaunchConfig
-
 
 @dataclass
 class SFTStageConfig:
     """Section ``sft`` of the params (defaults: Zhang et al.'s CoT SFT)."""
 
-    learning_rate: float = 1e-4
-    lr_scheduler_type: str = "cosine"
-    warmup: float = 0.03  # a float < 1 is a fraction of the steps, else a number of steps
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    max_length: int | None = None
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    prompt_recipe: Literal["zhang", "mirg", "plain"] = "zhang"
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    save_steps: int = 200
-    seed: int = 0
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "SFT data variant (zhang, answer, mirg_text, mirg_bbox) -> settings that differ for it (Zhang et al.'s answer-only baseline: lr 2e-6, batch 64)", "digest_when_set": True})
+    learning_rate: float = field(default=1e-4, metadata={"help": "trl SFTConfig's learning_rate"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers' scheduler name"})
+    warmup: float = field(default=0.03, metadata={"help": "a number < 1 is a fraction of the steps, else a number of steps"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "sequences per process per micro-step"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-steps per optimiser step"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "epochs over the kept examples"})
+    max_steps: int = field(default=-1, metadata={"help": "optimiser steps; -1: num_train_epochs decides"})
+    max_length: int | None = field(default=None, metadata={"help": "truncation length; None: none (trl's truncation can cut image tokens)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (on the language model's projections)"})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    prompt_recipe: Literal["zhang", "mirg", "plain"] = field(default="zhang", metadata={"help": "the recipe's prompt the examples are asked with"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
+    logging_steps: int = field(default=5, metadata={"help": "steps between log lines"})
+    save_steps: int = field(default=200, metadata={"help": "steps between trainer checkpoints (an interrupted run resumes from the last)"})
+    seed: int = field(default=0, metadata={"help": "trainer seed"})
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "SFT data variant (zhang, answer, mirg_text, mirg_bbox) -> settings that differ for it"})
 
     def for_variant(self, variant: str) -> SFTStageConfig:
         """The settings one variant trains with: ``variants[variant]`` over this config (:func:`config.overlay`)."""
@@ -116,35 +113,40 @@ def make_trainer(cfg: SFTStageConfig, model_path: str | Path, rows: list[dict[st
     )
 
 
-def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path, launch: LaunchConfig | None = None) -> Path:
-    """Train LoRA on ``sft_file`` (id, completion) over the pool's items, merge, save ``out_dir/checkpoint``.
-
-    Skipped when the checkpoint exists for the same config and inputs; resumes from the last trainer
-    checkpoint of an interrupted run. With ``launch`` asking for several processes, the training runs
-    under ``accelerate launch`` (:mod:`mirg_lib.launch`); the number of processes is part of the digest,
-    since it multiplies the batch."""
-    import json
-
+def sft_stamp(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, processes: int) -> tuple[str, dict[str, Any]]:
+    """The digest an SFT checkpoint carries (config, examples, start model, and the number of processes, which
+    multiplies the batch) and its ``mirg.json``; an empty ``sft_file`` is an error."""
     from .config import config_hash
     from .io import sha256_file
+
+    sft_file = Path(sft_file)
+    examples = sum(1 for line in sft_file.read_text().splitlines() if line.strip())
+    if not examples:
+        raise ValueError(f"{sft_file}: no SFT examples (did the CoT filter keep nothing?)")
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + (f":world{processes}" if processes > 1 else "")
+    meta = {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": examples, "processes": processes}
+    return digest, meta
+
+
+def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Train LoRA on ``sft_file`` (id, completion) over the pool's items in this process, merge, save
+    ``out_dir/checkpoint``. Under ``accelerate launch`` every process runs this and the adapter is saved
+    instead (:func:`mirg_lib.trainers.save_merged`); :func:`mirg_lib.pipeline.train_sft` decides where it runs.
+
+    Skipped when the checkpoint exists for the same config and inputs; resumes from the last trainer
+    checkpoint of an interrupted run."""
+    import json
+
+    from .dist import world_size
     from .items import pool_items
-    from .launch import digest_tag, needs_launch, processes, train_launched
 
     out_dir, sft_file = Path(out_dir), Path(sft_file)
-    world = processes(launch, "sft")
-    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + digest_tag(world)
+    digest, meta = sft_stamp(cfg, base_path, sft_file, world_size())
     final = out_dir / "checkpoint"
     if stamp_matches(final, digest):
         return final
     wanted = [json.loads(line) for line in sft_file.read_text().splitlines() if line.strip()]
-    if not wanted:
-        raise ValueError(f"{sft_file}: no SFT examples (did the CoT filter keep nothing?)")
     items = pool_items(data_dir, [w["id"] for w in wanted], str(sft_file))
-    meta = {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": len(wanted), "processes": world}
-    if needs_launch(launch, "sft"):
-        assert launch is not None
-        spec = {"cfg": meta["config"], "base_path": str(base_path), "sft_file": str(sft_file), "data_dir": str(data_dir), "out_dir": str(out_dir)}
-        return train_launched("sft", launch, spec, out_dir, base_path, final, meta)
     trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, out_dir / "trainer", digest)
     save_merged(trainer, final, meta)

@@ -6,7 +6,8 @@
   Zhang et al.'s 4-of-4 filter has work to do. It stands in for Qwen2.5-VL-72B / GPT-4o.
 * :class:`LocalVLMTeacher` -- any local Qwen2-VL / Qwen2.5-VL checkpoint through transformers.
 * :class:`OpenAITeacher` -- an OpenAI-compatible chat-completions endpoint (vLLM, ``transformers
-  serve``, GPT-4o) with the images sent as base64 data URLs.
+  serve``, GPT-4o) with the images sent as base64 data URLs; the API key comes from the environment
+  variable named by ``cot.api_key_env`` and is never shown, stored or sent to a redirect's target.
 
 Answer formats written (``style``):
 
@@ -26,10 +27,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
+import re
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -314,16 +319,101 @@ class LocalVLMTeacher:
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(items))]
 
 
+class TeacherError(RuntimeError):
+    """A teacher endpoint answered, but not with samples: an error body, no choices, a redirect, an HTTP error."""
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def api_key_from_env(name: str) -> str | None:
+    """The API key held by environment variable ``name`` (``""``: no key). The error for a variable that is
+    unset names the variable, never a value; a ``name`` that is not a variable name (someone pasted the key
+    itself) is refused without echoing it."""
+    if not name:
+        return None
+    if not ENV_NAME.fullmatch(name):
+        raise ValueError("api_key_env must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), not the key itself")
+    key = os.environ.get(name)
+    if not key:
+        raise ValueError(f"the teacher's API key variable {name} is not set (or empty) in the environment: export {name}=... before the run")
+    return key
+
+
+class _Secret:
+    """A string that never shows itself: repr, str and format give ``<hidden>``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    __str__ = __repr__
+
+
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """No redirect is followed: urllib would resend the ``Authorization`` header to wherever it points (and turn
+    the POST into a body-less GET), so a redirect is an error naming its target host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        here = urllib.parse.urlsplit(req.full_url)
+        fp.close()
+        where = "another host" if (target.hostname, target.port) != (here.hostname, here.port) else "the same host"
+        host = f"{target.hostname}{':' + str(target.port) if target.port else ''}"  # never a user:password@ part
+        raise TeacherError(
+            f"{here.scheme}://{here.hostname}{':' + str(here.port) if here.port else ''}{here.path}: the teacher endpoint "
+            f"redirected (HTTP {code}) to {where}, {host} ({target.scheme}://{host}{target.path}); redirects are not "
+            "followed (the API key would go with them): set cot.base_url to the endpoint itself"
+        )
+
+
+def _server_message(data: Any) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ..}}``, ``{"error": ".."}``,
+    FastAPI's ``{"detail": ..}``), else the body itself, shortened."""
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail"))
+        if isinstance(err, dict):
+            err = err.get("message") or err
+        if isinstance(err, str) and err:
+            return err
+        if err is not None:
+            return json.dumps(err)[:300]
+    return json.dumps(data)[:300]
+
+
 @dataclass
 class OpenAITeacher:
-    """An OpenAI-compatible ``/v1/chat/completions`` endpoint; images go as base64 PNG data URLs."""
+    """An OpenAI-compatible ``/v1/chat/completions`` endpoint; images go as base64 PNG data URLs.
+
+    The API key is read from the environment variable named ``api_key_env`` (or given as ``api_key``); it is
+    sent as ``Authorization: Bearer ..`` and is neither a field (no repr, no ``asdict``) nor part of any
+    message. Without a key no ``Authorization`` header is sent (a local vLLM or ``transformers serve``).
+    Redirects are never followed. A reply that is an error body or has no choices is a :class:`TeacherError`
+    naming the endpoint and the server's message; every item gets exactly ``n_samples`` replies or an error."""
 
     base_url: str
     model: str
-    api_key: str = "EMPTY"
+    api_key_env: str = ""
     temperature: float = 0.7
     max_tokens: int = 512
     timeout: float = 120.0
+    api_key: InitVar[str | None] = None
+
+    def __post_init__(self, api_key: str | None) -> None:
+        key = api_key if api_key is not None else api_key_from_env(self.api_key_env)
+        self._key = _Secret(key) if key else None
+        self._opener = urllib.request.build_opener(_RefuseRedirect)
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
 
     def _messages(self, it: TeacherItem, style: str) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
@@ -340,18 +430,37 @@ class OpenAITeacher:
         for it in items:
             body = {"model": self.model, "messages": self._messages(it, style), "temperature": self.temperature, "max_tokens": self.max_tokens, "n": n_samples}
             replies = self._post(body)
-            if len(replies) < n_samples:  # servers that ignore `n`: ask again one at a time
-                for _ in range(n_samples - len(replies)):
-                    replies += self._post(dict(body, n=1))[:1]
+            while len(replies) < n_samples:  # servers that ignore `n`: ask again one at a time
+                replies += self._post(dict(body, n=1))[:1]
             out.append(replies[:n_samples])
         return out
 
+    def _hide(self, text: str) -> str:
+        """``text`` with the key blanked out (a server may echo what it was sent)."""
+        return text.replace(self._key.reveal(), "<hidden>") if self._key else text
+
     def _post(self, body: dict[str, Any]) -> list[str]:
-        req = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's own endpoint
-            data = json.loads(resp.read())
-        return [c.get("message", {}).get("content") or "" for c in data.get("choices", [])]
+        """One request; its replies, at least one, or a :class:`TeacherError`."""
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key.reveal()}"
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's own endpoint
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            try:
+                detail = _server_message(json.loads(e.read()))
+            except (ValueError, OSError):
+                detail = e.reason
+            raise TeacherError(self._hide(f"{self.url}: HTTP {e.code}: {detail}")) from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise TeacherError(self._hide(f"{self.url}: the reply is not JSON: {raw[:200]!r}")) from None
+        if not isinstance(data, dict) or data.get("error") is not None:
+            raise TeacherError(self._hide(f"{self.url}: the server answered with an error: {_server_message(data)}"))
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise TeacherError(self._hide(f"{self.url}: the reply holds no choices (no sample): {_server_message(data)}"))
+        return [(c.get("message") or {}).get("content") or "" if isinstance(c, dict) else "" for c in choices]

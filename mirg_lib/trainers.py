@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,20 @@ def model_identity(path: str | Path) -> str:
     return digest({"path": str(path.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]})
 
 
-def last_checkpoint(work: Path, digest: str) -> str | None:
-    """The checkpoint :func:`train_resuming` resumes from: the last one in ``work`` if it was stamped with
-    this config digest, else None."""
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
+
+def last_checkpoint(work: Path, digest: str) -> str | None:
+    """The checkpoint :func:`train_resuming` resumes from: the last complete one in ``work`` if ``work`` was
+    stamped with this config digest, else None.
+
+    Complete: its ``trainer_state.json`` is there, which the Trainer writes after the weights, optimizer and
+    RNG states; a checkpoint a kill cut short is passed over (the resumed run saves that step again)."""
     work = Path(work)
-    return get_last_checkpoint(str(work)) if work.is_dir() and stamp_matches(work, digest) else None
+    if not (work.is_dir() and stamp_matches(work, digest)):
+        return None
+    done = [p for p in work.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))) if done else None
 
 
 def train_resuming(trainer: Any, work: Path, digest: str) -> None:
@@ -65,11 +73,12 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
 
     ``work`` is stamped with the config digest like a finished checkpoint (:func:`stamp_matches`);
     checkpoints of another config (a changed schedule, other data) are removed, and training starts over;
-    a run that starts over also starts its :class:`JsonlLogCallback` logs over."""
+    a run that starts over also starts its :class:`JsonlLogCallback` logs over, and a resumed one cuts them
+    back to its checkpoint's step (:func:`cut_log`), so that every step is logged once."""
     import shutil
 
+    from .dist import barrier, is_main_process
     from .io import write_json
-    from .launch import barrier, is_main_process
 
     work = Path(work)
     last = last_checkpoint(work, digest)
@@ -83,9 +92,36 @@ def train_resuming(trainer: Any, work: Path, digest: str) -> None:
                     cb.log_path.unlink(missing_ok=True)
         write_json(work / "mirg.json", {"config_hash": digest})
     barrier()
-    if last is not None:
-        load_full_checkpoint(trainer.model, last)
-    trainer.train(resume_from_checkpoint=last)
+    if last is None:
+        trainer.train()
+        return
+    load_full_checkpoint(trainer.model, last)
+    # Resumed from the last step (killed while saving the result), the Trainer would train one step past
+    # max_steps whenever the steps do not end an epoch; the guard stops it before that step.
+    guard = _stop_past_end()
+    trainer.add_callback(guard)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except _TrainingComplete:
+        trainer.is_in_train = False
+    finally:
+        trainer.remove_callback(guard)
+
+
+class _TrainingComplete(Exception):
+    """Raised before a step past ``max_steps`` (:func:`_stop_past_end`): nothing is left to train."""
+
+
+def _stop_past_end() -> Any:
+    """A callback that raises :class:`_TrainingComplete` when a step past ``max_steps`` is about to begin."""
+    from transformers import TrainerCallback
+
+    class StopPastEnd(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if 0 < state.max_steps <= state.global_step:
+                raise _TrainingComplete
+
+    return StopPastEnd()
 
 
 def save_merged(trainer: Any, path: Path, extra: dict[str, Any]) -> Path:
@@ -95,8 +131,8 @@ def save_merged(trainer: Any, path: Path, extra: dict[str, Any]) -> Path:
     Under ``accelerate launch`` every process saves the adapter through the trainer instead (which gathers
     ZeRO-3's shards) to ``path``'s sibling ``adapter/`` and returns that: the process that started the launch
     merges it (:func:`merge_adapter`), outside the distributed run, once every process has finished."""
+    from .dist import barrier, world_size
     from .io import atomic_dir
-    from .launch import barrier, world_size
     from .models import save_checkpoint
 
     path = Path(path)
@@ -135,7 +171,7 @@ def load_full_checkpoint(model: Any, checkpoint: str | Path) -> None:
     ``save_pretrained`` writes Qwen2-VL under its original key names (``model.layers.*``) while the
     live model's are ``model.language_model.layers.*``, so that load restores the vision tower and
     silently leaves the language model at its initialisation (measured: loss 3.9 instead of 0.7 after
-    resuming the embedded base; README). ``from_pretrained`` maps the names; its weights are copied in
+    resuming the embedded base; docs/log.md). ``from_pretrained`` maps the names; its weights are copied in
     strictly here, and the Trainer's own load that follows finds nothing new. Adapter checkpoints
     (LoRA: SFT, GRPO) are stored under the live names and are left to the Trainer."""
     from transformers import PreTrainedModel
@@ -153,8 +189,56 @@ def load_full_checkpoint(model: Any, checkpoint: str | Path) -> None:
         raise ValueError(f"{checkpoint}: does not match the model being resumed: {e}") from None
 
 
+def cut_log(path: str | Path, step: int, finished: bool = False) -> None:
+    """Cut a :class:`JsonlLogCallback` log back to what a run resumed at ``step`` has already logged: the
+    rows of steps after ``step`` go (the resumed run logs them again), and so does the end-of-training
+    summary (``train_runtime``; the resumed run writes its own) unless the run was ``finished`` at ``step``
+    (it trains no more, :func:`train_resuming`); at step 0 (training starts over) the whole log goes. Rows
+    without a step stay; a last line a kill cut short goes. Rewritten whole or not at all. A line before
+    the last that is not JSON raises ValueError naming it, and the log is left as it is."""
+    from .io import atomic_path
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    if step <= 0:
+        path.unlink()
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with its newline; else what a kill left of the last line
+    keep, changed = [], False
+    if torn:
+        try:
+            json.loads(torn)
+            lines.append(torn)  # whole, only its newline missing
+        except json.JSONDecodeError:
+            pass
+        changed = True
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            changed = True
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n} is not JSON ({e}); the log was left as it is (fix or remove that line, then resume)") from e
+        s = row.get("step") if isinstance(row, dict) else None
+        if isinstance(s, int) and not isinstance(s, bool) and (s > step or ("train_runtime" in row and not finished)):
+            changed = True
+            continue
+        keep.append(line)
+    if changed:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
 class JsonlLogCallback:
-    """Appends every trainer log dict to a JSON-lines file."""
+    """Appends every trainer log dict to a JSON-lines file, one row per log with its ``step``.
+
+    When training begins the log is cut back to the step it begins at (:func:`cut_log`): a run resumed
+    from checkpoint-N keeps the rows of steps up to N and logs the later ones again, once; a run that
+    starts at step 0 starts its log over."""
 
     def __init__(self, path: Path):
         from transformers import TrainerCallback
@@ -164,6 +248,10 @@ class JsonlLogCallback:
         outer = self
 
         class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:  # the one process that writes the log
+                    cut_log(outer.path, state.global_step, finished=0 < state.max_steps <= state.global_step)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and state.is_world_process_zero:  # one log line per step, not one per process
                     row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in logs.items()}}
@@ -171,4 +259,4 @@ class JsonlLogCallback:
                         f.write(json.dumps(row) + "\n")
 
         self.callback = _CB()
-        self.callback.log_path = self.path  # train_resuming removes it when the config changed
+        self.callback.log_path = self.path  # train_resuming removes it when the config changed; cut_log when resumed

@@ -83,11 +83,11 @@ def test_evaluation_scores_pixel_boxes_at_the_seen_size(smoke_world, nano_checkp
 
     monkeypatch.setattr(evaluation_mod, "generate_batch", truth)
     queue[:] = records
-    cfg = EvalConfig(prompt="plain", max_items_per_task=3, frame="abs")
+    cfg = EvalConfig(prompt="plain", max_new_tokens=64, max_items_per_task=3, frame="abs")
     scores = evaluate_checkpoint(nano_checkpoint, smoke_world.test_file, cfg, tmp_path / "abs", model=object(), processor=shrinking_processor)
     assert scores["avg"] == 100.0
     lines = (tmp_path / "abs" / "predictions.jsonl").read_text().splitlines()
     assert all('"image_size": [56, 56]' in line for line in lines)
     queue[:] = records
-    auto = evaluate_checkpoint(nano_checkpoint, smoke_world.test_file, EvalConfig(prompt="plain", max_items_per_task=3, frame="auto"), None, model=object(), processor=shrinking_processor)
+    auto = evaluate_checkpoint(nano_checkpoint, smoke_world.test_file, EvalConfig(prompt="plain", max_new_tokens=64, max_items_per_task=3, frame="auto"), None, model=object(), processor=shrinking_processor)
     assert auto["avg"] < 20.0

@@ -76,3 +76,12 @@ def test_qwen25_frame_uses_the_processors_resize():
     w, h = qwen25_resized_size(640, 480)
     assert w % 28 == 0 and h % 28 == 0
     assert abs(w / h - 640 / 480) < 0.1
+
+
+def test_integers_too_large_for_a_float_give_zero_not_an_error():
+    huge = 10**400
+    assert iou_xyxy([0, 0, huge, 1], [0, 0, 1, 1]) == 0.0 and iou_xyxy([0, 0, 1, 1], [0, 0, 1, huge]) == 0.0
+    assert iou(Box(0, 0, huge, 1000, Frame.REL1000), Box(0, 0, 1, 1)) == 0.0
+    assert iou(Box(0, 0, 5, 5, Frame.ABS, (huge, 10)), Box(0, 0, 1, 1)) == 0.0
+    b = Box(0, 0, huge, 1)
+    assert not b.is_finite and not b.is_proper and not b.inside_image()

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ def test_profiles_layer_over_base():
     assert cfg.image_size == 112 and cfg.n_test_per_task == 4  # from smoke
     assert cfg.noise == 6.0  # from base
     emb = stage_config(DataConfig, load_params("embedded"), "data")
-    assert emb.image_size == 112 and emb.position_cue_kind == "coord" and emb.noise == 6.0  # embedded over base
+    assert emb.image_size == 112 and emb.position_cue == 150 and emb.noise == 6.0  # embedded over base
 
 
 def test_unknown_key_is_named_with_a_suggestion():
@@ -56,31 +57,24 @@ def test_every_profile_loads_into_every_stage_config(monkeypatch):
     every stage's typed config: a typo or a wrong type in one is caught here, not an hour into a run."""
     from pathlib import Path
 
-    from mirg_lib.ablations import AblationsConfig
     from mirg_lib.base_model import BaseModelConfig
-    from mirg_lib.cot import CotConfig
-    from mirg_lib.evaluation import EvalConfig
     from mirg_lib.grpo import GRPOStageConfig
     from mirg_lib.launch import LaunchConfig
-    from mirg_lib.rejection import RejectionConfig
+    from mirg_lib.sections import SECTIONS, check_params
     from mirg_lib.sft import SFTStageConfig
 
-    sections = {"data": DataConfig, "base_model": BaseModelConfig, "cot": CotConfig, "sft": SFTStageConfig,
-                "rejection": RejectionConfig, "grpo": GRPOStageConfig, "eval": EvalConfig, "ablations": AblationsConfig,
-                "launch": LaunchConfig}
     for var in ("MIRG_QWEN25VL_7B", "MIRG_QWEN2VL_7B", "MIRG_DATA", "MIRG_TEACHER_URL"):  # the paper profiles' local paths
         monkeypatch.setenv(var, f"/{var.lower()}")
     profiles = sorted(p.stem for p in (Path(__file__).parents[1] / "params").glob("*.yaml"))
     assert {"base", "embedded", "smoke", "gpu", "zhang2025_qwen25vl7b", "mirgrl_qwen2vl7b"} <= set(profiles)
     for name in profiles:
         params = load_params(name)
-        assert set(params.data) <= set(sections), (name, set(params.data) - set(sections))
-        for section, cls in sections.items():
-            stage_config(cls, params, section)
+        assert set(params.data) <= set(SECTIONS), (name, set(params.data) - set(SECTIONS))
+        check_params(params)
     gpu = load_params("gpu")
     assert gpu.data["base_model"]["preset"] == "small" and gpu.data["base_model"]["shipped"] == ""
     assert all(gpu.data[s]["bf16"] for s in ("base_model", "sft", "grpo", "eval"))
-    # the papers' settings (RESEARCH.md), as the stages read them
+    # the papers' settings, as the stages read them
     zhang, mirg = load_params("zhang2025_qwen25vl7b"), load_params("mirgrl_qwen2vl7b")
     sft = stage_config(SFTStageConfig, zhang, "sft")
     assert (sft.learning_rate, sft.lr_scheduler_type, sft.per_device_train_batch_size * sft.gradient_accumulation_steps, sft.max_length) == (1e-4, "cosine", 32, 1024)
@@ -100,7 +94,7 @@ def test_every_profile_loads_into_every_stage_config(monkeypatch):
 def test_per_variant_and_per_recipe_settings():
     """The papers train their baselines and recipes with other settings (Zhang et al.'s answer-only SFT lr 2e-6,
     batch 64; MIRG-RL's RL lr 5e-6): ``sft.variants`` and ``grpo.recipes`` set them for that variant or recipe
-    alone, checked like the section's own keys; unset, the digests are those of the runs made before."""
+    alone, checked like the section's own keys; unset, they leave the section's digest alone."""
     from mirg_lib.grpo import GRPOStageConfig
     from mirg_lib.sft import SFTStageConfig
 
@@ -116,3 +110,48 @@ def test_per_variant_and_per_recipe_settings():
     assert mirg.learning_rate == 5e-6 and mirg.rewards == GRPOStageConfig(recipe="mirg").rewards
     with pytest.raises(ConfigError, match="cannot set the recipe itself"):
         from_dict(GRPOStageConfig, {"recipes": {"zhang": {"recipe": "mirg"}}}, "grpo").for_recipe()
+
+
+def test_an_unknown_section_is_an_error_naming_it(tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("extends: smoke\ngrop:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'grop' \(did you mean 'grpo'\?\)") as e:
+        load_params(f)
+    assert str(f) in str(e.value)
+    with pytest.raises(ConfigError, match="unknown section 'evl'"):
+        load_params("smoke", {"evl.batch_size": 2})
+
+
+def test_base_yaml_is_generated_from_the_dataclasses_with_one_line_helps():
+    """The defaults live in one place: params/base.yaml is the dataclasses' defaults (``python -m mirg_lib
+    defaults`` rewrites it), every field of every section is in it, each help is one short line."""
+    import dataclasses
+
+    from mirg_lib.sections import DEFAULTS_FILE, SECTIONS, defaults_yaml, section_class
+
+    assert DEFAULTS_FILE.read_text() == defaults_yaml(), "params/base.yaml is stale: run `python -m mirg_lib defaults`"
+    base = load_params("base")
+    for name in SECTIONS:
+        cls = section_class(name)
+        fields = dataclasses.fields(cls)
+        assert set(base.section(name)) == {f.name for f in fields}, name
+        assert dataclasses.asdict(stage_config(cls, base, name)) == dataclasses.asdict(cls()), name
+        for f in fields:
+            text = f.metadata.get("help", "")
+            assert text, f"{cls.__name__}.{f.name} has no help"
+            assert "\n" not in text and len(text) <= 130, f"{cls.__name__}.{f.name}: {text!r}"
+            assert not re.search(r"README|docs/|session|issue|earlier|until", text), f"{cls.__name__}.{f.name}: {text!r}"
+
+
+def test_reproduce_checks_every_section_before_the_first_notebook(tmp_path, monkeypatch):
+    from mirg_lib import notebooks
+
+    ran = []
+    monkeypatch.setattr(notebooks, "execute", lambda nb, *a, **k: ran.append(nb))
+    f = tmp_path / "late_typo.yaml"
+    f.write_text("extends: smoke\ngrpo:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"\[grpo\]: unknown key 'max_stepz' \(did you mean 'max_steps'\?\)"):
+        notebooks.reproduce(str(f))
+    with pytest.raises(ConfigError, match=r"\[eval\].batch_size: expected an integer"):
+        notebooks.reproduce("smoke", overrides={"eval.batch_size": "many"})
+    assert ran == []

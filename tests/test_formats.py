@@ -3,9 +3,12 @@ import json
 import pytest
 
 from mirg_lib.formats import (
+    ANSWER_TOLERANCE,
     IN_DOMAIN,
+    KNOWN_TASKS,
     MIG_TASKS,
     OUT_OF_DOMAIN,
+    SINGLE_TASKS,
     MissingImageError,
     RecordError,
     group_target_image,
@@ -59,6 +62,8 @@ def _write(path, data):
         ({"answer": [0.1, 0.2, "x", 0.4]}, "answer"),
         ({"answer": [0.1, 0.2, float("nan"), 0.4]}, "answer"),
         ({"answer": [10, 20, 300, 400]}, "answer"),
+        ({"answer": [0.1, 0.1, 1.4, 1.4]}, "answer"),
+        ({"task": "difff"}, "task"),
         ({"answer": [0.1, 0.2, 0.1, 0.4]}, "answer"),
         ({"need_format": "yes"}, "need_format"),
         ({"additional_info": 5}, "additional_info"),
@@ -69,18 +74,18 @@ def test_bad_mig_record_names_file_index_and_field(tmp_path, patch, field):
     with pytest.raises(RecordError) as e:
         load_mig_bench(path)
     assert e.value.index == 1 and e.value.field == field
-    assert "bench.json" in str(e.value) and "record 1" in str(e.value) and f"'{field}'" in str(e.value)
+    assert "bench.json" in str(e.value) and "index 1" in str(e.value) and f"'{field}'" in str(e.value)
 
 
 def test_missing_field_and_not_a_list(tmp_path):
     bad = dict(GOOD)
     del bad["question"]
-    with pytest.raises(RecordError, match="record 0, field 'question': missing"):
+    with pytest.raises(RecordError, match="index 0, field 'question': missing"):
         load_mig_bench(_write(tmp_path / "x.json", [bad]))
     with pytest.raises(RecordError, match="expected a JSON list"):
         load_mig_bench(_write(tmp_path / "y.json", {"a": 1}))
     (tmp_path / "z.json").write_text("[{")
-    with pytest.raises(RecordError, match="not valid JSON"):
+    with pytest.raises(RecordError, match=r"z\.json, index 0, line 1: not valid JSON"):
         load_mig_bench(tmp_path / "z.json")
 
 
@@ -107,9 +112,52 @@ def test_mgrounding_reads_and_validates(tmp_path):
     assert rec.question == "Where is the cup?" and rec.answer.startswith("It's in the second image.")
     wrong_count = json.loads(json.dumps(MG))
     wrong_count["conversations"][0]["value"] = "<image>\nWhere?"
-    with pytest.raises(RecordError, match="record 1, field 'conversations': 1 '<image>' placeholders for 2 images"):
+    with pytest.raises(RecordError, match="index 1, field 'conversations': 1 '<image>' placeholders for 2 images"):
         load_mgrounding(_write(tmp_path / "mg2.json", [MG, wrong_count]))
     wrong_role = json.loads(json.dumps(MG))
     wrong_role["conversations"][1]["from"] = "human"
     with pytest.raises(RecordError, match=r"field 'conversations\[1\]\.from'"):
         load_mgrounding(_write(tmp_path / "mg3.json", [wrong_role]))
+
+
+def test_task_names_are_stripped_and_must_be_known(tmp_path):
+    recs = load_mig_bench(_write(tmp_path / "t.json", [dict(GOOD, task="diff "), dict(GOOD, task="\tRegion"), dict(GOOD, task="single_refer")]))
+    assert [r.task for r in recs] == ["diff", "region", "single_refer"]
+    for bad in ("difff", "single_locate", "diff region"):
+        with pytest.raises(RecordError) as e:
+            load_mig_bench(_write(tmp_path / "u.json", [GOOD, dict(GOOD, task=bad)]))
+        assert (e.value.index, e.value.field) == (1, "task") and "unknown task" in str(e.value) and "u.json, index 1" in str(e.value)
+    with pytest.raises(RecordError, match="index 0, field 'task': empty task name"):
+        load_mig_bench(_write(tmp_path / "v.json", [dict(GOOD, task="  ")]))
+
+
+def test_the_worlds_single_image_task_is_known():
+    from mirg_lib.world.tasks import SINGLE_TASK
+
+    assert SINGLE_TASK in SINGLE_TASKS and set(KNOWN_TASKS) == {*MIG_TASKS, *SINGLE_TASKS}
+
+
+def test_answers_a_little_past_the_image_are_clipped_and_counted(tmp_path, real_mig, real_mig_file):
+    raw = json.loads(real_mig_file.read_text())
+    overshoot = max(max(max(r["answer"]) - 1, -min(r["answer"])) for r in raw)
+    assert 0 < overshoot <= ANSWER_TOLERANCE  # the tolerance covers every box of the real file
+    assert [r.index for r in real_mig if r.clipped] == [i for i, r in enumerate(raw) if max(r["answer"]) > 1 or min(r["answer"]) < 0] == [34, 703]
+    assert all(0 <= v <= 1 for r in real_mig for v in r.answer)
+    assert real_mig[34].answer == [0.319, 0.186, 1.0, 0.535]
+    recs = load_mig_bench(_write(tmp_path / "c.json", [dict(GOOD, answer=[-0.02, 0.1, 1.04, 0.9]), GOOD]))
+    assert recs[0].answer == [0.0, 0.1, 1.0, 0.9] and recs[0].clipped and not recs[1].clipped
+    for bad in ([0.1, 0.1, 1.4, 1.4], [-0.2, 0.1, 0.5, 0.5], [1.01, 0.1, 1.04, 0.5]):
+        with pytest.raises(RecordError) as e:
+            load_mig_bench(_write(tmp_path / "d.json", [GOOD, dict(GOOD, answer=bad)]))
+        assert (e.value.index, e.value.field) == (1, "answer") and "d.json, index 1, field 'answer'" in str(e.value)
+
+
+def test_duplicate_keys_and_huge_numbers_in_a_record(tmp_path):
+    good = json.dumps(GOOD)
+    path = tmp_path / "dup.json"
+    path.write_text("[\n" + good + ",\n" + good[:-1] + ', "answer": [0.5, 0.5, 0.6, 0.6]}\n]')
+    with pytest.raises(RecordError, match=r"dup\.json, index 1, field 'answer': duplicate key \(in the value starting at line 3\)"):
+        load_mig_bench(path)
+    path.write_text(json.dumps([dict(GOOD, answer=[0.1, 0.2, 10**400, 0.4])]))
+    with pytest.raises(RecordError, match="index 0, field 'answer': expected finite numbers"):
+        load_mig_bench(path)

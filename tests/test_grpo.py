@@ -86,7 +86,7 @@ def test_rewards_drive_the_update_the_right_way(smoke_world, nano_checkpoint, tm
 
 def test_vllm_switch_names_the_install_when_vllm_is_missing(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
     """use_vllm passes trl's vLLM arguments; without vLLM the stage stops before loading anything, saying how to
-    install it. The switch left off keeps the config digest of the runs made before it existed."""
+    install it."""
     import importlib.util
 
     import pytest
@@ -105,12 +105,6 @@ def test_vllm_switch_names_the_install_when_vllm_is_missing(smoke_world, nano_ch
     assert vllm_args(server) == {"use_vllm": True, "vllm_mode": "server", "vllm_server_host": "0.0.0.0", "vllm_server_port": 8123}
     assert vllm_args(GRPOStageConfig()) == {}
     assert config_hash(GRPOStageConfig()) != config_hash(cfg)
-    import dataclasses
-
-    from mirg_lib.config import digest
-
-    before = {k: v for k, v in dataclasses.asdict(GRPOStageConfig()).items() if "vllm" not in k and k not in ("recipes", "merged_rollouts")}
-    assert config_hash(GRPOStageConfig()) == digest(before)
     from trl import GRPOConfig
 
     args = GRPOConfig(output_dir=str(tmp_path / "a"), use_cpu=True, per_device_train_batch_size=2, num_generations=2, **vllm_args(server))

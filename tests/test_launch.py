@@ -8,11 +8,12 @@ import pytest
 from safetensors import safe_open
 
 from mirg_lib.config import ConfigError, from_dict
-from mirg_lib.grpo import GRPOStageConfig, run_grpo
+from mirg_lib.grpo import GRPOStageConfig
 from mirg_lib.items import load_pool_items
-from mirg_lib.launch import LaunchConfig, launch_command, needs_launch
+from mirg_lib.launch import LaunchConfig, launch_command
 from mirg_lib.paths import ROOT
-from mirg_lib.sft import SFTStageConfig, run_sft
+from mirg_lib.pipeline import train_grpo, train_sft
+from mirg_lib.sft import SFTStageConfig
 from mirg_lib.teacher import ScriptedTeacher, TeacherItem
 
 
@@ -42,8 +43,8 @@ def test_launch_config_is_checked_and_every_shipped_accelerate_config_parses():
         from_dict(LaunchConfig, {"stages": ["sft", "eval"]}, "launch")
     with pytest.raises(ConfigError, match="no such file"):
         from_dict(LaunchConfig, {"config_file": "configs/accelerate/nope.yaml"}, "launch")
-    assert not needs_launch(LaunchConfig(), "sft") and not needs_launch(None, "grpo")
-    assert needs_launch(LaunchConfig(num_processes=2), "sft") and not needs_launch(LaunchConfig(num_processes=2, stages=["grpo"]), "sft")
+    assert LaunchConfig().world_size("sft") == 1 and LaunchConfig(num_processes=2).world_size("sft") == 2
+    assert LaunchConfig(num_processes=2, stages=["grpo"]).world_size("sft") == 1
     from accelerate.commands.config.config_args import load_config_from_file
 
     configs = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -56,10 +57,11 @@ def test_launch_config_is_checked_and_every_shipped_accelerate_config_parses():
             assert loaded.distributed_type == "DEEPSPEED" and loaded.deepspeed_config["zero_stage"] == int(c.stem[-1])
 
 
+@pytest.mark.slow
 def test_sft_on_two_processes_matches_one_process_in_shape(sft_file, smoke_world, nano_checkpoint, tmp_path):
     cfg = SFTStageConfig(per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2, learning_rate=5e-3, lora_r=4, lora_alpha=8, logging_steps=1, save_steps=100)
-    one = run_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "one")
-    two = run_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "two", launch=LaunchConfig(num_processes=2))
+    one = train_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "one")
+    two = train_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "two", LaunchConfig(num_processes=2))
     assert _shapes(two) == _shapes(one) and _shapes(one)
     meta = json.loads((two / "mirg.json").read_text())
     assert meta["processes"] == 2 and meta["config_hash"].endswith(":world2")
@@ -68,16 +70,17 @@ def test_sft_on_two_processes_matches_one_process_in_shape(sft_file, smoke_world
     assert "accelerate.commands.launch --num_processes 2" in log
     # done for this config: a second call neither launches nor retrains; one process is another run
     (tmp_path / "two" / "launch.log").unlink()
-    assert run_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "two", launch=LaunchConfig(num_processes=2)) == two
+    assert train_sft(cfg, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "two", LaunchConfig(num_processes=2)) == two
     assert not (tmp_path / "two" / "launch.log").exists()
     assert json.loads((one / "mirg.json").read_text())["config_hash"] != meta["config_hash"]
 
 
+@pytest.mark.slow
 def test_grpo_step_on_two_processes_and_a_failing_launch(smoke_world, nano_checkpoint, tmp_path):
     items = load_pool_items(smoke_world.train_file)[:4]
     cfg = GRPOStageConfig(num_generations=2, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=8, max_steps=1, lora_r=4, lora_alpha=8, save_steps=100)
-    one = run_grpo(cfg, nano_checkpoint, items, tmp_path / "one")
-    two = run_grpo(cfg, nano_checkpoint, items, tmp_path / "two", launch=LaunchConfig(num_processes=2), data_dir=smoke_world.root)
+    one = train_grpo(cfg, nano_checkpoint, items, smoke_world.root, tmp_path / "one")
+    two = train_grpo(cfg, nano_checkpoint, items, smoke_world.root, tmp_path / "two", LaunchConfig(num_processes=2))
     assert _shapes(two) == _shapes(one) == _shapes(Path(nano_checkpoint))
     assert json.loads((two / "mirg.json").read_text())["processes"] == 2
     logs = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
@@ -85,7 +88,7 @@ def test_grpo_step_on_two_processes_and_a_failing_launch(smoke_world, nano_check
     # 3 completions per step cannot split over 2 processes: the processes fail, the stage says so and leaves no checkpoint
     bad = GRPOStageConfig(num_generations=3, prompts_per_step=1, gradient_accumulation_steps=1, max_completion_length=8, max_steps=1, lora_r=4, lora_alpha=8)
     with pytest.raises(RuntimeError, match=r"(?s)stage 'grpo' failed under accelerate launch on 2 processes \(exit code [1-9]\d*\): error: grpo: prompts_per_step x num_generations = 3 completions per step do not split over 2 processes; whole log"):
-        run_grpo(bad, nano_checkpoint, items, tmp_path / "bad", launch=LaunchConfig(num_processes=2), data_dir=smoke_world.root)
+        train_grpo(bad, nano_checkpoint, items, smoke_world.root, tmp_path / "bad", LaunchConfig(num_processes=2))
     assert not (tmp_path / "bad" / "checkpoint").exists() and (tmp_path / "bad" / "launch.log").is_file()
 
 
@@ -97,16 +100,17 @@ def _differs(a: Path, b: Path) -> bool:
     return any(not (ta[k] == tb[k]).all() for k in ta)
 
 
+@pytest.mark.slow
 def test_deepspeed_zero2_sft_and_zero3_grpo_on_two_processes(sft_file, smoke_world, nano_checkpoint, tmp_path):
     """The shipped DeepSpeed configs run the stages on the CPU (DeepSpeed's CPU accelerator): SFT under ZeRO-2,
     a GRPO step under ZeRO-3 (parameters sharded: the adapter is saved gathered, then merged outside the run)."""
     import deepspeed  # noqa: F401  (a dev dependency: its absence is a failure, not a skip)
     sft = SFTStageConfig(per_device_train_batch_size=2, gradient_accumulation_steps=1, max_steps=2, learning_rate=5e-3, lora_r=4, lora_alpha=8, logging_steps=1, save_steps=100)
-    z2 = run_sft(sft, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "z2", launch=LaunchConfig(num_processes=2, config_file="configs/accelerate/zero2.yaml"))
+    z2 = train_sft(sft, nano_checkpoint, sft_file, smoke_world.root, tmp_path / "z2", LaunchConfig(num_processes=2, config_file="configs/accelerate/zero2.yaml"))
     assert _shapes(z2) == _shapes(Path(nano_checkpoint)) and _differs(z2, Path(nano_checkpoint))
     assert "--config_file" in (tmp_path / "z2" / "launch.log").read_text() and json.loads((z2 / "mirg.json").read_text())["processes"] == 2
     items = load_pool_items(smoke_world.train_file)[:4]
     grpo = GRPOStageConfig(num_generations=2, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=8, max_steps=1, learning_rate=1e-2, lora_r=4, lora_alpha=8, save_steps=100)
-    z3 = run_grpo(grpo, nano_checkpoint, items, tmp_path / "z3", launch=LaunchConfig(num_processes=2, config_file="configs/accelerate/zero3.yaml"), data_dir=smoke_world.root)
+    z3 = train_grpo(grpo, nano_checkpoint, items, smoke_world.root, tmp_path / "z3", LaunchConfig(num_processes=2, config_file="configs/accelerate/zero3.yaml"))
     assert _shapes(z3) == _shapes(Path(nano_checkpoint))
     assert [r["step"] for r in map(json.loads, (tmp_path / "z3" / "train_log.jsonl").read_text().splitlines()) if "kl" in r] == [1]

@@ -107,7 +107,7 @@ def test_bad_real_files_name_file_record_and_field(real, tmp_path):
     # a missing image: the file, the record and the path
     victim = sorted((root / "mg" / "imgs").iterdir())[0]
     victim.rename(victim.with_suffix(".gone"))
-    with pytest.raises(MissingImageError, match=r"part[12]\.json, record \d+: image not found: .*" + victim.name):
+    with pytest.raises(MissingImageError, match=r"part[12]\.json, index \d+: image not found: .*" + victim.name):
         run_local_data(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written for the next stage
     victim.with_suffix(".gone").rename(victim)
@@ -116,12 +116,12 @@ def test_bad_real_files_name_file_record_and_field(real, tmp_path):
     bad = [dict(r) for r in part1]
     bad[3]["conversations"] = "none"
     (root / "mg" / "part1.json").write_text(json.dumps(bad))
-    with pytest.raises(RecordError, match=r"part1\.json, record 3.*conversations"):
+    with pytest.raises(RecordError, match=r"part1\.json, index 3.*conversations"):
         run_local_data(cfg, tmp_path / "out")
     # an id twice across files
     dup = part1 + [dict(part1[0])]
     (root / "mg" / "part1.json").write_text(json.dumps(dup))
-    with pytest.raises(RecordError, match=rf"record {len(part1)}.*id.*also the id of .*part1\.json record 0"):
+    with pytest.raises(RecordError, match=rf"index {len(part1)}.*id.*also the id of .*part1\.json index 0"):
         run_local_data(cfg, tmp_path / "out")
     # a path that does not exist, and a profile variable that is not set
     with pytest.raises(FileNotFoundError, match="nope.json does not exist"):

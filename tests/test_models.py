@@ -101,8 +101,8 @@ def test_pixel_stats_and_a_data_normalised_processor_round_trip(tmp_path):
 
 
 def test_memory_estimate_counts_what_peft_trains_and_meets_the_measured_reference(nano_checkpoint):
-    """bench/memory_7b.py (the README's memory table, estimated): its LoRA count is peft's own on a real model,
-    and its model of a GRPO step lands within 10 % of the one measurement there is (36.6 GiB, RESEARCH.md)."""
+    """bench/memory_7b.py (the memory table of docs/real_data.md, estimated): its LoRA count is peft's own on a real model,
+    and its model of a GRPO step lands within 10 % of the one measurement there is (36.6 GiB, the GRPO speed reference)."""
     import importlib.util
 
     from peft import get_peft_model

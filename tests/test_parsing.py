@@ -117,3 +117,32 @@ def test_every_form_recovers_the_box(vals, form, noise):
     p = parse_response(f"<think>{noise} [9, 9, 9, 9]</think><answer>{noise}{body}</answer>")
     assert p.box is not None and p.box.values == tuple(float(v) for v in vals)
     assert find_boxes(body)[0].values == tuple(float(v) for v in vals)
+
+
+def test_tags_pair_first_open_with_first_close():
+    p = parse_response("<think>a<think>b</think>c</think><answer>x<answer>y</answer>z</answer>")
+    assert p.think == "a<think>b" and p.answer == "x<answer>y" and not p.well_formed
+    p = parse_response("<answer>" * 3 + "[1, 2, 3, 4]")  # never closed: the rest after the first is the answer
+    assert p.answer == "<answer><answer>[1, 2, 3, 4]" and p.box.values == (1, 2, 3, 4)
+    assert parse_response("<think>" * 5).think is None and parse_response("</think><think>a</think>").think == "a"
+
+
+def test_bbox_id_spacing_and_mention_window():
+    for text in ("<bbox_id> [ 2 - 3 ] </bbox_id>", "<bbox_id>2-3</bbox_id>", "<bbox_id>[2 -3]\n</bbox_id>"):
+        assert [(t.image, t.index) for t in parse_trajectory(text)] == [(2, 3)] and image_index_from_text(text) == 2
+    box = "<|box_start|>(1,2),(3,4)<|box_end|>"
+    near = "<bbox_id>[1-2]</bbox_id> <|object_ref_start|>cup<|object_ref_end|>\n" + box
+    assert parse_trajectory(near)[0].label == "cup" and parse_trajectory(near)[0].box == (1, 2, 3, 4)
+    far = "<bbox_id>[1-2]</bbox_id><|object_ref_start|>" + "x" * 2000 + "<|object_ref_end|>" + box
+    assert parse_trajectory(far)[0].label is None and parse_trajectory(far)[0].box is None  # past the window
+    assert parse_trajectory("<bbox_id>[1-2]</bbox_id><|object_ref_start|>a<bbox_id>[3-4]</bbox_id>b<|object_ref_end|>")[0].label == "a<bbox_id>[3-4]</bbox_id>b"
+
+
+def test_many_boxes_in_order_and_each_span_read_once():
+    text = '{"bbox_2d": [1, 2, 3, 4]} ' + " ".join(f"[{i}, 1, 2, 3]" for i in range(3000)) + " <|box_start|>(5,6),(7,8)<|box_end|> (9,9),(10,10)"
+    boxes = find_boxes(text)
+    assert [b.kind for b in boxes[:2]] == ["json", "list"] and len(boxes) == 3003
+    assert [b.values[0] for b in boxes[1:3001]] == list(range(3000))
+    assert [(b.kind, b.values) for b in boxes[-2:]] == [("box_tokens", (5, 6, 7, 8)), ("pair", (9, 9, 10, 10))]
+    long_label = '{"bbox_2d": [1, 2, 3, 4], "label": "' + "y" * 5000 + '"}'
+    assert find_boxes(long_label)[0].kind == "json" and len(find_boxes(long_label)) == 1

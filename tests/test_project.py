@@ -58,6 +58,7 @@ def test_notebooks_carry_no_outputs_and_define_nothing():
         assert nb["metadata"]["kernelspec"]["name"] == "mirg"
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
     """`make reproduce PROFILE=smoke`: every notebook, in order, through papermill, on the project's kernel (07
     with one of its rows and the one it starts from, two seeds each, to keep the suite fast; CI runs every row: `.ci/run`)."""
@@ -108,10 +109,11 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
 
 def test_make_help_lists_the_targets():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for target in ("reproduce", "figures", "test", "lab", "setup", "help"):
+    for target in ("reproduce", "figures", "test", "test-all", "defaults", "lab", "setup", "help"):
         assert f"make {target}" in out
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_named_with_its_cell_and_kept(tmp_path):
     from mirg_lib.notebooks import NotebookFailed
 
@@ -135,3 +137,86 @@ def test_stage_progress_is_logged_and_followed(tmp_path, monkeypatch, capsys):
     assert "grpo FAILED after" in lines[3] and lines[3].endswith("(KeyError)")
     echoed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[r] ")]
     assert [x.removeprefix("[r] ") for x in echoed] == lines  # every line, once, in order
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """mirg_lib's modules and the project modules each imports (at the top or inside a function)."""
+    import ast
+
+    mods = {}
+    for f in (ROOT / "mirg_lib").rglob("*.py"):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        pkg = m if f.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - max(0, node.level - 1)] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while (w := stack.pop()) != v:
+                comp.append(w)
+            if comp:
+                out.append(sorted([v, *comp]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_library_imports_in_no_cycle_and_dist_imports_nothing_of_it():
+    graph = _import_graph()
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check finds one
+    assert _cycles(graph) == []
+    assert graph["mirg_lib.dist"] == set()
+    # a stage trains in this process only: the pipeline decides on several processes, the CLI dispatches them
+    assert "mirg_lib.launch" not in graph["mirg_lib.sft"] | graph["mirg_lib.grpo"] | graph["mirg_lib.trainers"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(p.relative_to(ROOT).as_posix() for d in ("bench", "tools") for p in (ROOT / d).glob("*.py")))
+def test_every_bench_and_tool_script_starts(script):
+    """Each benchmark and diagnostic imports what it uses and parses its arguments (``--help``)."""
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-2000:]
+
+
+def test_no_work_log_numbers_in_the_repository():
+    """The research record is dated (docs/log.md); nothing names a session or an issue by number."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"\b(?:session|issue)s? #?\d+", re.I)
+    bad = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix in {".py", ".md", ".yaml", ".yml", ".ipynb", ".toml", ".cfg", ".txt"} or path.name in {"Makefile", "run"}:
+            if path.is_file() and pattern.search(path.read_text(encoding="utf-8", errors="replace")):
+                bad.append(name)
+    assert bad == [], bad

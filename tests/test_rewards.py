@@ -106,3 +106,17 @@ def test_any_numbers_in_the_answer_get_a_finite_reward(vals):
     for f in (zhang_accuracy, mirg_object):
         v = f([text], answer=[GT])[0]
         assert math.isfinite(v) and 0.0 <= v <= 1.0
+
+
+def test_dataset_values_too_large_for_a_float_give_zero():
+    comp = [zhang([200, 200, 600, 600])]
+    assert zhang_accuracy(comp, answer=[[10**400, 0.2, 0.6, 0.6]]) == [0.0]
+    assert mirg_image(comp, answer=[GT], target_image=[float("inf")]) == [0.0]
+    assert mirg_image(["<answer>the first image</answer>"], answer=[GT], target_image=[1.0]) == [1.0]
+
+
+def test_a_309_digit_integer_in_the_box_is_no_coordinate():
+    text = zhang("[" + "1" * 309 + ", 200, 600, 600]")
+    kw = {"answer": [GT], "target_image": [1]}
+    assert zhang_accuracy([text], **kw) == [0.0] and zhang_format([text], **kw) == [0.0] and mirg_object([text], **kw) == [0.0]
+    assert zhang_accuracy([text.replace("1" * 309, "200")], **kw)[0] == pytest.approx(1.0)

@@ -15,6 +15,7 @@ from mirg_lib.scoring import (
     migician_auto_scale,
     migician_raw_boxes,
     score,
+    score_files,
 )
 
 
@@ -27,7 +28,7 @@ def test_ground_truth_scores_100_on_every_real_task(real_mig):
     assert len(s["tasks"]) == 10
     assert all(v["acc"] == 100.0 for v in s["tasks"].values())
     assert s["avg"] == 100.0 and s["in_domain"] == 100.0 and s["out_of_domain"] == 100.0
-    assert s["missing"] == 0 and s["unparseable"] == 0 and s["gt_reordered"] == 5
+    assert s["missing"] == 0 and s["unparseable"] == 0 and s["gt_reordered"] == 5 and s["gt_clipped"] == 2
     assert s["image_aware"]["group_grounding"]["acc"] == 100.0
 
 
@@ -100,7 +101,7 @@ def test_answer_block_frames_and_image_aware_group_grounding():
 def test_prediction_file_errors(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"index": 0, "response": "x"}\n{"index": "1", "response": "y"}\n')
-    with pytest.raises(RecordError, match=r"p\.jsonl, record 2, field 'index'"):
+    with pytest.raises(RecordError, match=r"p\.jsonl, line 2, field 'index'"):
         load_predictions(p)
     p.write_text('{"index": 0, "response": "x", "frame": "abs"}\n')
     with pytest.raises(RecordError, match="image_size"):
@@ -132,7 +133,7 @@ def test_cli_prints_one_json_object(real_mig_file, tmp_path):
     bad.write_text("{not json}\n")
     out = subprocess.run([sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(real_mig_file), "--predictions", str(bad)],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "bad.jsonl, record 1" in out.stderr
+    assert out.returncode == 2 and "bad.jsonl, line 1: not valid JSON" in out.stderr
 
 
 @settings(max_examples=300, deadline=None)
@@ -143,3 +144,61 @@ def test_any_reply_gets_a_score(text, frame, protocol):
     for body in (text, '{"bbox_2d": [NaN, Infinity, 1, 2]}', '{"bbox_2d": [NaN, NaN, Infinity, Infinity]}', "[1e999, 2, 3, 4]", "(0,0),(0,0)"):
         s = score(recs, {0: Prediction(0, body, frame=frame, image_size=size)}, protocol=protocol)
         assert 0.0 <= s["tasks"]["group_grounding"]["mean_iou"] <= 1.0
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, -0.5, 1.0001, 2, float("nan"), float("inf"), True, "0.5", None])
+def test_a_threshold_outside_0_1_is_refused(threshold, tmp_path):
+    recs = [_rec(0, "diff", [0.1, 0.1, 0.5, 0.5])]
+    garbage = {0: Prediction(0, "no box here")}
+    with pytest.raises(ValueError, match="IoU threshold must lie in"):
+        score(recs, garbage, threshold=threshold)
+    with pytest.raises(ValueError, match="IoU threshold must lie in"):
+        score_files(tmp_path / "never-read.json", tmp_path / "never-read.jsonl", threshold=threshold)
+    assert score(recs, garbage, threshold=1.0)["avg"] == 0.0
+    assert score(recs, {0: Prediction(0, "(100,100),(500,500)")}, threshold=1)["avg"] == 100.0
+
+
+def test_cli_threshold_and_bad_files_exit_2_naming_the_file(real_mig_file, tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"index": 0, "response": "x"}\n')
+    run = [sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(real_mig_file), "--predictions", str(preds)]
+    out = subprocess.run([*run, "--threshold", "0"], capture_output=True, text=True)
+    assert out.returncode == 2 and "error: IoU threshold must lie in (0, 1], got 0.0" in out.stderr
+    preds.write_bytes(b'{"index": 0, "response": "x"}\n{"index": 1, "response": "\xff"}\n')
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 2 and f"error: {preds}, line 2: not UTF-8 text" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([*run[:5], str(tmp_path), *run[6:]], capture_output=True, text=True)
+    assert out.returncode == 2 and f"error: {tmp_path}: is a directory, not a file" in out.stderr
+
+
+def test_prediction_task_and_size_checks(tmp_path):
+    recs = [_rec(0, "diff", [0.1, 0.1, 0.5, 0.5])]
+    assert score(recs, {0: Prediction(0, "(100,100),(500,500)", task=" Diff ")})["avg"] == 100.0
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"index": 0, "response": "x", "frame": "abs", "image_size": [640, ' + "9" * 400 + "]}\n")
+    with pytest.raises(RecordError, match=r"p\.jsonl, line 1, field 'image_size'"):
+        load_predictions(p)
+    p.write_text('\n{"index": ' + "9" * 5000 + ', "response": "x"}\n')
+    with pytest.raises(RecordError, match=r"p\.jsonl, line 2: an integer of 5000 digits"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": "x"} {"index": 1}\n')
+    with pytest.raises(RecordError, match=r"p\.jsonl, line 1: not valid JSON \(extra data"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": "x", "response": "y"}\r\n\r\n{"index": 1, "response": "x"}\r\n')
+    with pytest.raises(RecordError, match=r"p\.jsonl, line 1, field 'response': duplicate key"):
+        load_predictions(p)
+    p.write_text('{"index": 0, "response": "x"}\r\n\r\n{"index": 1, "response": "a\u2028b"}\r\n')
+    assert sorted(load_predictions(p)) == [0, 1] and load_predictions(p)[1].response == "a\u2028b"
+
+
+def test_a_task_name_with_spaces_is_no_extra_task(tmp_path):
+    from mirg_lib.formats import load_mig_bench
+
+    rec = {"images": ["a.png", "b.png"], "question": "Q", "answer": [0.1, 0.1, 0.5, 0.5], "additional_info": "", "need_format": True}
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps([dict(rec, task="diff"), dict(rec, task="diff "), dict(rec, task="region")]))
+    preds = tmp_path / "p.jsonl"
+    write_jsonl(preds, [{"index": 0, "response": "(100,100),(500,500)"}, {"index": 1, "task": "diff ", "response": "(100,100),(500,500)"}])
+    s = score_files(bench, preds)
+    assert list(s["tasks"]) == ["diff", "region"] and s["tasks"]["diff"]["correct"] == 2 and s["avg"] == 50.0
+    assert [r.task for r in load_mig_bench(bench)] == ["diff", "diff", "region"]

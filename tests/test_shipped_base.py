@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from mirg_lib.base_model import BaseModelConfig, _check_shipped, grounding_phase
+from mirg_lib.base_model import BaseModelConfig, _check_shipped, grounding_digest
 from mirg_lib.config import config_hash, load_params, stage_config
 from mirg_lib.paths import ROOT
 from mirg_lib.world import DataConfig
@@ -30,15 +30,15 @@ def test_shipped_base_is_intact_and_made_by_the_profiles_params(shipped):
     assert meta["metrics"]["single_image_acc@0.5"] >= 60.0
     # both phases recorded: the grounding phase's digest is the profile's less its language phase
     assert meta["language_phase"]["steps"] == cfg.language_phase_steps > 0
-    assert meta["grounding_phase"]["config_hash"] == config_hash(dataclasses.replace(grounding_phase(cfg), shipped=""))
+    assert meta["grounding_phase"]["config_hash"] == grounding_digest(dataclasses.replace(cfg, shipped=""))
     assert meta["metrics"]["mig_bench_avg_acc@0.5"] < meta["metrics"]["single_image_acc@0.5"]
-    # the world it was trained on is the profile's (the digest leaves out options added since at their defaults)
+    # the world it was trained on is the profile's
     assert meta["data"]["config_hash"] == config_hash(stage_config(DataConfig, params, "data"))
 
 
 def test_shipped_base_grounds_unseen_single_image_items(shipped, tmp_path):
     """40 single-image referring items drawn with seeds the data stage never uses, scored by the evaluation
-    stage: the base measured 72.5 % on the 200-item test (README); 45 % is >3.5 standard errors below."""
+    stage: the base measured 72.5 % on the 200-item test (docs/results.md); 45 % is >3.5 standard errors below."""
     import torch
 
     from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint

@@ -129,7 +129,7 @@ def test_merged_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world
 
 
 def test_floor_reproduces_the_reference_arithmetic():
-    """RESEARCH.md's H100 reference: decoding reads ~16 GB per token step at 3.0 TB/s for 1024 steps, the
+    """The H100 speed reference (docs/speed.md): decoding reads ~16 GB per token step at 3.0 TB/s for 1024 steps, the
     passes are ~1.6 PFLOP at 793 TFLOP/s; about 7.6 s in all. The 7B language model: 7.07 B matrix
     parameters (bf16) plus LoRA r=64 in fp32; 16 rollouts of ~600 prompt and 1024 completion tokens."""
     h100 = Rates("H100", "bfloat16", 3.0e12, 793e12)

@@ -76,6 +76,7 @@ def test_cot_in_the_abs_frame_keeps_what_a_perfect_teacher_writes(smoke_world, t
     assert sum(v >= 0.5 for v in zhang_accuracy(replies, answer=[by_id[i].answer for i in ids])) < len(ids) / 2
 
 
+@pytest.mark.slow
 def test_local_vlm_teacher_samples_a_checkpoint(nano_checkpoint, smoke_world, tmp_path):
     """The local-VLM teacher through transformers: n samples per item, in order, batched across items;
     the same seed gives the same samples; run_cot uses it from params."""
@@ -95,3 +96,209 @@ def test_local_vlm_teacher_samples_a_checkpoint(nano_checkpoint, smoke_world, tm
     assert res.table[0]["candidates"] == 2
     samples = [json.loads(line) for line in (tmp_path / "cot" / "samples_zhang.jsonl").read_text().splitlines()]
     assert [len(s["samples"]) for s in samples] == [2, 2]
+
+
+# ------------------------------------------------- the OpenAI-compatible teacher against a stand-in endpoint
+
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import urllib.request  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from mirg_lib.teacher import OpenAITeacher, TeacherError  # noqa: E402
+
+KEY_VAR = "MIRG_TEST_TEACHER_KEY"
+KEY = "sk-test-0123456789abcdefSECRET"
+REPLY = '<think>I look.</think><answer>```json\n{"bbox_2d": [1, 2, 30, 40], "label": "x"}\n```</answer>'
+
+
+def _completion(n: int) -> dict:
+    return {"object": "chat.completion", "choices": [{"index": i, "message": {"role": "assistant", "content": REPLY}} for i in range(n)]}
+
+
+@contextlib.contextmanager
+def _endpoint(respond, host: str = "127.0.0.1"):
+    """A stand-in OpenAI-compatible server on loopback, in a thread, that stops by itself after 60 s at most.
+    ``respond(request_json_or_None) -> (status, extra_headers, payload)``; yields its URL and the list of the
+    requests it saw (method, path, Authorization header)."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n) if n else b""
+            seen.append({"method": self.command, "path": self.path, "auth": self.headers.get("Authorization")})
+            status, headers, payload = respond(json.loads(raw) if raw else None)
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_GET = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = ThreadingHTTPServer((host, 0), Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    deadline = threading.Timer(60, srv.shutdown)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        yield f"http://{host}:{srv.server_address[1]}", seen
+    finally:
+        deadline.cancel()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _q():
+    return [TeacherItem("x", "diff", [], "Where is it?")]
+
+
+def test_openai_teacher_sends_the_key_of_the_named_variable_and_shows_it_nowhere(monkeypatch, no_proxy):
+    monkeypatch.setenv(KEY_VAR, KEY)
+    with _endpoint(lambda body: (200, {}, _completion(body["n"]))) as (url, seen):
+        teacher = OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5)
+        assert teacher.answer(_q(), 2, "zhang") == [[REPLY, REPLY]]
+        assert [(s["path"], s["auth"]) for s in seen] == [("/v1/chat/completions", f"Bearer {KEY}")]
+        assert KEY not in repr(teacher) and KEY not in str(dataclasses.asdict(teacher)) and KEY not in str(vars(teacher))
+        # without a key no Authorization header at all (a local server)
+        monkeypatch.delenv(KEY_VAR)
+        OpenAITeacher(url + "/v1", "m", timeout=5).answer(_q(), 1, "zhang")
+        assert seen[-1]["auth"] is None
+    # named but unset: an error naming the variable
+    with pytest.raises(ValueError, match=KEY_VAR):
+        OpenAITeacher("http://127.0.0.1:9/v1", "m", api_key_env=KEY_VAR)
+
+
+def test_the_key_is_in_no_file_the_cot_stage_writes(smoke_world, tmp_path, monkeypatch, no_proxy):
+    """run_cot with the openai teacher and cot.api_key_env: every request carries the key, no output file,
+    the config's repr/asdict or its digest holds it; the variable's name is what the table records."""
+    from mirg_lib.config import config_hash
+    from mirg_lib.cot import CotConfig, run_cot
+
+    monkeypatch.setenv(KEY_VAR, KEY)
+    # a server that ignores `n` (one choice per request): the teacher asks again until it has n_samples
+    with _endpoint(lambda body: (200, {}, _completion(1))) as (url, seen):
+        cfg = CotConfig(teacher="openai", teacher_model="gpt-4o", base_url=url + "/v1", api_key_env=KEY_VAR,
+                        tasks=["single_refer"], max_items_per_task=2, styles=["zhang", "mirg_text"])
+        run_cot(cfg, smoke_world.root, tmp_path / "cot")
+    assert len(seen) == 2 * 2 * 4 and all(s["auth"] == f"Bearer {KEY}" for s in seen)
+    written = [p for p in (tmp_path / "cot").rglob("*") if p.is_file()]
+    assert len(written) >= 5
+    assert [p.name for p in written if KEY.encode() in p.read_bytes()] == []
+    samples = [json.loads(line) for line in (tmp_path / "cot" / "samples_zhang.jsonl").read_text().splitlines()]
+    assert [len(s["samples"]) for s in samples] == [4, 4]
+    assert json.loads((tmp_path / "cot" / "table.json").read_text())["config"]["api_key_env"] == KEY_VAR
+    assert KEY not in repr(cfg) and KEY not in str(dataclasses.asdict(cfg))
+    monkeypatch.setenv(KEY_VAR, "sk-another-key")
+    assert config_hash(cfg) == config_hash(dataclasses.replace(cfg))  # the key is not an input of the digest
+    # named but unset: a clear error naming the variable, before anything is written
+    monkeypatch.delenv(KEY_VAR)
+    with pytest.raises(ValueError, match=f"{KEY_VAR} is not set"):
+        run_cot(dataclasses.replace(cfg, max_items_per_task=1), smoke_world.root, tmp_path / "cot2")
+    assert not (tmp_path / "cot2").exists()
+
+
+def test_a_key_pasted_as_the_variable_name_is_refused_without_echoing_it():
+    from mirg_lib.config import ConfigError, from_dict
+    from mirg_lib.cot import CotConfig
+
+    with pytest.raises(ConfigError) as e:
+        from_dict(CotConfig, {"teacher": "openai", "api_key_env": KEY}, "params.yaml [cot]")
+    assert "api_key_env" in str(e.value) and KEY not in str(e.value)
+    assert CotConfig(api_key_env="OPENAI_API_KEY").api_key_env == "OPENAI_API_KEY"
+
+
+@pytest.mark.parametrize("payload, says", [
+    ({"error": {"message": "The model `gpt-5o` does not exist", "type": "invalid_request_error"}}, "does not exist"),
+    ({"error": "rate limit reached"}, "rate limit reached"),
+    ({"object": "chat.completion", "choices": []}, "no choices"),
+    ({"object": "chat.completion"}, "no choices"),
+])
+def test_a_200_error_body_or_no_choices_is_a_clear_error(payload, says, no_proxy):
+    with _endpoint(lambda body: (200, {}, payload)) as (url, _):
+        with pytest.raises(TeacherError, match=says) as e:
+            OpenAITeacher(url + "/v1", "m", timeout=5).answer(_q(), 4, "zhang")
+    assert f"{url}/v1/chat/completions" in str(e.value)
+
+
+def test_an_http_error_names_the_endpoint_and_the_servers_message_but_never_the_key(monkeypatch, no_proxy):
+    monkeypatch.setenv(KEY_VAR, KEY)
+    body = {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error"}}
+    with _endpoint(lambda _: (401, {}, body)) as (url, _):
+        with pytest.raises(TeacherError) as e:
+            OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5).answer(_q(), 1, "zhang")
+    msg = str(e.value)
+    assert "HTTP 401" in msg and "Incorrect API key provided" in msg and url in msg and KEY not in msg
+
+
+def test_run_cot_stops_on_an_error_reply_instead_of_keeping_empty_samples(smoke_world, tmp_path, no_proxy):
+    """Before: choices [] -> no samples -> all([]) is True -> the item 'kept' -> IndexError on rs[0]."""
+    from mirg_lib.cot import CotConfig, run_cot
+
+    with _endpoint(lambda _: (200, {}, {"error": {"message": "quota exceeded"}})) as (url, _):
+        cfg = CotConfig(teacher="openai", teacher_model="m", base_url=url + "/v1", tasks=["single_refer"], max_items_per_task=1, styles=["zhang"])
+        with pytest.raises(TeacherError, match="quota exceeded"):
+            run_cot(cfg, smoke_world.root, tmp_path / "cot")
+    assert not (tmp_path / "cot").exists()
+
+
+def test_an_item_with_fewer_samples_than_asked_is_never_kept(smoke_world, tmp_path):
+    """The 4-of-4 filter needs exactly n_samples right samples: none (vacuous all()) or 3 right ones are not 4 of 4."""
+    from mirg_lib.cot import CotConfig, run_cot
+
+    perfect = ScriptedTeacher(error_rate=0.0, box_jitter=0.0)
+
+    class Short:
+        def answer(self, items, n_samples, style):
+            out = perfect.answer(items, n_samples, style)
+            return [[], out[1][:3], *out[2:]]
+
+    cfg = CotConfig(tasks=["single_refer"], max_items_per_task=5, styles=["zhang"], error_rate=0.0)
+    res = run_cot(cfg, smoke_world.root, tmp_path / "cot", Short())
+    assert res.table[0]["candidates"] == 5 and res.table[0]["zhang kept"] == 3
+    samples = [json.loads(line) for line in (tmp_path / "cot" / "samples_zhang.jsonl").read_text().splitlines()]
+    kept = {json.loads(line)["id"] for line in (tmp_path / "cot" / "sft_zhang.jsonl").read_text().splitlines()}
+    assert all(samples[1]["correct"]) and len(samples[1]["samples"]) == 3  # its 3 samples are right, still not kept
+    assert kept == {s["id"] for s in samples[2:]}
+
+
+@pytest.mark.parametrize("code, target_host", [(302, "127.0.0.2"), (307, "127.0.0.2"), (301, "localhost")])
+def test_a_redirect_is_an_error_naming_its_target_and_the_key_never_goes_there(code, target_host, monkeypatch, no_proxy):
+    monkeypatch.setenv(KEY_VAR, KEY)
+    bind = "127.0.0.1" if target_host == "localhost" else target_host
+    try:
+        socket.socket().bind((bind, 0))
+    except OSError:
+        pytest.skip(f"{bind} is not a loopback address here (macOS configures only 127.0.0.1)")
+    with _endpoint(lambda body: (200, {}, _completion(1)), host=bind) as (other, other_seen):
+        port = other.rsplit(":", 1)[1]
+        target = f"http://{target_host}:{port}/v1/chat/completions"
+        with _endpoint(lambda _: (code, {"Location": target}, b""), host="127.0.0.1") as (url, seen):
+            if code == 302:  # the setup can see a leak: urllib's default opener follows and forwards the header
+                req = urllib.request.Request(url + "/v1/chat/completions", data=b"{}", headers={"Authorization": f"Bearer {KEY}"})
+                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=5).close()
+                assert other_seen and other_seen[-1]["auth"] == f"Bearer {KEY}"
+                other_seen.clear()
+            teacher = OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5)
+            with pytest.raises(TeacherError, match=f"HTTP {code}.*{target_host}:{port}") as e:
+                teacher.answer(_q(), 1, "zhang")
+    assert other_seen == []  # nothing at all went to the other host, so no Authorization header either
+    assert seen[-1]["auth"] == f"Bearer {KEY}" and KEY not in str(e.value) and "another host" in str(e.value)

@@ -46,6 +46,7 @@ def server(nano_checkpoint):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_openai_teacher_sends_images_and_gets_samples(server, nano_checkpoint, smoke_world):
     items = [it for it in load_pool_items(smoke_world.train_file) if len(it.images) >= 2][:2]
     teacher = OpenAITeacher(server, str(nano_checkpoint), temperature=0.7, max_tokens=8)

@@ -16,7 +16,7 @@ from mirg_lib.parsing import parse_response
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
 from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, grid_side, render
-from mirg_lib.world.tasks import DESCRIBE_TASK, LOCATE_TASK, MULTI_TASK, REASONING_RULES
+from mirg_lib.world.tasks import DESCRIBE_TASK, MULTI_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
 
@@ -192,7 +192,7 @@ def check_unique(row):
         reg = row["meta"]["regions"][row["meta"]["region_index"] - 1]
         assert reg["box"] == t["box"]
         assert sum(_ident(o) == _ident(t) for o in src) == 1
-    elif task in (LOCATE_TASK, DESCRIBE_TASK):
+    elif task == DESCRIBE_TASK:
         assert len(imgs) == 1 and objs[0] == [t]
     elif task == MULTI_TASK:  # the image is named: the expression singles the target out in that image
         expr = row["meta"]["expression"]
@@ -244,37 +244,26 @@ def test_the_uniqueness_check_catches_an_ambiguous_scene(smoke_world):
             check_unique(bad)
 
 
-def test_coord_cue_makes_the_background_the_coordinates():
-    """``position_cue_kind: coord``: away from objects, red and blue read back x and y whatever the
-    background drawn, up to the noise; the tint kind only shifts each image's own background colour."""
+def test_position_cue_makes_the_background_the_coordinates():
+    """``position_cue``: away from objects, red and blue read back x and y whatever the background drawn, up to
+    the noise; without it the background is the drawn colour."""
     import numpy as np
 
     for bg in ((200, 200, 196), (180, 180, 184)):
-        arr = np.asarray(render(112, 112, [], bg, 6.0, 3, cue=150, cue_kind="coord"), dtype=np.float64)
+        arr = np.asarray(render(112, 112, [], bg, 6.0, 3, cue=150), dtype=np.float64)
         xs = np.arange(112) / 111
         assert np.abs(arr[:, :, 0].mean(0) - (50 + 150 * xs)).max() < 3.5
         assert np.abs(arr[:, :, 2].mean(1) - (50 + 150 * xs)).max() < 3.5
         assert abs(arr[:, :, 1].mean() - bg[1]) < 1.0
-    tint = np.asarray(render(112, 112, [], (200, 200, 196), 0.0, 3, cue=60), dtype=np.float64)
-    assert abs(tint[:, 0, 0].mean() - 170) < 1.5 and abs(tint[:, -1, 0].mean() - 230) < 1.5
+    plain = np.asarray(render(112, 112, [], (200, 200, 196), 0.0, 3), dtype=np.float64)
+    assert (plain == np.array([200, 200, 196])).all()
     with pytest.raises(ValueError, match="position_cue"):
-        DataConfig(position_cue=150)  # beyond the tint's range
-    assert DataConfig(position_cue=150, position_cue_kind="coord").knobs().position_cue_kind == "coord"
-
-
-def test_locate_items_join_the_pool_only_when_asked(tmp_path):
-    m = run_data_synthesis(dataclasses.replace(TINY, n_single_locate_train=3, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
-    pool = load_mgrounding(m.root / "train" / "mgrounding.json")
-    locate = [r for r in pool if r.type == LOCATE_TASK]
-    assert len(locate) == 3 and m.counts["train"][LOCATE_TASK] == 3 and LOCATE_TASK not in m.counts["test"]
-    assert all(len(r.images) == 1 and "bounding box" in r.conversations[0]["value"] for r in locate)
-    rows = [r for r in _scenes(m, "train") if r["task"] == LOCATE_TASK]
-    assert len(rows) == 3 and all(len(r["images"][0]["objects"]) == 1 for r in rows)
-    assert LOCATE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
+        DataConfig(position_cue=250)
+    assert DataConfig(position_cue=150).knobs().position_cue == 150
 
 
 def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
-    m = run_data_synthesis(dataclasses.replace(TINY, n_single_describe_train=4, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
+    m = run_data_synthesis(dataclasses.replace(TINY, n_single_describe_train=4, position_cue=100), tmp_path / "w", progress=False)
     pool = [r for r in load_mgrounding(m.root / "train" / "mgrounding.json") if r.type == DESCRIBE_TASK]
     rows = [r for r in _scenes(m, "train") if r["task"] == DESCRIBE_TASK]
     assert len(pool) == len(rows) == 4 and m.counts["train"][DESCRIBE_TASK] == 4 and DESCRIBE_TASK not in m.counts["test"]
@@ -289,7 +278,7 @@ def test_describe_items_name_every_attribute_then_box_the_object(tmp_path):
 
 
 def test_multi_refer_items_name_their_image_and_box_the_object_in_it(tmp_path):
-    m = run_data_synthesis(dataclasses.replace(TINY, n_multi_refer_train=12, position_cue=100, position_cue_kind="coord"), tmp_path / "w", progress=False)
+    m = run_data_synthesis(dataclasses.replace(TINY, n_multi_refer_train=12, position_cue=100), tmp_path / "w", progress=False)
     pool = [r for r in load_mgrounding(m.root / "train" / "mgrounding.json") if r.type == MULTI_TASK]
     rows = [r for r in _scenes(m, "train") if r["task"] == MULTI_TASK]
     assert len(pool) == len(rows) == 12 and m.counts["train"][MULTI_TASK] == 12 and MULTI_TASK not in m.counts["test"]
@@ -309,13 +298,13 @@ def test_multi_refer_items_name_their_image_and_box_the_object_in_it(tmp_path):
 
 
 # tasks that place objects and never move a camera over them: every object sits on the grid
-PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, LOCATE_TASK, MULTI_TASK)
+PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, MULTI_TASK)
 
 
 @pytest.mark.parametrize("task", PLACED_ONLY)
 def test_object_grid_puts_every_placed_object_on_the_patch_grid(task):
     """``object_grid: 14``: squares whose corners and sides are whole patches, one side per size class,
-    so the same object is the same patches wherever it stands (README: why the base needs it)."""
+    so the same object is the same patches wherever it stands (docs/world.md: why the base needs it)."""
     knobs = WorldKnobs(image_size=112, object_grid=14)
     sides = {size: grid_side(size, 112, 1.0, 14) for size in SIZE_WORDS}
     assert sides == {"small": 14, "medium": 28, "large": 42}

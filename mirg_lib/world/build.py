@@ -4,7 +4,7 @@ Output (``runs/<profile>/data/``), all paths inside the JSON files relative to t
 
 * ``test/mig_bench.json``      -- MIG-Bench format, the ten tasks (the embedded benchmark)
 * ``test/single_refer.json``   -- MIG-Bench format, single-image referring expressions
-* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer`` (+ ``single_locate``, ``single_describe``)
+* ``train/mgrounding.json``    -- MGrounding-630k sharegpt format, the ten tasks + ``single_refer`` (+ the base model's ``single_describe``, ``multi_refer``)
 * ``{test,train}/scenes.jsonl``-- every object of every image, line by line with the records
                                   (what the scripted teacher reasons from); never shown to a model
 * ``contact_sheet.png``        -- one example per task with the ground truth drawn
@@ -50,8 +50,8 @@ class DataConfig:
     n_train_per_task: int = field(default=200, metadata={"help": "training-pool items per task"})
     n_single_test: int = field(default=100, metadata={"help": "single-image referring test items"})
     n_single_train: int = field(default=1000, metadata={"help": "single-image referring training items"})
-    test_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
-    train_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    test_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "MIG-Bench tasks of the benchmark"})
+    train_tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "MIG-Bench tasks of the training pool"})
     objects_per_image: list[int] = field(default_factory=lambda: [3, 5], metadata={"help": "[min, max] objects per image"})
     object_scale: float = field(default=1.0, metadata={"help": "multiplies every object's size"})
     distractor_similarity: float = field(default=0.5, metadata={"help": "chance a distractor differs from the target in one attribute only"})
@@ -59,23 +59,20 @@ class DataConfig:
     max_images: int = field(default=6, metadata={"help": "most images in one question"})
     view_shift: float = field(default=0.15, metadata={"help": "camera shift of multi_view / view_diff, fraction of the image"})
     extra_attribute_prob: float = field(default=0.3, metadata={"help": "chance a referring expression names one attribute more than needed"})
-    position_cue: float = field(default=0.0, metadata={"help": "background colour ramp (grey levels) that tells a from-scratch model where it is"})
-    position_cue_kind: Literal["tint", "coord"] = field(default="tint", metadata={"help": "tint: ramp added to each image's background colour; coord: the background's red/blue are the coordinates"})
-    n_single_locate_train: int = field(default=0, metadata={"help": "training-pool items with one object to locate (the base model's curriculum)"})
-    n_single_describe_train: int = field(default=0, metadata={"help": "training-pool items with one object to name in full and box (the base model's curriculum)"})
-    n_multi_refer_train: int = field(default=0, metadata={"help": "training-pool items of several images, one named, an object in it described and boxed (the base model's multi-image curriculum; no benchmark task)", "digest_when_set": True})
-    object_grid: int = field(default=0, metadata={"help": "pixels; >0: objects are squares whose corners and sides lie on this grid (14: the vision tower's patch grid), 0: anywhere (README: why)"})
-    contact_sheet: bool = True
-    # Real data from local files instead of the embedded world (mirg_lib.local_data; README, "Real checkpoints and data")
-    source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files", "digest_when_set": True})
-    mig_bench: str = field(default="", metadata={"help": "local: MIG-Bench's MIG_data.json", "digest_when_set": True})
-    mig_bench_images: str = field(default="", metadata={"help": "local: the folder MIG_data.json's image paths start from ('': the file's folder)", "digest_when_set": True})
-    single_test: str = field(default="", metadata={"help": "local: a single-image grounding test in MIG-Bench's format ('': none; the single-image column stays empty)", "digest_when_set": True})
-    single_test_images: str = field(default="", metadata={"help": "local: the folder single_test's image paths start from ('': the file's folder)", "digest_when_set": True})
-    mgrounding: list[str] = field(default_factory=list, metadata={"help": "local: the MGrounding-630k sharegpt JSON files (the training pool)", "digest_when_set": True})
-    mgrounding_images: str = field(default="", metadata={"help": "local: the folder their image paths start from ('': each file's folder)", "digest_when_set": True})
-    task_map: dict[str, str] = field(default_factory=dict, metadata={"help": "local: MGrounding `type` -> this project's task name (cot.tasks and rejection.tasks select by it); unmapped types stay as they are", "digest_when_set": True})
-    max_train_per_task: int = field(default=0, metadata={"help": "local: keep at most this many pool records per task, in file order (0: all)", "digest_when_set": True})
+    position_cue: float = field(default=0.0, metadata={"help": "grey levels of the background's coordinate map (red = x, blue = y); 0: none"})
+    n_single_describe_train: int = field(default=0, metadata={"help": "pool items of one object named in full, then boxed (base-model curriculum)"})
+    n_multi_refer_train: int = field(default=0, metadata={"help": "pool items of several images, one named, an object in it boxed (base-model curriculum)"})
+    object_grid: int = field(default=0, metadata={"help": "pixels; > 0: objects are squares on this grid (14: the vision tower's patches); 0: anywhere"})
+    contact_sheet: bool = field(default=True, metadata={"help": "draw one example per task with its ground truth"})
+    source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files"})
+    mig_bench: str = field(default="", metadata={"help": "local: MIG-Bench's MIG_data.json"})
+    mig_bench_images: str = field(default="", metadata={"help": "local: the folder MIG_data.json's image paths start from ('': the file's folder)"})
+    single_test: str = field(default="", metadata={"help": "local: a single-image grounding test in MIG-Bench's format ('': none)"})
+    single_test_images: str = field(default="", metadata={"help": "local: the folder single_test's image paths start from ('': the file's folder)"})
+    mgrounding: list[str] = field(default_factory=list, metadata={"help": "local: the MGrounding-630k sharegpt JSON files (the training pool)"})
+    mgrounding_images: str = field(default="", metadata={"help": "local: the folder their image paths start from ('': each file's folder)"})
+    task_map: dict[str, str] = field(default_factory=dict, metadata={"help": "local: MGrounding `type` -> this project's task name; unmapped types stay as they are"})
+    max_train_per_task: int = field(default=0, metadata={"help": "local: at most this many pool records per task, in file order (0: all)"})
 
     def __post_init__(self) -> None:
         if self.source == "local":
@@ -102,8 +99,8 @@ class DataConfig:
             raise ValueError("object_scale must lie in [0.5, 1.5]")
         if not 2 <= self.max_images <= 6:
             raise ValueError("max_images must lie in [2, 6]")
-        if not 0.0 <= self.position_cue <= (200.0 if self.position_cue_kind == "coord" else 120.0):
-            raise ValueError("position_cue must lie in [0, 120] grey levels ([0, 200] for position_cue_kind coord)")
+        if not 0.0 <= self.position_cue <= 200.0:
+            raise ValueError("position_cue must lie in [0, 200] grey levels")
         if not 0.0 <= self.view_shift <= 0.3:
             raise ValueError("view_shift must lie in [0, 0.3]")
         if self.object_grid:
@@ -124,7 +121,6 @@ class DataConfig:
             view_shift=self.view_shift,
             extra_attribute_prob=self.extra_attribute_prob,
             position_cue=self.position_cue,
-            position_cue_kind=self.position_cue_kind,
             object_grid=self.object_grid,
         )
 
@@ -308,16 +304,75 @@ def write_world(cfg: DataConfig, out: Path, progress: bool = True, workers: int 
     return counts
 
 
+def data_checksums(root: Path) -> dict[str, str]:
+    """The checksums a data folder's ``manifest.json`` records of its data files (``files``): every
+    ``*.json*`` below ``root`` but the manifest and ``timing.json``, by relative path."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.json*")) if p.relative_to(root).as_posix() not in ("manifest.json", "timing.json")}
+
+
+def _ends_whole(path: Path) -> bool:
+    """For a manifest that recorded no checksum: whether the JSON file ``path`` ends as a whole one does
+    (``]`` or ``}``; a cheap check that catches most truncations, not every one)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        return f.read().rstrip().endswith((b"]", b"}"))
+
+
+def data_mismatch(out_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """What in ``out_dir`` no longer is what its ``manifest`` recorded (a file changed, cut short or gone
+    since), or None when all is as written: each data file's checksum (``files``), each split's images
+    (``images_sha256``, one digest over the folder: about 0.1 ms an image from the page cache, some 2 s
+    for the embedded profile's ~23,000).
+    Without ``files`` (a manifest that records none) each data file there must exist and end whole."""
+    files = manifest.get("files")
+    if files is None:
+        for rel in ("test/mig_bench.json", "test/single_refer.json", "train/mgrounding.json"):
+            p = out_dir / rel
+            if not p.is_file():
+                return f"{rel} is missing"
+            if not _ends_whole(p):
+                return f"{rel} ends short of a whole JSON file (cut short)"
+    for rel, want in (files or {}).items():
+        p = out_dir / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if sha256_file(p) != want:
+            return f"{rel} does not have the checksum the manifest recorded (changed or cut short since)"
+    for split, want in (manifest.get("images_sha256") or {}).items():
+        images = out_dir / split / "images"
+        if not images.is_dir() or sha256_tree(images) != want:
+            return f"{split}/images does not have the checksum the manifest recorded (an image changed, cut short or gone)"
+    return None
+
+
 def reused_manifest(out_dir: Path, digest: str) -> WorldManifest | None:
     """The data already in ``out_dir`` when its ``manifest.json`` was written for ``digest`` (its wall time from
-    ``timing.json``), else None: the data stage's skip, for the drawn world and the real files alike."""
+    ``timing.json``), else None: the data stage's skip, for the drawn world and the real files alike.
+
+    The files are checked against the manifest first (:func:`data_mismatch`): a folder whose data changed or
+    was cut short since is not reused, with a warning naming the file, and the stage builds it again (a drawn
+    world is the same again for its seed; the real files' folder is a copy made from the sources)."""
+    import warnings
+
     manifest_path = out_dir / "manifest.json"
     if not manifest_path.is_file():
         return None
-    old = json.loads(manifest_path.read_text())
+    try:
+        old = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        warnings.warn(f"{manifest_path} is not JSON (cut short?): building the data again", stacklevel=3)
+        return None
     if old.get("config_hash") != digest:
         return None
-    timing = json.loads((out_dir / "timing.json").read_text()) if (out_dir / "timing.json").is_file() else {}
+    bad = data_mismatch(out_dir, old)
+    if bad is not None:
+        warnings.warn(f"{out_dir}: {bad}; not reusing it, building the data again", stacklevel=3)
+        return None
+    try:
+        timing = json.loads((out_dir / "timing.json").read_text()) if (out_dir / "timing.json").is_file() else {}
+    except json.JSONDecodeError:  # a wall time only, not data
+        timing = {}
     return WorldManifest(out_dir, digest, old["counts"], float(timing.get("seconds", 0.0)), skipped=True)
 
 

@@ -245,29 +245,21 @@ def render(
     noise_seed: int,
     brightness: float = 1.0,
     cue: float = 0.0,
-    cue_kind: str = "tint",
 ) -> Image.Image:
     """Background with seeded noise, then the objects in order (later ones on top).
 
-    ``cue`` (grey levels) gives the background a left-to-right red and top-to-bottom blue ramp
-    (``cue_kind`` ``tint``: added to the drawn background colour; ``coord``: red and blue set to
-    ``50 + cue * x`` and ``50 + cue * y``, the same in every image):
-    a position cue a small model trained from scratch can read, standing in for the absolute-position
-    sense a pretrained vision tower brings (Qwen's ViT has only relative rotary positions).
+    ``cue`` > 0 (grey levels) makes the background a coordinate map, CoordConv-style (Liu et al. 2018): red
+    and blue are ``50 + cue * x`` and ``50 + cue * y`` (x, y in 0-1), the same in every image. A small model
+    trained from scratch can read where it is from it, standing in for the absolute-position sense a
+    pretrained vision tower brings (Qwen's ViT has only relative rotary positions).
     """
     rs = np.random.default_rng(noise_seed)
     base = np.empty((height, width, 3), dtype=np.float32)
     base[:] = background
     if cue:
         xs, ys = np.arange(width, dtype=np.float32)[None, :], np.arange(height, dtype=np.float32)[:, None]
-        if cue_kind == "coord":
-            # CoordConv-style (Liu et al. 2018): the background's red and blue *are* the coordinates, the same in
-            # every image (the tint below rides on a background colour drawn per image, so its level is ambiguous)
-            base[:, :, 0] = 50.0 + cue * xs / max(1, width - 1)
-            base[:, :, 2] = 50.0 + cue * ys / max(1, height - 1)
-        else:
-            base[:, :, 0] += cue * (xs / max(1, width - 1) - 0.5)
-            base[:, :, 2] += cue * (ys / max(1, height - 1) - 0.5)
+        base[:, :, 0] = 50.0 + cue * xs / max(1, width - 1)
+        base[:, :, 2] = 50.0 + cue * ys / max(1, height - 1)
     if noise > 0:
         base += rs.normal(0.0, noise, size=(height, width, 1)).astype(np.float32)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")

@@ -41,13 +41,6 @@ from .objects import (
 )
 
 SINGLE_TASK = "single_refer"
-# training-pool only: one object per image, "where is it" (the base model's localisation curriculum)
-LOCATE_TASK = "single_locate"
-LOCATE_TEMPLATES = (
-    "Please provide the bounding box coordinate of the object.",
-    "Locate the object in the image and give its bounding box.",
-    "Where is the object? Answer with its bounding box coordinates.",
-)
 # training-pool only: one object per image, named in full and then boxed, in Qwen-VL's grounded-caption form
 # (<|object_ref_start|>the small red striped circle<|object_ref_end|><|box_start|>...<|box_end|>): direct
 # supervision of every attribute, the base model's perception curriculum
@@ -68,7 +61,7 @@ MULTI_TEMPLATES = (
     "Which region of Image-{n} is described by {ref}? Give its bounding box coordinates.",
 )
 # the base model's curriculum tasks, each with the DataConfig field that sizes it in the training pool
-CURRICULUM_TASKS = {LOCATE_TASK: "n_single_locate_train", DESCRIBE_TASK: "n_single_describe_train", MULTI_TASK: "n_multi_refer_train"}
+CURRICULUM_TASKS = {DESCRIBE_TASK: "n_single_describe_train", MULTI_TASK: "n_multi_refer_train"}
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -97,7 +90,6 @@ class WorldKnobs:
     view_shift: float = 0.15
     extra_attribute_prob: float = 0.3
     position_cue: float = 0.0
-    position_cue_kind: str = "tint"
     object_grid: int = 0
 
 
@@ -190,7 +182,7 @@ def _bg(rng: random.Random) -> tuple[int, int, int]:
 def _render(k: WorldKnobs, objs: list[Obj], bg, noise_seed: int, brightness: float = 1.0, size=None) -> Image.Image:
     """``render`` with the world's noise and position cue, at the world's image size unless ``size``."""
     w, h = size or (k.image_size, k.image_size)
-    return render(w, h, objs, bg, k.noise, noise_seed, brightness, k.position_cue, k.position_cue_kind)
+    return render(w, h, objs, bg, k.noise, noise_seed, brightness, k.position_cue)
 
 
 def _draw(rng: random.Random, k: WorldKnobs, objs: list[Obj], bg=None, brightness: float = 1.0, size=None) -> Image.Image:
@@ -575,10 +567,6 @@ def _one_object(rng: random.Random, k: WorldKnobs, task: str, templates: tuple[s
     return Sample(task, [_draw(rng, k, scene)], [scene], rng.choice(templates), 1, scene[0], need_format=False, meta=meta(scene[0]))
 
 
-def gen_single_locate(rng: random.Random, k: WorldKnobs) -> Sample:
-    return _one_object(rng, k, LOCATE_TASK, LOCATE_TEMPLATES, lambda o: {})
-
-
 def gen_single_describe(rng: random.Random, k: WorldKnobs) -> Sample:
     return _one_object(rng, k, DESCRIBE_TASK, DESCRIBE_TEMPLATES, lambda o: {"expression": "the " + o.describe()})
 
@@ -595,7 +583,6 @@ GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     "reasoning": gen_reasoning,
     "correspondence": gen_correspondence,
     SINGLE_TASK: gen_single_refer,
-    LOCATE_TASK: gen_single_locate,
     DESCRIBE_TASK: gen_single_describe,
     MULTI_TASK: gen_multi_refer,
 }

@@ -1,6 +1,6 @@
 """Which object does a base box when it boxes the wrong one? (docs/base_model.md: the selection hop)
 
-    .venv/bin/python bench/wrong_picks.py runs/embedded/base_model/checkpoint_eval/checkpoint-2000/predictions.jsonl
+    .venv/bin/python tools/wrong_picks.py runs/embedded/base_model/checkpoint_eval/checkpoint-2000/predictions.jsonl
 
 For the single-image referring test of a profile (the embedded world's scenes say where every object is) it
 sorts each answer: on the target, on another object (IoU >= 0.5 with it), on none, or unparseable. For the

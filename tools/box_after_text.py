@@ -1,6 +1,6 @@
 """Does a model still box the right object when text comes before its box? (docs/base_model.md)
 
-    .venv/bin/python bench/box_after_text.py checkpoints/embedded-base --items 100
+    .venv/bin/python tools/box_after_text.py checkpoints/embedded-base --items 100
 
 On the first ``--items`` single-image referring test items of a profile, the reply is *forced* to start
 with a prefix and the model writes the rest (greedy, 30 new tokens); Acc@0.5 of the box it writes:

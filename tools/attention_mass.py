@@ -1,6 +1,6 @@
 """Where does each attention head of a base look from the answer's first tokens? (docs/base_model.md)
 
-    .venv/bin/python bench/attention_mass.py runs/embedded/base_model/trainer/checkpoint-500
+    .venv/bin/python tools/attention_mass.py runs/embedded/base_model/trainer/checkpoint-500
 
 For 64 training referring items, 64 training description items and 64 test referring items of the profile,
 teacher-forced, it prints per layer and head the geometric mean (over items and the positions that predict

@@ -1,6 +1,6 @@
-"""Score the base model's intermediate checkpoints while ``00_base_model`` trains (README, "The base model").
+"""Score the base model's intermediate checkpoints while ``00_base_model`` trains (docs/base_model.md).
 
-    .venv/bin/python bench/score_base_checkpoints.py --profile embedded [--threads 1]
+    .venv/bin/python tools/score_base_checkpoints.py --profile embedded [--threads 1]
 
 Every ``runs/<profile>/base_model/trainer/checkpoint-N`` (a complete folder: weights and processor) is
 scored greedily on the profile's single-image referring test with the evaluation stage's own code (and how
@@ -30,7 +30,7 @@ from mirg_lib.paths import stage_dir  # noqa: E402
 
 
 def curriculum_bench(params, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
-    """``n`` held-out one-object items of a curriculum task (``single_locate`` / ``single_describe``) of the
+    """``n`` held-out one-object items of a curriculum task (``single_describe``, ``multi_refer``) of the
     profile's world, with their expected descriptions (:func:`mirg_lib.world.build.heldout_bench`)."""
     from mirg_lib.config import stage_config
     from mirg_lib.world import DataConfig
