@@ -15,8 +15,8 @@
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``defaults`` writes ``params/base.yaml``, every setting at its default, from the stage configs' dataclasses.
 * ``kernel`` installs the project's Jupyter kernel for this interpreter.
-* ``launched SPEC.json`` runs one training stage in a process that ``accelerate launch`` started (what a
-  stage starts itself when the params' ``launch.num_processes`` is above 1; see :mod:`mirg_lib.launch`).
+* ``launched SPEC.json`` runs one training stage in a process that ``accelerate launch`` started (what
+  :func:`mirg_lib.pipeline.train_sft` and ``train_grpo`` start when ``launch.num_processes`` is above 1).
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ MIG_TASKS = (
 )
 # the project's own single-image test (the embedded world's test/single_refer.json), in MIG-Bench's format
 SINGLE_TASKS = ("single_refer",)
-KNOWN_TASKS = (*MIG_TASKS, *SINGLE_TASKS)
+# the embedded world's base-model curriculum tasks (held-out benches of them score the base: tools/)
+CURRICULUM_TASKS = ("single_describe", "multi_refer")
+KNOWN_TASKS = (*MIG_TASKS, *SINGLE_TASKS, *CURRICULUM_TASKS)
 _TASK_NAMES = {t.casefold(): t for t in KNOWN_TASKS}
 # Zhang et al.'s split (their Table 3 checks out this way): trained on these four, the rest unseen.
 IN_DOMAIN = ("diff", "common_object", "region", "refer_grounding")

@@ -17,7 +17,6 @@ processes, plain DDP and both DeepSpeed configs); the configs are in ``configs/a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -95,7 +94,7 @@ def run_launched(stage: str, launch: LaunchConfig, spec: dict[str, Any], out_dir
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_file = out_dir / "launch_spec.json"
-    spec_file.write_text(json.dumps({"stage": stage, "launch": dataclasses.asdict(launch), **spec}, indent=1) + "\n")
+    spec_file.write_text(json.dumps({"stage": stage, **spec}, indent=1) + "\n")
     n = launch.world_size(stage)
     cmd = launch_command(launch, spec_file, n, bf16=bool(spec.get("cfg", {}).get("bf16", False)))
     log_path = out_dir / "launch.log"

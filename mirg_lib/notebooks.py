@@ -78,13 +78,14 @@ def declared_parameters(notebook: Path) -> set[str]:
 
 def reproduce(profile: str = "embedded", notebooks: list[Path] | None = None, log_output: bool = False, overrides: dict[str, Any] | None = None) -> list[Path]:
     """Run every pipeline notebook in order under ``profile`` (and ``overrides``, dotted params keys, given to
-    each notebook that declares an ``overrides`` parameter). Every section of the params is checked before the
-    first notebook starts. Stages skip work already done for the same config, so a rerun continues where a
-    failed one stopped."""
+    each notebook that declares an ``overrides`` parameter). For the whole pipeline (``notebooks`` None), every
+    section of the params is checked before the first notebook starts. Stages skip work already done for the
+    same config, so a rerun continues where a failed one stopped."""
     from .config import load_params
     from .sections import check_params
 
-    check_params(load_params(profile, overrides))
+    if notebooks is None:  # the figures alone need no stage's settings (nor a paper profile's ${VAR} paths)
+        check_params(load_params(profile, overrides))
     out_dir = runs_dir() / profile / "executed"
     done = []
     t_start = time.perf_counter()

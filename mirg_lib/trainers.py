@@ -189,25 +189,26 @@ def load_full_checkpoint(model: Any, checkpoint: str | Path) -> None:
         raise ValueError(f"{checkpoint}: does not match the model being resumed: {e}") from None
 
 
-def cut_log(path: str | Path, step: int, finished: bool = False) -> None:
+def cut_log(path: str | Path, step: int, finished: bool = False) -> bool:
     """Cut a :class:`JsonlLogCallback` log back to what a run resumed at ``step`` has already logged: the
     rows of steps after ``step`` go (the resumed run logs them again), and so does the end-of-training
     summary (``train_runtime``; the resumed run writes its own) unless the run was ``finished`` at ``step``
     (it trains no more, :func:`train_resuming`); at step 0 (training starts over) the whole log goes. Rows
     without a step stay; a last line a kill cut short goes. Rewritten whole or not at all. A line before
-    the last that is not JSON raises ValueError naming it, and the log is left as it is."""
+    the last that is not JSON raises ValueError naming it, and the log is left as it is. Returns whether an
+    end-of-training summary was kept."""
     from .io import atomic_path
 
     path = Path(path)
     if not path.is_file():
-        return
+        return False
     if step <= 0:
         path.unlink()
-        return
+        return False
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     torn = lines.pop()  # "" when the file ends with its newline; else what a kill left of the last line
-    keep, changed = [], False
+    keep, changed, summary = [], False, False
     if torn:
         try:
             json.loads(torn)
@@ -228,9 +229,11 @@ def cut_log(path: str | Path, step: int, finished: bool = False) -> None:
             changed = True
             continue
         keep.append(line)
+        summary = summary or (isinstance(row, dict) and "train_runtime" in row)
     if changed:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    return summary
 
 
 class JsonlLogCallback:
@@ -245,14 +248,17 @@ class JsonlLogCallback:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.summary_kept = False
         outer = self
 
         class _CB(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 if state.is_world_process_zero:  # the one process that writes the log
-                    cut_log(outer.path, state.global_step, finished=0 < state.max_steps <= state.global_step)
+                    outer.summary_kept = cut_log(outer.path, state.global_step, finished=0 < state.max_steps <= state.global_step)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "train_runtime" in logs and outer.summary_kept:  # a finished run resumed: its summary is logged
+                    return
                 if logs and state.is_world_process_zero:  # one log line per step, not one per process
                     row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in logs.items()}}
                     with open(outer.path, "a", encoding="utf-8") as f:

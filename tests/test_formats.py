@@ -131,10 +131,16 @@ def test_task_names_are_stripped_and_must_be_known(tmp_path):
         load_mig_bench(_write(tmp_path / "v.json", [dict(GOOD, task="  ")]))
 
 
-def test_the_worlds_single_image_task_is_known():
+def test_the_worlds_single_image_and_curriculum_tasks_are_known(tmp_path):
+    from mirg_lib.world import DataConfig
+    from mirg_lib.world.build import heldout_bench
+    from mirg_lib.world.tasks import CURRICULUM_TASKS as WORLD_CURRICULUM
     from mirg_lib.world.tasks import SINGLE_TASK
 
-    assert SINGLE_TASK in SINGLE_TASKS and set(KNOWN_TASKS) == {*MIG_TASKS, *SINGLE_TASKS}
+    assert SINGLE_TASK in SINGLE_TASKS and set(KNOWN_TASKS) == {*MIG_TASKS, *SINGLE_TASKS, *WORLD_CURRICULUM}
+    # a held-out bench of a one-image curriculum task reads back (tools/score_base_checkpoints.py scores them)
+    bench, _ = heldout_bench(DataConfig(image_size=112), "single_describe", tmp_path, 2)
+    assert [r.task for r in load_mig_bench(bench)] == ["single_describe"] * 2
 
 
 def test_answers_a_little_past_the_image_are_clipped_and_counted(tmp_path, real_mig, real_mig_file):

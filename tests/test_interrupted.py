@@ -205,6 +205,18 @@ def test_resumed_training_logs_each_step_once(tmp_path, monkeypatch, crash_befor
     assert torch.allclose(at_end.model.w.weight, unbroken.model.w.weight, atol=1e-6)
 
 
+def test_resumed_at_an_epochs_end_the_summary_is_not_doubled(tmp_path):
+    """64 items in batches of 4: step 16 ends the epoch, and a run resumed there finishes again at once,
+    writing the Trainer's summary a second time unless the log already holds it."""
+    work, log = tmp_path / "trainer", tmp_path / "train_log.jsonl"
+    train_resuming(_trainer(work, log, max_steps=16), work, "d")
+    rows = _rows(log)
+    assert [r["step"] for r in rows if "train_runtime" in r] == [16]
+    again = _trainer(work, log, max_steps=16)
+    train_resuming(again, work, "d")
+    assert _rows(log) == rows and again.state.global_step == 16
+
+
 def test_a_fresh_start_starts_the_log_over(tmp_path):
     """A trainer trained from step 0 again (no checkpoint, as the vision warm-up reruns) logs its steps once."""
     log = tmp_path / "log.jsonl"

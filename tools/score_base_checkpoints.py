@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--profile", default="embedded")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (leave the rest to the training)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out one-object items of each curriculum task the base trains on (single_locate, single_describe); 0: off")
+    ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out one-object items of each curriculum task the base trains on (single_describe); 0: off")
     ap.add_argument("--trainer", default="", help="a kept run's trainer folder (its checkpoints and stamp) instead of the stage's; its predictions go beside it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

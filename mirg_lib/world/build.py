@@ -67,7 +67,7 @@ class DataConfig:
     source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files"})
     mig_bench: str = field(default="", metadata={"help": "local: MIG-Bench's MIG_data.json"})
     mig_bench_images: str = field(default="", metadata={"help": "local: the folder MIG_data.json's image paths start from ('': the file's folder)"})
-    single_test: str = field(default="", metadata={"help": "local: a single-image grounding test in MIG-Bench's format ('': none)"})
+    single_test: str = field(default="", metadata={"help": "local: a single-image test in MIG-Bench's format, task single_refer ('': none)"})
     single_test_images: str = field(default="", metadata={"help": "local: the folder single_test's image paths start from ('': the file's folder)"})
     mgrounding: list[str] = field(default_factory=list, metadata={"help": "local: the MGrounding-630k sharegpt JSON files (the training pool)"})
     mgrounding_images: str = field(default="", metadata={"help": "local: the folder their image paths start from ('': each file's folder)"})
@@ -387,7 +387,7 @@ def run_data_synthesis(cfg: DataConfig, out_dir: str | Path, force: bool = False
     with atomic_dir(out_dir) as tmp:
         counts = write_world(cfg, tmp, progress)
         seconds = time.perf_counter() - t0
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.json*"))}
+        files = data_checksums(tmp)
         write_json(
             tmp / "manifest.json",
             {
