@@ -35,7 +35,7 @@ test-all: $(STAMP) ## every test, the slow ones too (papermill, launch, teacher 
 reproduce: $(STAMP) ## run every notebook in order with params/$(PROFILE).yaml -> runs/$(PROFILE)/
 	$(PY) -m mirg_lib reproduce --profile $(PROFILE)
 
-figures: $(STAMP) ## redraw every figure from runs/$(PROFILE)/results/ (notebook 08 only, no training) -> runs/$(PROFILE)/figures/
+figures: $(STAMP) ## redraw every figure from runs/$(PROFILE)/results/, or the committed results/$(PROFILE)/ (notebook 08 only, no training) -> runs/$(PROFILE)/figures/
 	$(PY) -m mirg_lib figures --profile $(PROFILE)
 
 data: $(STAMP) ## build only the embedded world of $(PROFILE) -> runs/$(PROFILE)/data/

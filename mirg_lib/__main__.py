@@ -11,6 +11,8 @@
 * ``tables --profile embedded [--results results/embedded] [--readme README.md]`` prints the README's results
   (the papers' tables beside this run's numbers, the claims and their verdicts) from ``ablations.json`` and
   ``claims.json``, and writes them into the README between its table markers.
+* ``commit-results --profile embedded`` copies a finished run's result files, with the GRPO logs, predictions
+  and images its figures read, to ``results/<profile>/``; ``figures`` and ``tables`` read them on a fresh clone.
 * ``ship-base --profile embedded --to checkpoints/embedded-base`` copies the base model the profile
   trained (notebook 00, scored to its end) to a folder to commit, with params, world, scores and checksum.
 * ``defaults`` writes ``params/base.yaml``, every setting at its default, from the stage configs' dataclasses.
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--results", default=None, help="the folder of the result files (default: runs/<profile>/results)")
     tp.add_argument("--readme", default=None, metavar="README.md", help="also write them between that file's <!-- tables:begin/end --> markers")
 
+    cp = sub.add_parser("commit-results", help="copy a profile's result files and what its figures read to results/<profile>/, to commit")
+    cp.add_argument("--profile", default="embedded")
+
     bp = sub.add_parser("ship-base", help="copy a profile's trained and scored base model to a folder to commit")
     bp.add_argument("--profile", default="embedded")
     bp.add_argument("--to", required=True)
@@ -125,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             print(text, end="")
             if args.readme:
                 write_readme_tables(args.readme, text)
+        elif args.cmd == "commit-results":
+            from .results import commit_results
+
+            print("\n".join(str(p) for p in commit_results(args.profile)))
         elif args.cmd == "ship-base":
             from .config import load_params
             from .pipeline import ship_base

@@ -396,12 +396,12 @@ def _md(rows: list[dict[str, Any]]) -> list[str]:
 def report(profile: str, folder: str | Path | None = None) -> str:
     """The README's results: each paper table beside this run's numbers, and the claims with their verdicts,
     as Markdown, from ``ablations.json`` and ``claims.json`` (in ``folder``; default: the profile's
-    ``runs/<profile>/results/``) with their provenance."""
+    ``runs/<profile>/results/`` or, with no run, the committed ``results/<profile>/``) with their provenance."""
     import json
 
-    from .results import load_results, results_dir
+    from .results import load_results, result_sources
 
-    folder = Path(folder) if folder is not None else results_dir(profile)
+    folder = Path(folder) if folder is not None else result_sources(profile)[0]
     data = load_results(folder / "ablations.json")
     prov = data["provenance"]
     lines = [

@@ -1,7 +1,8 @@
 """The papers' figures, drawn from result files only (``mirg_lib.results``); nothing here trains or generates.
 
 Every function returns a matplotlib ``Figure``; :func:`make_figures` draws all of them for a profile from
-``runs/<profile>/results/`` and writes them (atomically) to ``runs/<profile>/figures/``.
+``runs/<profile>/results/`` (or, with no run, the committed ``results/<profile>/``) and writes them
+(atomically) to ``runs/<profile>/figures/``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from .formats import IN_DOMAIN, MIG_TASKS, OUT_OF_DOMAIN  # noqa: E402
 from .io import atomic_path  # noqa: E402
-from .results import ResultsError, load_results, read_log, results_dir, summarise  # noqa: E402
+from .results import ResultsError, load_results, read_log, summarise  # noqa: E402
 
 GRPO_CURVES = (  # (title, the trl log keys whose names contain this, y label)
     ("reward components", "rewards/", "mean reward"),
@@ -167,17 +168,18 @@ def save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 
 def make_figures(profile: str, out_dir: str | os.PathLike | None = None, n_examples: int = 3) -> list[Path]:
-    """Every figure of ``profile`` from its result files: per-task and domain bars (``results/scores.json``),
-    ablation bars (``results/ablations.json``, when 07 has run), the GRPO curves and the qualitative figure of
-    the last model that has them. Returns the written files."""
+    """Every figure of ``profile`` from its result files (:func:`mirg_lib.results.result_sources`: a run's, or
+    on a fresh clone the committed ``results/<profile>/``): per-task and domain bars (``scores.json``),
+    ablation bars (``ablations.json``, when 07 has run), the GRPO curves and the qualitative figure of the
+    last model that has them. Returns the written files (default folder: ``runs/<profile>/figures/``)."""
     from .paths import runs_dir
+    from .results import qualitative_indices, result_sources
 
-    base = runs_dir() / profile
-    out = Path(out_dir) if out_dir else base / "figures"
-    scores = load_results(results_dir(profile) / "scores.json")
-    rows = scores["rows"]
+    folder, base = result_sources(profile)
+    out = Path(out_dir) if out_dir else runs_dir() / profile / "figures"
+    rows = load_results(folder / "scores.json")["rows"]
     written = [save(task_bars(rows), out / "tasks.png"), save(domain_bars(rows), out / "domains.png")]
-    ablations = results_dir(profile) / "ablations.json"
+    ablations = folder / "ablations.json"
     if ablations.is_file():
         arows = load_results(ablations)["rows"]
         written += [save(ablation_bars(arows, m), out / f"ablations_{m}.png") for m in ("avg", "single") if any(r.get(m) is not None for r in arows)]
@@ -187,12 +189,6 @@ def make_figures(profile: str, out_dir: str | os.PathLike | None = None, n_examp
     with_preds = [r for r in rows if r.get("predictions") and r.get("bench")]
     if with_preds:
         last = with_preds[-1]
-        from .scoring import load_predictions
-
         bench, preds = base / last["bench"], base / last["predictions"]
-        by_task: dict[str | None, int] = {}
-        for index, p in load_predictions(preds).items():
-            by_task.setdefault(p.task, index)
-        indices = list(by_task.values())[:n_examples]
-        written.append(save(qualitative(bench, preds, indices, label=last["model"]), out / "qualitative.png"))
+        written.append(save(qualitative(bench, preds, qualitative_indices(preds, n_examples), label=last["model"]), out / "qualitative.png"))
     return written

@@ -33,6 +33,68 @@ def results_dir(profile: str) -> Path:
     return runs_dir() / profile / "results"
 
 
+COMMITTED_DIR = ROOT / "results"  # results/<profile>/: a run's result files, committed with the repository
+
+
+def result_sources(profile: str) -> tuple[Path, Path]:
+    """Where ``profile``'s result files are, and the folder the paths inside them start from: after a run,
+    ``runs/<profile>/results/`` and ``runs/<profile>/``; without one (a fresh clone), the committed
+    ``results/<profile>/`` for both, when it is there."""
+    run = runs_dir() / profile
+    committed = COMMITTED_DIR / profile
+    if not (run / "results" / "scores.json").is_file() and (committed / "scores.json").is_file():
+        return committed, committed
+    return run / "results", run
+
+
+def qualitative_indices(predictions: str | os.PathLike, n: int) -> list[int]:
+    """The benchmark indices the qualitative figure shows: the first predicted item of each task, ``n`` of them."""
+    from .scoring import load_predictions
+
+    by_task: dict[str | None, int] = {}
+    for index, p in load_predictions(predictions).items():
+        by_task.setdefault(p.task, index)
+    return list(by_task.values())[:n]
+
+
+def commit_results(profile: str, dest: str | os.PathLike | None = None, n_examples: int = 3) -> list[Path]:
+    """Copy ``profile``'s finished result files to ``dest`` (default ``results/<profile>/``, to commit) with
+    what its figures read, at the same relative paths: each row's GRPO log, the last model's predictions
+    and benchmark file, and the images of the items the qualitative figure shows. Written whole or not at
+    all; returns the files copied."""
+    import shutil
+
+    from .formats import load_mig_bench
+    from .io import atomic_dir
+
+    base = runs_dir() / profile
+    folder = base / "results"
+    if not (folder / "scores.json").is_file():
+        raise ResultsError(f"{folder}: no run of {profile!r} to commit (06_evaluation writes scores.json)")
+    names = [n for n in ("scores.json", "ablations.json", "claims.json") if (folder / n).is_file()]
+    rows = load_results(folder / "scores.json")["rows"]
+    wanted = [r["train_log"] for r in rows if r.get("train_log")]
+    shown = [r for r in rows if r.get("predictions") and r.get("bench")]
+    if shown:
+        last = shown[-1]
+        wanted += [last["predictions"], last["bench"]]
+        records = {r.index: r for r in load_mig_bench(base / last["bench"])}
+        bench_dir = Path(last["bench"]).parent
+        for i in qualitative_indices(base / last["predictions"], n_examples):
+            wanted += [str(bench_dir / img) for img in records[i].images]
+    dest = Path(dest) if dest is not None else COMMITTED_DIR / profile
+    copied = []
+    with atomic_dir(dest) as tmp:
+        for name in names:
+            shutil.copy2(folder / name, tmp / name)
+            copied.append(dest / name)
+        for rel in dict.fromkeys(wanted):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(base / rel, tmp / rel)
+            copied.append(dest / rel)
+    return copied
+
+
 def device_name() -> str:
     """``cuda:<GPU name>`` when a GPU is used, otherwise ``cpu`` (as the stages record it in ``mirg.json``)."""
     import torch

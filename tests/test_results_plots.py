@@ -164,3 +164,45 @@ def test_qualitative_draws_both_boxes_and_survives_a_broken_reply(tmp_path):
     assert boxes[2] == [(8, 8, (0.0, 1.0, 0.0))]  # item 1: no box could be read, only the ground truth
     with pytest.raises(ResultsError, match="no record with index 7"):
         plots.qualitative(bench, preds, [7])
+
+
+def test_a_fresh_clone_draws_every_figure_and_prints_the_tables_from_the_committed_results(tmp_path):
+    """No run (the tests' runs folder is empty): `make figures` and `tables` read results/embedded/."""
+    from mirg_lib.ablations import readme_tables, report
+    from mirg_lib.paths import ROOT, runs_dir
+    from mirg_lib.plots import make_figures
+    from mirg_lib.results import COMMITTED_DIR, result_sources
+
+    assert not (runs_dir() / "embedded").exists()
+    assert result_sources("embedded") == (COMMITTED_DIR / "embedded", COMMITTED_DIR / "embedded")
+    written = make_figures("embedded", tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["ablations_avg.png", "ablations_single.png", "domains.png", "grpo_curves.png", "qualitative.png", "tasks.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert report("embedded") == readme_tables(ROOT / "README.md")
+
+
+def test_commit_results_copies_what_the_figures_read(tmp_path, monkeypatch):
+    import shutil
+
+    from mirg_lib.plots import make_figures
+    from mirg_lib.results import COMMITTED_DIR, ResultsError, commit_results, result_sources
+
+    monkeypatch.setenv("MIRG_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(ResultsError, match="no run of 'p' to commit"):
+        commit_results("p", tmp_path / "c")
+    run = tmp_path / "runs" / "p"  # a finished run, laid out as the pipeline writes one
+    shutil.copytree(COMMITTED_DIR / "embedded", run)
+    (run / "results").mkdir()
+    for name in ("scores.json", "ablations.json", "claims.json"):
+        (run / name).rename(run / "results" / name)
+    for i in range(200, 210):  # images the qualitative figure does not show stay behind
+        shutil.copy2(run / "data" / "test" / "images" / "diff" / "00000_1.png", run / "data" / "test" / "images" / "diff" / f"{i:05d}_1.png")
+    assert result_sources("p") == (run / "results", run)
+    copied = commit_results("p", tmp_path / "c")
+    want = sorted(p.relative_to(COMMITTED_DIR / "embedded") for p in (COMMITTED_DIR / "embedded").rglob("*") if p.is_file())
+    assert sorted(p.relative_to(tmp_path / "c") for p in copied) == want
+    assert all((tmp_path / "c" / rel).read_bytes() == (COMMITTED_DIR / "embedded" / rel).read_bytes() for rel in want)
+    monkeypatch.setattr("mirg_lib.results.COMMITTED_DIR", tmp_path)
+    shutil.rmtree(run)  # no run any more: the copy alone draws every figure
+    (tmp_path / "c").rename(tmp_path / "p")
+    assert len(make_figures("p", tmp_path / "figures")) == 6
