@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tp = sub.add_parser("tables", help="print the README's results (paper tables beside this run's, the claims) from a profile's result files")
     tp.add_argument("--profile", default="embedded")
-    tp.add_argument("--results", default=None, help="the folder of the result files (default: runs/<profile>/results)")
+    tp.add_argument("--results", default=None, help="the folder of the result files (default: runs/<profile>/results, or with no run the committed results/<profile>)")
     tp.add_argument("--readme", default=None, metavar="README.md", help="also write them between that file's <!-- tables:begin/end --> markers")
 
     cp = sub.add_parser("commit-results", help="copy a profile's result files and what its figures read to results/<profile>/, to commit")

@@ -438,20 +438,25 @@ def report(profile: str, folder: str | Path | None = None) -> str:
 README_BEGIN, README_END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 
-def readme_tables(readme: str | Path) -> str:
-    """The text between the README's table markers (what ``tables --readme`` wrote there)."""
+def _readme_parts(readme: str | Path) -> tuple[str, str, str]:
+    """The README's text before, between and after its table markers (each there once, or an error)."""
     text = Path(readme).read_text(encoding="utf-8")
     if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
         raise ValueError(f"{readme}: expected one {README_BEGIN} and one {README_END} line")
-    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+    head, rest = text.split(README_BEGIN)
+    body, tail = rest.split(README_END)
+    return head, body, tail
+
+
+def readme_tables(readme: str | Path) -> str:
+    """The text between the README's table markers (what ``tables --readme`` wrote there)."""
+    return _readme_parts(readme)[1].strip("\n") + "\n"
 
 
 def write_readme_tables(readme: str | Path, tables: str) -> None:
     """Put ``tables`` (:func:`report`'s output) between the README's table markers."""
     from .io import atomic_path
 
-    readme_tables(readme)  # the markers are there, once each
-    text = Path(readme).read_text(encoding="utf-8")
-    head, rest = text.split(README_BEGIN, 1)
+    head, _, tail = _readme_parts(readme)
     with atomic_path(readme) as tmp:
-        tmp.write_text(head + README_BEGIN + "\n" + tables.strip("\n") + "\n" + README_END + rest.split(README_END, 1)[1], encoding="utf-8")
+        tmp.write_text(head + README_BEGIN + "\n" + tables.strip("\n") + "\n" + README_END + tail, encoding="utf-8")

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .config import CACHE_VERSION, config_hash, digest
+from .config import config_hash, versioned_digest
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
@@ -652,7 +652,7 @@ def warmup_digest(cfg: BaseModelConfig, data_dir: Path) -> str:
     """What the warm-up's outcome depends on: the fields that build the model and pick its items, the
     warm-up's own fields, and the world (its data config digest)."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in WARMUP_FIELDS or k.startswith("vision_warmup")}
-    return digest({"cache_version": CACHE_VERSION, "world": world_digest(data_dir) or str(Path(data_dir).resolve()), **values})
+    return versioned_digest({"world": world_digest(data_dir) or str(Path(data_dir).resolve()), **values})
 
 
 def world_digest(data_dir: str | Path) -> str | None:
@@ -737,7 +737,7 @@ def grounding_config(cfg: BaseModelConfig) -> dict[str, Any]:
 
 
 def grounding_digest(cfg: BaseModelConfig) -> str:
-    return digest({"cache_version": CACHE_VERSION, **grounding_config(cfg)})
+    return versioned_digest(grounding_config(cfg))
 
 
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
@@ -761,8 +761,8 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         return BaseModelResult(final, "trained", 0.0, skipped=True)
     if not cfg.language_phase_steps:
         return BaseModelResult(final, "trained", _grounding_phase(cfg, config_hash(cfg), Path(data_dir), out_dir, final, progress))
-    grounded = out_dir / "grounded"
-    seconds = 0.0 if stamp_matches(grounded, grounding_digest(cfg)) else _grounding_phase(cfg, grounding_digest(cfg), Path(data_dir), out_dir, grounded, progress)
+    grounded, first = out_dir / "grounded", grounding_digest(cfg)
+    seconds = 0.0 if stamp_matches(grounded, first) else _grounding_phase(cfg, first, Path(data_dir), out_dir, grounded, progress)
     return BaseModelResult(final, "trained", seconds + _language_phase(cfg, Path(data_dir), out_dir, grounded, final, progress))
 
 

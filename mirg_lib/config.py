@@ -95,8 +95,18 @@ def parse_overrides(sets: list[str]) -> dict[str, Any]:
     return out
 
 
-# the params' top-level sections, one per stage config (mirg_lib.sections maps each to its dataclass)
-SECTION_NAMES = ("data", "base_model", "cot", "sft", "rejection", "grpo", "eval", "ablations", "launch")
+# the params' top-level sections: section -> (module, dataclass, what reads it); mirg_lib.sections imports them
+SECTIONS: dict[str, tuple[str, str, str]] = {
+    "data": ("mirg_lib.world.build", "DataConfig", "01_data_synthesis"),
+    "base_model": ("mirg_lib.base_model", "BaseModelConfig", "00_base_model"),
+    "cot": ("mirg_lib.cot", "CotConfig", "01 (teacher samples) and 02_cot_filtering"),
+    "sft": ("mirg_lib.sft", "SFTStageConfig", "03_lora_sft"),
+    "rejection": ("mirg_lib.rejection", "RejectionConfig", "04_rejection_sampling"),
+    "grpo": ("mirg_lib.grpo", "GRPOStageConfig", "05_grpo"),
+    "eval": ("mirg_lib.evaluation", "EvalConfig", "06_evaluation"),
+    "ablations": ("mirg_lib.ablations", "AblationsConfig", "07_ablations"),
+    "launch": ("mirg_lib.launch", "LaunchConfig", "03 and 05, on several processes"),
+}
 
 
 def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | None = None) -> Params:
@@ -122,10 +132,10 @@ def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | No
     name = Path(str(profile)).stem
     params = Params(name, list(reversed(files)), merged)
     for key in merged:
-        if key not in SECTION_NAMES:
-            close = difflib.get_close_matches(str(key), SECTION_NAMES, n=1)
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{params.where}: unknown section {key!r}{hint}; known sections: {list(SECTION_NAMES)}")
+            raise ConfigError(f"{params.where}: unknown section {key!r}{hint}; known sections: {list(SECTIONS)}")
     return params
 
 
@@ -269,6 +279,11 @@ def digest(values: dict[str, Any]) -> str:
 CACHE_VERSION = 2
 
 
+def versioned_digest(values: dict[str, Any]) -> str:
+    """:func:`digest` of ``values`` with :data:`CACHE_VERSION`: what every stage's outputs are stamped with."""
+    return digest({"cache_version": CACHE_VERSION, **values})
+
+
 def config_hash(cfg: Any) -> str:
     """A stable digest of a config: a stage whose outputs carry the same digest is up to date."""
-    return digest({"cache_version": CACHE_VERSION, **dataclasses.asdict(cfg)})
+    return versioned_digest(dataclasses.asdict(cfg))

@@ -15,6 +15,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_tag(processes: int) -> str:
+    """What the number of processes adds to a training stage's digest (it changes the batch): nothing for one."""
+    return f":world{processes}" if processes > 1 else ""
+
+
 def barrier() -> None:
     """Wait for every process of a launched run (nothing outside one)."""
     import torch.distributed as dist

@@ -183,11 +183,12 @@ def grpo_stamp(cfg: GRPOStageConfig, init_path: str | Path, items: list[Item], p
     import hashlib
 
     from .config import config_hash
+    from .dist import world_tag
 
     if not items:
         raise ValueError("GRPO has no items to train on (did rejection sampling keep nothing?)")
     ids = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()[:16]
-    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + (f":world{processes}" if processes > 1 else "")
+    digest = config_hash(cfg) + ":" + ids + ":" + model_identity(init_path) + world_tag(processes)
     meta = {"stage": "grpo", "config": dataclasses.asdict(cfg), "config_hash": digest, "init": str(init_path), "items": len(items), "processes": processes}
     return digest, meta
 

@@ -4,7 +4,8 @@ Section ``launch`` of the params. With ``num_processes: 1`` (the default) every 
 notebook's own process, as always. With more, the training stages named in ``stages`` (SFT and GRPO)
 start ``accelerate launch`` on ``python -m mirg_lib launched <spec>`` (:func:`mirg_lib.pipeline.train_sft`,
 ``train_grpo``): the stage's typed config and inputs are written to a JSON spec beside its outputs, each
-process reads it back and runs the very same stage function (the CLI dispatches it), which trl's / transformers' trainer then runs under DDP or, with a DeepSpeed
+process reads it back and runs the very same stage function (the CLI dispatches it), which trl's /
+transformers' trainer then runs under DDP or, with a DeepSpeed
 accelerate config (``configs/accelerate/zero2.yaml``, ``zero3.yaml``), under ZeRO. The notebook's process
 streams the processes' output line by line (and into ``launch.log`` beside the stage's outputs), and
 raises, with the exit code and the log's last lines, when the launch fails. The processes save the LoRA

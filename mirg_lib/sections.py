@@ -12,22 +12,8 @@ from typing import Any
 
 import yaml
 
-from .config import SECTION_NAMES, Params, stage_config
+from .config import SECTIONS, Params, stage_config
 from .paths import PARAMS_DIR
-
-# section -> (module, dataclass, what reads it)
-SECTIONS: dict[str, tuple[str, str, str]] = {
-    "data": ("mirg_lib.world.build", "DataConfig", "01_data_synthesis"),
-    "base_model": ("mirg_lib.base_model", "BaseModelConfig", "00_base_model"),
-    "cot": ("mirg_lib.cot", "CotConfig", "01 (teacher samples) and 02_cot_filtering"),
-    "sft": ("mirg_lib.sft", "SFTStageConfig", "03_lora_sft"),
-    "rejection": ("mirg_lib.rejection", "RejectionConfig", "04_rejection_sampling"),
-    "grpo": ("mirg_lib.grpo", "GRPOStageConfig", "05_grpo"),
-    "eval": ("mirg_lib.evaluation", "EvalConfig", "06_evaluation"),
-    "ablations": ("mirg_lib.ablations", "AblationsConfig", "07_ablations"),
-    "launch": ("mirg_lib.launch", "LaunchConfig", "03 and 05, on several processes"),
-}
-assert tuple(SECTIONS) == SECTION_NAMES
 
 DEFAULTS_FILE = PARAMS_DIR / "base.yaml"
 

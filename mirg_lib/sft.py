@@ -117,13 +117,14 @@ def sft_stamp(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, 
     """The digest an SFT checkpoint carries (config, examples, start model, and the number of processes, which
     multiplies the batch) and its ``mirg.json``; an empty ``sft_file`` is an error."""
     from .config import config_hash
+    from .dist import world_tag
     from .io import sha256_file
 
     sft_file = Path(sft_file)
     examples = sum(1 for line in sft_file.read_text().splitlines() if line.strip())
     if not examples:
         raise ValueError(f"{sft_file}: no SFT examples (did the CoT filter keep nothing?)")
-    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + (f":world{processes}" if processes > 1 else "")
+    digest = config_hash(cfg) + ":" + sha256_file(sft_file)[:16] + ":" + model_identity(base_path) + world_tag(processes)
     meta = {"stage": "sft", "config": dataclasses.asdict(cfg), "config_hash": digest, "base": str(base_path), "examples": examples, "processes": processes}
     return digest, meta
 

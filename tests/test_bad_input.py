@@ -218,17 +218,14 @@ def test_every_reader_refuses_a_directory_and_non_utf8(tmp_path, reader):
 
 def test_json_list_structure_errors_name_the_line(tmp_path):
     path = tmp_path / "b.json"
-    path.write_text("[\n" + json.dumps(MIG) + "\n" + json.dumps(MIG) + "\n]")  # a missing comma
-    with pytest.raises(RecordError, match=r"b\.json, line 3: not valid JSON \(expected ',' or '\]' after index 0\)"):
-        load_mig_bench(path)
-    path.write_text("[" + json.dumps(MIG) + "] []")
-    with pytest.raises(RecordError, match="extra data after the list"):
-        load_mig_bench(path)
-    path.write_text("[" + json.dumps(MIG) + ",]")
-    with pytest.raises(RecordError, match=r"index 1, line 1: not valid JSON \(Expecting value"):
-        load_mig_bench(path)
-    path.write_text('{"a": 1, "a": 2}')
-    with pytest.raises(RecordError, match=r"b\.json, field 'a': duplicate key"):
-        load_mig_bench(path)
+    for text, says in [
+        ("[\n" + json.dumps(MIG) + "\n" + json.dumps(MIG) + "\n]", r"b\.json, line 3: not valid JSON \(expected ',' or '\]' after index 0\)"),  # a missing comma
+        ("[" + json.dumps(MIG) + "] []", "extra data after the list"),
+        ("[" + json.dumps(MIG) + ",]", r"index 1, line 1: not valid JSON \(Expecting value"),
+        ('{"a": 1, "a": 2}', r"b\.json, field 'a': duplicate key"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(RecordError, match=says):
+            load_mig_bench(path)
     path.write_text(" [ ] ")
     assert load_mig_bench(path) == []

@@ -175,18 +175,15 @@ def test_prediction_task_and_size_checks(tmp_path):
     recs = [_rec(0, "diff", [0.1, 0.1, 0.5, 0.5])]
     assert score(recs, {0: Prediction(0, "(100,100),(500,500)", task=" Diff ")})["avg"] == 100.0
     p = tmp_path / "p.jsonl"
-    p.write_text('{"index": 0, "response": "x", "frame": "abs", "image_size": [640, ' + "9" * 400 + "]}\n")
-    with pytest.raises(RecordError, match=r"p\.jsonl, line 1, field 'image_size'"):
-        load_predictions(p)
-    p.write_text('\n{"index": ' + "9" * 5000 + ', "response": "x"}\n')
-    with pytest.raises(RecordError, match=r"p\.jsonl, line 2: an integer of 5000 digits"):
-        load_predictions(p)
-    p.write_text('{"index": 0, "response": "x"} {"index": 1}\n')
-    with pytest.raises(RecordError, match=r"p\.jsonl, line 1: not valid JSON \(extra data"):
-        load_predictions(p)
-    p.write_text('{"index": 0, "response": "x", "response": "y"}\r\n\r\n{"index": 1, "response": "x"}\r\n')
-    with pytest.raises(RecordError, match=r"p\.jsonl, line 1, field 'response': duplicate key"):
-        load_predictions(p)
+    for text, says in [
+        ('{"index": 0, "response": "x", "frame": "abs", "image_size": [640, ' + "9" * 400 + "]}\n", r"p\.jsonl, line 1, field 'image_size'"),
+        ('\n{"index": ' + "9" * 5000 + ', "response": "x"}\n', r"p\.jsonl, line 2: an integer of 5000 digits"),
+        ('{"index": 0, "response": "x"} {"index": 1}\n', r"p\.jsonl, line 1: not valid JSON \(extra data"),
+        ('{"index": 0, "response": "x", "response": "y"}\r\n\r\n{"index": 1, "response": "x"}\r\n', r"p\.jsonl, line 1, field 'response': duplicate key"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(RecordError, match=says):
+            load_predictions(p)
     p.write_text('{"index": 0, "response": "x"}\r\n\r\n{"index": 1, "response": "a\u2028b"}\r\n')
     assert sorted(load_predictions(p)) == [0, 1] and load_predictions(p)[1].response == "a\u2028b"
 
