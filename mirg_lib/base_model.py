@@ -17,7 +17,6 @@ last checkpoint of an interrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import random
@@ -25,7 +24,6 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +32,10 @@ import torch
 from PIL import Image
 
 from .config import config_hash, versioned_digest
+from .grounding import CompletionCollator, PrecomputedVL, grounding_trainer, length_grouped, object_cells
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
 from .paths import ROOT
-from .prompts import user_turn
 from .results import device_name, read_log
 from .trainers import stamp_matches
 from .world.tasks import MULTI_TASK, SINGLE_TASK
@@ -235,251 +233,8 @@ def json_boxes(items: list[Item], answers: list[str], share: float, seed: int = 
     return out
 
 
-def box_start_token(reply: str, tokenizer) -> int:
-    """The index of the token of ``reply`` where its first box starts (Zhang's ``"bbox_2d": [``, MIRG-RL's
-    ``<|box_start|>``); 0 when it has none."""
-    marks = [i for i in (reply.find("<|box_start|>"), reply.find('"bbox_2d"')) if i >= 0]
-    if not marks:
-        return 0
-    at = min(marks)
-    offsets = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    return next((k for k, (a, b) in enumerate(offsets) if b > at), 0)
-
-
-class PrecomputedVL(torch.utils.data.Dataset):
-    """Prompt ids, answer ids and processed pixels of every item, computed once; with ``grounding``, also
-    which image token holds the item's target (:func:`target_tokens`) and which prompt tokens are the
-    referring expression's words (:func:`expression_tokens`), for the grounding-attention loss."""
-
-    def __init__(self, items: list[Item], processor, answers: list[str], grounding: bool = False, texts: list[tuple[str, str]] = (), prompts: list[str] | None = None, ground_at_box: list[bool] | None = None):
-        """``texts``: (prompt, reply) pairs added as text-only examples (no pixels; :func:`language_texts`).
-        ``prompts``: each item's prompt text (default: its question). ``ground_at_box``: for each item,
-        whether the grounding-attention loss looks from where its answer's first box starts
-        (:func:`box_start_token`: a reasoning reply's) instead of from the answer's start."""
-        self.examples = []
-        tok = processor.tokenizer
-        for it, ans, prompt, at_box in zip(items, answers, prompts or [it.question for it in items], ground_at_box or [False] * len(items), strict=True):
-            imgs = [Image.open(p).convert("RGB") for p in it.images]
-            msgs = user_turn(len(imgs), prompt)
-            text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            enc = processor(text=[text], images=imgs, return_tensors="pt")
-            example = {
-                "prompt_ids": enc["input_ids"][0],
-                "answer_ids": torch.tensor(tok(ans + "<|im_end|>", add_special_tokens=False)["input_ids"]),
-                "pixel_values": enc["pixel_values"],
-                "image_grid_thw": enc["image_grid_thw"],
-            }
-            if grounding:
-                example["target_tokens"] = torch.tensor(target_tokens(it, enc["image_grid_thw"], processor.image_processor.merge_size), dtype=torch.long)
-                example["expression_tokens"] = torch.tensor(expression_tokens(enc["input_ids"][0], tok), dtype=torch.long)
-                if at_box:
-                    example["grounding_from"] = torch.tensor(box_start_token(ans, tok))
-            self.examples.append(example)
-        for prompt, reply in texts:
-            text = processor.apply_chat_template(user_turn(0, prompt), add_generation_prompt=True, tokenize=False)
-            example = {
-                "prompt_ids": torch.tensor(tok(text, add_special_tokens=False)["input_ids"]),
-                "answer_ids": torch.tensor(tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]),
-            }
-            if grounding:  # nothing to look at: the grounding-attention loss skips the row
-                example["target_tokens"] = torch.zeros(0, dtype=torch.long)
-                example["expression_tokens"] = torch.zeros(0, dtype=torch.long)
-            self.examples.append(example)
-
-    def lengths(self) -> list[int]:
-        """Every example's length in tokens (prompt and answer)."""
-        return [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in self.examples]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.examples[i]
-
-
-def length_grouped(trainer, dataset: PrecomputedVL):
-    """Have ``trainer`` draw batches of examples of similar length (transformers' ``LengthGroupedSampler``,
-    seeded like its random sampler): the language texts run two to three times longer than an image item,
-    and a batch padded to its longest row took 2.4 times as long per step (docs/log.md)."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    lengths = dataset.lengths()
-    trainer._get_train_sampler = lambda *_a, **_k: LengthGroupedSampler(trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps, lengths=lengths)
-    return trainer
-
-
-@dataclass
-class CompletionCollator:
-    """Right-padded batches, loss on the answer only, Qwen2-VL's ``mm_token_type_ids``."""
-
-    pad_token_id: int
-    image_token_id: int
-
-    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        lengths = [len(e["prompt_ids"]) + len(e["answer_ids"]) for e in examples]
-        n, L = len(examples), max(lengths)
-        ids = torch.full((n, L), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, L), -100, dtype=torch.long)
-        mask = torch.zeros((n, L), dtype=torch.long)
-        for i, e in enumerate(examples):
-            seq = torch.cat([e["prompt_ids"], e["answer_ids"]])
-            ids[i, : len(seq)] = seq
-            mask[i, : len(seq)] = 1
-            labels[i, len(e["prompt_ids"]) : len(seq)] = e["answer_ids"]
-        image = ids == self.image_token_id
-        batch = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "mm_token_type_ids": image.long(),
-        }
-        with_images = [e for e in examples if "pixel_values" in e]  # text-only examples have none
-        if with_images:
-            batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
-            batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
-        if examples and "target_tokens" in examples[0]:  # PrecomputedVL(grounding=True): where each target and expression is
-            target, words = torch.zeros((n, L), dtype=torch.bool), torch.zeros((n, L), dtype=torch.bool)
-            for i, e in enumerate(examples):
-                target[i, image[i].nonzero()[:, 0][e["target_tokens"]]] = True
-                words[i, e["expression_tokens"]] = True
-            batch["target_mask"], batch["expression_mask"] = target, words
-            if any("grounding_from" in e for e in examples):
-                batch["grounding_from"] = torch.tensor([int(e.get("grounding_from", 0)) for e in examples])
-        return batch
-
-
-def expression_tokens(prompt_ids: torch.Tensor, tokenizer) -> list[int]:
-    """Positions of the prompt's referring-expression words: the tokens between its first
-    ``<|object_ref_start|>`` and the ``<|object_ref_end|>`` after it ([] when it has none)."""
-    start, end = tokenizer.convert_tokens_to_ids(["<|object_ref_start|>", "<|object_ref_end|>"])
-    ids = prompt_ids.tolist()
-    if start not in ids:
-        return []
-    a = ids.index(start)
-    b = ids.index(end, a) if end in ids[a:] else a + 1
-    return list(range(a + 1, b))
-
-
-@contextlib.contextmanager
-def captured_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Inside the block, every forward pass of ``model`` records the attention probabilities (batch x heads x
-    query x key) of its language-model ``layers`` into the yielded dict, under each layer's non-negative index
-    (None unless the text model runs ``eager`` attention, the implementation that returns them)."""
-    blocks = model.model.language_model.layers
-    seen: dict[int, torch.Tensor] = {}
-    hooks = [blocks[i].self_attn.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out[1])) for i in sorted({i % len(blocks) for i in layers})]
-    try:
-        yield seen
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def grounding_trainer(weight: float, layers: list[int], span: int = 0, expression_layers: list[int] | None = None, **kwargs):
-    """transformers' ``Trainer`` (``kwargs``) with a grounding-attention loss added to the language-model loss:
-    head 0 of each of ``layers`` (language-model layer indices) is trained to attend, from every position that
-    predicts an answer token, to the image token holding the item's target (the collator's ``target_mask``):
-    ``weight * mean(-log(attention mass on the target))`` over the positions that predict the answer's first
-    ``span`` tokens (0: all; :func:`grounding_attention_loss`). Head 0 of each of ``expression_layers`` is
-    trained the same way to attend to the referring expression's words (``expression_mask``): the first hop,
-    gathering what to look for, which the second needs in its query. Supervised
-    attention, a pointer before the box; the base model's selection hop (docs/log.md). The language model runs
-    transformers' ``eager`` attention, which returns the weights; checkpoints are ordinary ones. The losses
-    are logged as ``grounding_attention_loss`` and ``expression_attention_loss`` (means since the last log line).
-    With ``weight`` 0 it is the plain ``Trainer``."""
-    from transformers import Trainer
-
-    if weight <= 0:
-        return Trainer(**kwargs)
-
-    class _GroundingTrainer(Trainer):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self._sums: dict[str, list[float]] = {}
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            masks = {"grounding": (layers, inputs.pop("target_mask")), "expression": (expression_layers or [], inputs.pop("expression_mask"))}
-            start = inputs.pop("grounding_from", None)
-            depth = len(model.model.language_model.layers)
-            with captured_attention(model, [i for ls, _ in masks.values() for i in ls]) as seen:
-                loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            for name, (ls, mask) in masks.items():
-                extra = grounding_attention_loss([seen[i % depth] for i in ls], inputs["labels"], mask, span, start) if ls else None
-                if extra is not None:
-                    total = self._sums.setdefault(name, [0.0, 0])
-                    total[0] += float(extra.detach())
-                    total[1] += 1
-                    loss = loss + weight * extra
-            return (loss, outputs) if return_outputs else loss
-
-        def log(self, logs, *a, **kw):
-            if "loss" in logs:
-                for name, (total, n) in self._sums.items():
-                    logs[f"{name}_attention_loss"] = round(total / n, 4)
-                self._sums = {}
-            super().log(logs, *a, **kw)
-
-    kwargs["model"].set_attn_implementation({"text_config": "eager"})
-    return _GroundingTrainer(**kwargs)
-
-
-def grounding_attention_loss(weights: list[torch.Tensor], labels: torch.Tensor, target: torch.Tensor, span: int = 0, start: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Mean over ``weights`` (each layer's attention probabilities, batch x heads x query x key; head 0 is
-    supervised) and over the positions that predict an answer token (``labels`` of the next position set;
-    with ``span`` > 0 only the answer's first ``span``; with ``start``, per row, the ``span`` from the
-    answer's token ``start`` on) of the items with a target token of ``-log(attention mass on target)``;
-    None when no item has one."""
-    has = target.any(-1)
-    if not weights or not bool(has.any()):
-        return None
-    queries = torch.zeros_like(target)
-    queries[:, :-1] = labels[:, 1:] != -100
-    if span:
-        count = queries.long().cumsum(-1) - (0 if start is None else start.to(queries.device)[:, None])
-        queries &= (count > 0) & (count <= span)
-    queries &= has[:, None]
-    losses = []
-    for w in weights:
-        if w is None:
-            raise RuntimeError("the grounding-attention loss needs attention weights: the text model must run eager attention")
-        mass = (w[:, 0].float() * target[:, None, :].float()).sum(-1)  # batch x query
-        losses.append(-torch.log(mass.clamp_min(1e-6))[queries].mean())
-    return torch.stack(losses).mean()
-
-
 ATTRIBUTES = ("shape", "colour", "pattern", "size")
 CORNERS = ("x1", "y1", "x2", "y2")  # the dense warm-up's box targets, in patches
-
-
-def object_cells(image: dict[str, Any], rows: int, cols: int) -> dict[int, int]:
-    """Which merged token (raster index on a ``rows`` x ``cols`` grid) holds which object of a scene's image:
-    the token whose cell holds the object's box centre; when several centres share a cell the largest object
-    has it (the others have none). The object's place in ``image["objects"]`` -> token index."""
-    iw, ih = image["size"]
-    objects = image["objects"]
-    holder: dict[int, int] = {}
-    for k in sorted(range(len(objects)), key=lambda k: (objects[k]["box"][2] - objects[k]["box"][0]) * (objects[k]["box"][3] - objects[k]["box"][1])):
-        x1, y1, x2, y2 = objects[k]["box"]
-        r = min(rows - 1, max(0, int((y1 + y2) / 2 / ih * rows)))
-        c = min(cols - 1, max(0, int((x1 + x2) / 2 / iw * cols)))
-        holder[r * cols + c] = k
-    return {k: cell for cell, k in holder.items()}
-
-
-def target_tokens(item: Item, image_grid_thw: torch.Tensor, merge: int) -> list[int]:
-    """Indices, among all the image tokens of ``item``'s prompt (images one after another, each in raster
-    order), of the token that holds the item's target object (:func:`object_cells`); [] when the item has no
-    scene or its target holds no token of its own."""
-    if item.scene is None or not item.target_image:
-        return []
-    sizes = [(int(h) // merge, int(w) // merge) for _, h, w in image_grid_thw.tolist()]
-    k = item.target_image - 1
-    if k >= len(sizes):
-        return []
-    image = item.scene["images"][k]
-    place = next((j for j, o in enumerate(image["objects"]) if o.get("oid") == item.scene["target"].get("oid")), None)
-    cell = None if place is None else object_cells(image, *sizes[k]).get(place)
-    return [] if cell is None else [sum(r * c for r, c in sizes[:k]) + cell]
 
 
 def single_image_scene_items(items: list[Item]) -> list[Item]:
@@ -801,10 +556,10 @@ def _train(cfg: BaseModelConfig, model, processor, dataset: PrecomputedVL, args,
     from .trainers import JsonlLogCallback, train_resuming
 
     log = JsonlLogCallback(log_file)
-    collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
+    collator = CompletionCollator(processor.tokenizer.pad_token_id, model.config.image_token_id, cfg.grounding_attention_span)
     # processing_class: every intermediate checkpoint is a complete folder that evaluation can load
     parts = {"model": model, "args": args, "train_dataset": dataset, "data_collator": collator, "processing_class": processor, "callbacks": [log.callback]}
-    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.grounding_attention_span, cfg.expression_attention_layers, **parts)
+    trainer = grounding_trainer(cfg.grounding_attention_weight, cfg.grounding_attention_layers, cfg.expression_attention_layers, **parts)
     if grouped:  # the language phase's batches grouped by length; the grounding phase's drawn at random
         length_grouped(trainer, dataset)
     train_resuming(trainer, Path(args.output_dir), digest)

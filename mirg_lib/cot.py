@@ -108,7 +108,7 @@ def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image
     return ok
 
 
-_MENTION = re.compile(r"the ((?:\w+ ){0,2}(?:circle|square|triangle|diamond|star|cross|hexagon))(?: (?:at the (?:top|bottom|left|right)(?: (?:left|right))?|in the centre))?")
+_MENTION = re.compile(r"the ((?:[\w-]+ ){0,3}(?:circle|square|triangle|diamond|star|cross|hexagon))(?: (?:at the (?:top|bottom|left|right)(?: (?:left|right))?|in the centre))?")
 _IMAGE = re.compile(r"\bimage (\d)\b|\b(first|second|third|fourth|fifth|sixth) image\b")
 _ORD = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6}
 
@@ -132,7 +132,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
 
     def find(img: int, desc: str) -> tuple[int, dict[str, Any]] | None:
         for i in [img] + [k for k in range(1, len(images) + 1) if k != img]:
-            for j, o in enumerate(_reading_order(images[i - 1]["objects"]), start=1):
+            for j, o in enumerate(_reading_order(images[i - 1]), start=1):
                 if _desc(o) == desc:
                     return i, {"m": j, **o}
         return None

@@ -41,7 +41,7 @@ MIG_TASKS = (
 # the project's own single-image test (the embedded world's test/single_refer.json), in MIG-Bench's format
 SINGLE_TASKS = ("single_refer",)
 # the embedded world's base-model curriculum tasks (held-out benches of them score the base: tools/)
-CURRICULUM_TASKS = ("single_describe", "multi_refer")
+CURRICULUM_TASKS = ("single_describe", "multi_refer", "multi_describe")
 KNOWN_TASKS = (*MIG_TASKS, *SINGLE_TASKS, *CURRICULUM_TASKS)
 _TASK_NAMES = {t.casefold(): t for t in KNOWN_TASKS}
 # Zhang et al.'s split (their Table 3 checks out this way): trained on these four, the rest unseen.

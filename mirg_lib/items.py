@@ -84,12 +84,16 @@ def item_from_mig(record: MigRecord, root: Path, scene: dict[str, Any] | None = 
 
 
 def item_from_mgrounding(record: MGroundingRecord, root: Path, scene: dict[str, Any] | None = None) -> Item:
-    """The answer's first box is read as 0-1000 (MGrounding's frame); its image from the answer text."""
+    """The answer's first box is read as 0-1000 (MGrounding's frame); its image from the answer text. An answer
+    with no box is an error, unless the embedded world's scene gives the box (a curriculum answer in words)."""
     answer_text = record.answer
     boxes = find_boxes(answer_text)
-    if not boxes:
+    if boxes:
+        rel = Box(*boxes[0].values, frame=Frame.REL1000).to(Frame.REL1)
+    elif scene is not None and scene.get("answer"):  # an embedded curriculum answer in words (a list of an image's objects)
+        rel = Box(*scene["answer"], frame=Frame.REL1)
+    else:
         raise ValueError(f"{record.id}: the answer holds no box: {answer_text!r:.80}")
-    rel = Box(*boxes[0].values, frame=Frame.REL1000).to(Frame.REL1)
     k = image_index_from_text(answer_text) or target_image_from_question(record.question, record.type, len(record.images))
     if scene is not None:
         k = scene["target_image"]

@@ -302,3 +302,52 @@ def ground_truth_predictions(records: list[MigRecord], shift: float = 0.0) -> li
             text = f"It is in the {ORDINAL_WORDS[k - 1]} image. " + text
         rows.append({"index": r.index, "task": r.task, "response": text})
     return rows
+
+
+# a grounded caption as the base model writes it: the object named, then its box in 0-1000
+_LISTING = re.compile(r"Image \d: ([^.<>]{0,2000})\.")
+_CAPTION = re.compile(r"<\|object_ref_start\|>(?:the )?([^<]{0,80}?)<\|object_ref_end\|><\|box_start\|>\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)<\|box_end\|>")
+
+
+def caption_scores(items: list[Any], replies: list[str], threshold: float = 0.5) -> dict[str, float]:
+    """How well replies describe an image (the base model's ``multi_describe`` curriculum): for each item (with
+    its embedded scene) the objects of its named image (``target_image``) against the reply's grounded captions
+    (``<|object_ref_start|>words<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``, 0-1000) or, in a
+    reply without one, the names of its listing ("Image 2: the small red solid circle, the ...."). In %:
+
+    * ``objects``: the image's objects the reply names word for word (a caption: and boxes at IoU >= ``threshold``);
+    * ``boxed``: the captions whose box lands on some object of the image at IoU >= ``threshold``;
+    * ``count``: the replies that name as many objects as the image has;
+    * ``exact``: the replies that name (and box) every object and nothing else.
+
+    Linear in the replies' length; a reply that names nothing scores 0."""
+    from .world.objects import SIZE_WORDS
+
+    threshold = check_threshold(threshold)
+    found = named = boxed = captions = right_count = exact = 0
+    for it, reply in zip(items, replies, strict=True):
+        image = it.scene["images"][it.target_image - 1]
+        size = tuple(image["size"])
+        want = [(f"{SIZE_WORDS[o['size']]} {o['colour']} {o['pattern']} {o['shape']}", Box(*o["box"], frame=Frame.ABS, size=size).to(Frame.REL1000).coords) for o in image["objects"]]
+        said = [(m.group(1).strip(), tuple(float(v) for v in m.groups()[1:])) for m in _CAPTION.finditer(reply or "")]
+        if said:
+            hits = sum(any(w == s and iou_xyxy(b, sb) >= threshold for s, sb in said) for w, b in want)
+            boxed += sum(any(iou_xyxy(sb, b) >= threshold for _, b in want) for _, sb in said)
+            captions += len(said)
+            n_said = len(said)
+        else:
+            listing = _LISTING.search(reply or "")
+            names = [n.strip().removeprefix("the ") for n in listing.group(1).split(", ")] if listing else []
+            hits = sum(min(names.count(w), [x for x, _ in want].count(w)) for w in {x for x, _ in want})
+            n_said = len(names)
+        found += hits
+        named += len(want)
+        right_count += n_said == len(want)
+        exact += hits == len(want) == n_said
+    n = max(1, len(items))
+    return {
+        "objects": round(100.0 * found / max(1, named), 1),
+        "boxed": round(100.0 * boxed / max(1, captions), 1),
+        "count": round(100.0 * right_count / n, 1),
+        "exact": round(100.0 * exact / n, 1),
+    }

@@ -43,6 +43,8 @@ from PIL import Image
 from .boxes import Box, Frame, qwen25_resized_size
 from .formats import ORDINAL_WORDS
 from .prompts import user_turn, with_suffix
+from .world.objects import SIZE_WORDS, reading_order_key
+from .world.tasks import list_image
 
 STYLES = ("zhang", "mirg_text", "mirg_bbox", "answer")
 
@@ -95,14 +97,20 @@ def json_box(vals: Sequence[float], label: str) -> str:
 
 
 def _desc(o: dict[str, Any]) -> str:
-    words = [o["colour"], o["pattern"], o["shape"]]
-    if o["pattern"] == "solid":
-        words.remove("solid")
-    return " ".join(words)
+    """An object named in full, as the base model's curriculum names it: "small red solid circle"."""
+    return f"{SIZE_WORDS[o['size']]} {o['colour']} {o['pattern']} {o['shape']}"
 
 
-def _reading_order(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(objs, key=lambda o: (round(o["box"][1] / 20), o["box"][0]))
+def _identity(o: dict[str, Any]) -> str:
+    """What stays the same of an object across images (its size may not): "red solid circle"."""
+    return f"{o['colour']} {o['pattern']} {o['shape']}"
+
+
+def _reading_order(image: dict[str, Any], exact: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """An image's objects (scene dicts) as they are read out: the world's reading order (of the ``exact`` boxes
+    when ``image``'s are a teacher's jittered copy of them, object for object)."""
+    keys = [reading_order_key(o["box"], image["size"]) for o in (exact or image)["objects"]]
+    return [o for _, o in sorted(zip(keys, image["objects"], strict=True), key=lambda t: t[0])]
 
 
 @dataclass
@@ -147,12 +155,16 @@ class ScriptedTeacher:
             if item.task == "region" or answer_obj["box"] == target["box"]:
                 # nothing else to point at: misplace the box instead
                 answer_obj = dict(answer_obj, box=_shifted(target["box"], imgs[t_img - 1]["size"], rng))
-        size = imgs[answer_img - 1]["size"]
-        box = _jitter(answer_obj["box"], size, self.box_jitter, rng)
-        vals = box_in_frame(box, size, self.frame, self.max_pixels)
+        # the teacher's boxes are never pixel-exact: every object's box is off by a little, the same wherever it is written
+        seen = [{"size": im["size"], "objects": [dict(o, box=_jitter(o["box"], im["size"], self.box_jitter, rng)) for o in im["objects"]]} for im in imgs]
+        same = [o for o, j in zip(imgs[answer_img - 1]["objects"], seen[answer_img - 1]["objects"], strict=True) if o == answer_obj]
+        answer_obj = dict(answer_obj, box=_jitter(answer_obj["box"], imgs[answer_img - 1]["size"], self.box_jitter, rng)) if not same else next(
+            j for o, j in zip(imgs[answer_img - 1]["objects"], seen[answer_img - 1]["objects"], strict=True) if o == answer_obj
+        )
+        vals = box_in_frame(answer_obj["box"], imgs[answer_img - 1]["size"], self.frame, self.max_pixels)
         label = _desc(answer_obj) if "shape" in answer_obj else "region"
-        ids = _BBoxIds(imgs, self.frame, self.max_pixels)
-        think = _reasoning(item.task, sc, answer_img, answer_obj, style, ids, rng)
+        mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs)
+        think = _reasoning(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
         if style == "answer":
             prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
             return prefix + box_tokens(vals)
@@ -160,8 +172,7 @@ class ScriptedTeacher:
             return f"<think>{think}</think><answer>{json_box(vals, label)}</answer>"
         if style == "mirg_text":
             return f"<think>{think}</think><answer>It is in the {ORDINAL_WORDS[answer_img - 1]} image. {box_tokens(vals)}</answer>"
-        bid = ids.id_of(answer_img, answer_obj)
-        return f"<think>{think}</think><answer><bbox_id>[{bid}]</bbox_id>{box_tokens(vals)}</answer>"
+        return f"<think>{think}</think><answer><bbox_id>[{mentions.id_of(answer_img, answer_obj)}]</bbox_id>{box_tokens(vals)}</answer>"
 
 
 def _jitter(box: Sequence[float], size: Sequence[int], amount: float, rng: random.Random) -> list[float]:
@@ -197,79 +208,100 @@ def _where(box: Sequence[float], size: Sequence[int]) -> str:
     return "at the " + " ".join(w for w in (row, col) if w)
 
 
-class _BBoxIds:
-    """MIRG-RL identifiers: image N, object M in reading order within image N; the first mention
-    writes the label and the box, later ones the bbox_id alone."""
+class _Mentions:
+    """How a reasoning names an object of image N, by style: ``zhang`` as a grounded caption (the object named
+    in full, then its box), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
+    first mention and the bbox_id alone after (M: the object's place in image N's reading order),
+    ``mirg_text`` in words with a coarse place. :meth:`listing` reads out every object of an image in words,
+    the same in every style."""
 
-    def __init__(self, images: list[dict[str, Any]], frame: str, max_pixels: int | None):
-        self.images, self.frame, self.max_pixels = images, frame, max_pixels
+    def __init__(self, images: list[dict[str, Any]], style: str, frame: str, max_pixels: int | None, exact: list[dict[str, Any]] | None = None):
+        """``images``: the scene's images with the boxes to write; ``exact``: the same with the true boxes (the
+        reading order's)."""
+        self.images, self.style, self.frame, self.max_pixels = images, style, frame, max_pixels
+        self.exact = exact or images
         self.seen: set[str] = set()
 
+    def order(self, img: int) -> list[dict[str, Any]]:
+        return _reading_order(self.images[img - 1], self.exact[img - 1])
+
     def id_of(self, img: int, obj: dict[str, Any]) -> str:
-        order = _reading_order(self.images[img - 1]["objects"])
+        order = self.order(img)
         for m, o in enumerate(order, start=1):
             if o.get("oid") == obj.get("oid") and o["box"] == obj["box"]:
                 return f"{img}-{m}"
         return f"{img}-{len(order) + 1}"
 
-    def mention(self, img: int, obj: dict[str, Any], style: str) -> str:
-        if style != "mirg_bbox":
-            what = f"the {_desc(obj)}" if "shape" in obj else "the region"
-            return f"{what} {_where(obj['box'], self.images[img - 1]['size'])}"
+    def caption(self, img: int, obj: dict[str, Any]) -> str:
+        vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
+        return f"<|object_ref_start|>the {_desc(obj)}<|object_ref_end|>{box_tokens(vals)}"
+
+    def __call__(self, img: int, obj: dict[str, Any]) -> str:
+        if self.style == "mirg_text":
+            return f"the {_desc(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
+        if self.style != "mirg_bbox":
+            return self.caption(img, obj)
         bid = self.id_of(img, obj)
         if bid in self.seen:
             return f"<bbox_id>[{bid}]</bbox_id>"
         self.seen.add(bid)
-        vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-        label = _desc(obj) if "shape" in obj else "region"
-        return f"<bbox_id>[{bid}]</bbox_id><|object_ref_start|>{label}<|object_ref_end|>{box_tokens(vals)}"
+        return f"<bbox_id>[{bid}]</bbox_id>{self.caption(img, obj)}"
+
+    def listing(self, img: int) -> str:
+        """"Image N: " and every object of image N named in full, in reading order (as the base model's
+        curriculum lists an image: ``world.tasks.list_image``)."""
+        return list_image(img, ["the " + _desc(o) for o in self.order(img)])
 
 
-def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], style: str, ids: _BBoxIds, rng: random.Random) -> str:
-    """A short chain of thought that leads to (img, obj), from the scene."""
+def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
+    """A chain of thought that reads out the objects of the images the question needs (:meth:`_Mentions.listing`),
+    compares them in words and ends on (img, obj), from the scene: the answer's box repeats one already written."""
     imgs = sc["images"]
+    meta = sc.get("meta", {})
     n = len(imgs)
-    at = f"image {img}"
-    m = ids.mention
     if task == "common_object":
-        return f"I compare the objects of the {n} images. The object that appears in every image is the {_desc(obj)}. In {at} it is {m(img, obj, style)}."
+        listings = " ".join(m.listing(i) for i in range(1, n + 1))
+        return f"{listings} The {_identity(obj)} is in every image. In image {img} it is {m(img, obj)}."
     if task in ("diff", "view_diff"):
-        change = sc.get("meta", {}).get("change", "change")
-        before = sc.get("meta", {}).get("before")
-        extra = " after allowing for the camera shift" if task == "view_diff" else ""
+        change, before = meta.get("change", "change"), meta.get("before")
+        shift = " Image 2 is seen from a shifted camera." if task == "view_diff" else ""
+        listings = f"{m.listing(1)} {m.listing(2)}{shift}"
         if change == "add":
-            what = f"a {_desc(obj)} appears in image 2 that is not in image 1"
+            what = f"in image 2, {m(img, obj)} is new; it is not in image 1"
         elif change == "remove" and before:
-            what = f"the {_desc(before)} of image 1 is missing from image 2"
+            what = f"the {_desc(before)} of image 1 is missing from image 2; there it was at {m(img, obj)}"
         elif before:
-            what = f"the {_desc(before)} of image 1 became {m(img, obj, style)} in image 2"
+            what = f"the {_desc(before)} of image 1 changed; in image 2 it is {m(img, obj)}"
         else:
-            what = f"{m(img, obj, style)} differs"
-        return f"I compare the two images object by object{extra}: {what}. That is the difference."
+            what = f"{m(img, obj)} differs"
+        return f"{listings} The difference: {what}."
     if task in ("object_tracking", "multi_view"):
         marked = imgs[0]["objects"][0]
         verb = "moves through the frames" if task == "object_tracking" else "is seen from another view"
-        return f"The marked object in image 1 is {m(1, marked, style)}. It {verb}; in {at} the same {_desc(obj)} is {m(img, obj, style)}."
+        return f"The marked object in image 1 is {m(1, marked)}. It {verb}. {m.listing(img)} The {_identity(obj)} is {m(img, obj)}."
     if task == "region":
-        region = sc.get("meta", {}).get("regions", [{}])[sc.get("meta", {}).get("region_index", 1) - 1]
-        return f"The region picture shows the {_desc(region) if 'shape' in region else 'object'} and its surroundings. In the source image that area is {m(1, obj, style)}."
+        region = meta.get("regions", [{}])[meta.get("region_index", 1) - 1]
+        shown = f"the {_identity(region)}" if "shape" in region else "an object"
+        return f"Image {meta.get('region_index', 1) + 1} shows {shown}. {m.listing(1)} That region is {m(1, obj)}."
     if task == "refer_grounding":
         ref = imgs[0]["objects"][0]
-        return f"Image 1 shows {m(1, ref, style)}. In image 2 the object that looks the same is {m(img, obj, style)}."
+        return f"{m.listing(1)} {m.listing(2)} The {_identity(ref)} of image 1 is in image 2: {m(img, obj)}."
     if task in ("group_grounding", "single_refer"):
-        expr = sc.get("meta", {}).get("expression", "the object")
-        where = f"the {ORDINAL_WORDS[img - 1]} image" if n > 1 else "the image"
-        return f"I look for {expr} in every image. It is in {where}: {m(img, obj, style)}."
+        expr = meta.get("expression", "the object")
+        listings = " ".join(m.listing(i) for i in range(1, n + 1))
+        if n > 1:
+            return f"{listings} It is in image {img}: {expr} is {m(img, obj)}."
+        return f"{listings} {expr[0].upper() + expr[1:]} is {m(img, obj)}."
     if task == "reasoning":
         key = imgs[0]["objects"][0]
-        rule = sc.get("meta", {}).get("rule", "")
+        rule = meta.get("rule", "")
         because = {"same_colour": "it has the same colour but another shape", "same_shape": "it has the same shape but another colour",
                    "same_pattern": "it shares the pattern but neither colour nor shape"}.get(rule, "it fits the question")
-        return f"Image 1 shows {m(1, key, style)}. In image 2, {m(img, obj, style)} is the answer because {because}."
+        return f"Image 1 shows {m(1, key)}. {m.listing(2)} The answer is {m(img, obj)}, because {because}."
     if task == "correspondence":
-        marked = sc.get("meta", {}).get("marked", imgs[0]["objects"][0])
-        return f"The marked object in image 1 is {m(1, marked, style)}, a {marked['shape']}. In image 2 the object of the same shape is {m(img, obj, style)}."
-    return f"The answer is {m(img, obj, style)}."
+        marked = meta.get("marked", imgs[0]["objects"][0])
+        return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. {m.listing(2)} The object of the same shape is {m(img, obj)}."
+    return f"The answer is {m(img, obj)}."
 
 
 # ---------------------------------------------------------------------------------------- real VLMs

@@ -199,3 +199,49 @@ def test_a_task_name_with_spaces_is_no_extra_task(tmp_path):
     s = score_files(bench, preds)
     assert list(s["tasks"]) == ["diff", "region"] and s["tasks"]["diff"]["correct"] == 2 and s["avg"] == 50.0
     assert [r.task for r in load_mig_bench(bench)] == ["diff", "diff", "region"]
+
+
+def test_caption_scores_count_objects_named_and_boxed(tmp_path):
+    """multi_describe replies: the ground truth scores 100 in both forms (boxed captions, a listing in words); a
+    wrong word, a box off its object, a missing caption or name each cost exactly what they should; anything
+    else is a reply that names nothing."""
+    from mirg_lib.items import load_bench_items
+    from mirg_lib.scoring import caption_scores
+    from mirg_lib.world import DataConfig
+    from mirg_lib.world.build import heldout_bench
+
+    cfg = DataConfig(image_size=112, object_grid=14)
+    bench, _ = heldout_bench(cfg, "multi_describe", tmp_path / "held", 8)
+    items = load_bench_items(bench)
+    truth = [_answer(cfg, i) for i in range(8)]
+    assert {it.scene["meta"]["form"] for it in items} == {"boxed", "list"}
+    assert caption_scores(items, truth) == {"objects": 100.0, "boxed": 100.0, "count": 100.0, "exact": 100.0}
+    n_objects = sum(len(it.scene["images"][it.target_image - 1]["objects"]) for it in items)
+    one_less = round(100 * (n_objects - 1) / n_objects, 1)
+    for i in (next(k for k, it in enumerate(items) if it.scene["meta"]["form"] == f) for f in ("boxed", "list")):
+        def but(reply, i=i):
+            return caption_scores(items, [reply if k == i else t for k, t in enumerate(truth)])
+
+        if items[i].scene["meta"]["form"] == "boxed":
+            first = truth[i].split(", ")
+            got = but(", ".join([first[0].replace("<|object_ref_start|>the ", "<|object_ref_start|>the purple-ish ", 1), *first[1:]]))
+            assert got["objects"] == one_less and got["exact"] == round(700 / 8, 1) and got["boxed"] == 100.0
+            dropped = but(", ".join(first[1:]))
+            assert dropped["count"] == round(700 / 8, 1) and dropped["objects"] == one_less
+            far = first[0][: first[0].index("<|box_start|>")] + "<|box_start|>(999,999),(1000,1000)<|box_end|>"
+            moved = but(", ".join([far, *first[1:]]))
+            assert moved["boxed"] < 100.0 and moved["objects"] == one_less and moved["count"] == 100.0
+        else:
+            head, names = truth[i].rstrip(".").split(": ", 1)
+            names = names.split(", ")
+            assert but(f"{head}: " + ", ".join(["the purple-ish thing", *names[1:]]) + ".")["objects"] == one_less
+            dropped = but(f"{head}: " + ", ".join(names[1:]) + ".")
+            assert dropped["count"] == round(700 / 8, 1) and dropped["objects"] == one_less and dropped["boxed"] == 100.0
+    assert caption_scores(items, ["", "x" * 100_000, "<|object_ref_start|>" * 5000, "Image 1: " * 5000, *truth[4:]])["count"] == 50.0
+
+
+def _answer(cfg, i):
+    from mirg_lib.world import generate
+    from mirg_lib.world.build import sample_seed
+
+    return generate("multi_describe", sample_seed(cfg.seed, "heldout", "multi_describe", i), cfg.knobs()).answer_text()

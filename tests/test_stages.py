@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mirg_lib import base_model as bm
+from mirg_lib import grounding as gr
 from mirg_lib.base_model import BaseModelConfig, run_base_model
 from mirg_lib.models import ModelPreset, load_model
 
@@ -145,7 +146,7 @@ def test_changed_config_does_not_resume_another_configs_checkpoint(smoke_world, 
 def describe_world(tmp_path_factory):
     from mirg_lib.world import DataConfig, run_data_synthesis
 
-    cfg = DataConfig(n_test_per_task=1, n_train_per_task=1, n_single_test=2, n_single_train=4, n_single_describe_train=16, n_multi_refer_train=6, image_size=112, object_grid=14, contact_sheet=False)
+    cfg = DataConfig(n_test_per_task=1, n_train_per_task=1, n_single_test=2, n_single_train=4, n_single_describe_train=16, n_multi_refer_train=6, n_multi_describe_train=6, image_size=112, object_grid=14, contact_sheet=False)
     return run_data_synthesis(cfg, tmp_path_factory.mktemp("describe") / "data", progress=False)
 
 
@@ -228,34 +229,49 @@ def test_stage_with_vision_warmup_records_it_and_a_resumed_run_does_not_repeat_i
 
 
 def test_grounding_attention_loss_is_the_attention_mass_missing_the_target():
-    from mirg_lib.base_model import grounding_attention_loss
+    from mirg_lib.grounding import grounding_attention_loss
 
-    # one item of 6 positions: 0-3 prompt (image tokens 1, 2), 4-5 answer; labels set on the answer positions
-    labels = torch.tensor([[-100, -100, -100, -100, 7, 8]])
-    target = torch.tensor([[False, False, True, False, False, False]])
+    # one item of 6 positions: 0-3 prompt (image tokens 1, 2), 4-5 answer; positions 3 and 4 predict answer tokens
+    query = torch.tensor([[-1, -1, -1, 2, 2, -1]])
     w = torch.zeros(1, 2, 6, 6)
     w[0, 0, :, 2] = 1.0  # head 0 on the target from everywhere
     w[0, 1, :, 0] = 1.0  # head 1 is not supervised
-    assert grounding_attention_loss([w], labels, target).item() == pytest.approx(0.0, abs=1e-5)
-    w[0, 0, 3] = torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0, 0.0])  # position 3 predicts the first answer token
-    w[0, 0, 4] = torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0, 0.0])  # position 4 the second; position 5 predicts nothing
-    w[0, 0, 5] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert grounding_attention_loss([w], labels, target).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
-    assert grounding_attention_loss([w], labels, target, span=1).item() == pytest.approx(math.log(4), rel=1e-5)  # the first answer token only
-    assert grounding_attention_loss([w], labels, target, span=5).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
-    # a second layer averages in; an item without a target token counts for nothing
+    assert grounding_attention_loss([w], query).item() == pytest.approx(0.0, abs=1e-5)
+    w[0, 0, 3] = torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0, 0.0])
+    w[0, 0, 4] = torch.tensor([0.5, 0.0, 0.5, 0.0, 0.0, 0.0])
+    w[0, 0, 5] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # position 5 is no query
+    assert grounding_attention_loss([w], query).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
+    # each query has its own target: position 4 asked to look at token 0, where it does
+    assert grounding_attention_loss([w], torch.tensor([[-1, -1, -1, 2, 0, -1]])).item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
+    # a second layer averages in; a row without queries counts for nothing
     ones = torch.zeros(1, 2, 6, 6)
     ones[0, 0, :, 2] = 1.0
-    assert grounding_attention_loss([w, ones], labels, target).item() == pytest.approx((math.log(4) + math.log(2)) / 4, rel=1e-5)
-    both = grounding_attention_loss([torch.cat([w, torch.full((1, 2, 6, 6), 1 / 6)])], torch.cat([labels, labels]), torch.cat([target, torch.zeros_like(target)]))
+    assert grounding_attention_loss([w, ones], query).item() == pytest.approx((math.log(4) + math.log(2)) / 4, rel=1e-5)
+    both = grounding_attention_loss([torch.cat([w, torch.full((1, 2, 6, 6), 1 / 6)])], torch.cat([query, torch.full_like(query, -1)]))
     assert both.item() == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-5)
-    assert grounding_attention_loss([w], labels, torch.zeros_like(target)) is None
+    assert grounding_attention_loss([w], torch.full_like(query, -1)) is None
+    # a key mask (the expression's words) instead of one key: the mass on all of them, rows with none skipped
+    words = torch.tensor([[True, False, True, False, False, False]])
+    assert grounding_attention_loss([w], query, words).item() == pytest.approx(math.log(2) / 2, rel=1e-5)
+    assert grounding_attention_loss([w], query, torch.zeros_like(words)) is None
     with pytest.raises(RuntimeError, match="eager"):
-        grounding_attention_loss([None], labels, target)
+        grounding_attention_loss([None], query)
+
+
+def test_the_collator_turns_grounding_points_into_query_targets():
+    from mirg_lib.grounding import CompletionCollator
+
+    # prompt of 5 tokens (image tokens 9 at positions 1 and 3), answer of 4; points: (first, end or -1, image token)
+    ex = {"prompt_ids": torch.tensor([1, 9, 2, 9, 3]), "answer_ids": torch.tensor([4, 5, 6, 7]), "grounding_points": torch.tensor([[0, -1, 1], [2, 4, 0]]), "expression_tokens": torch.tensor([2])}
+    batch = CompletionCollator(0, 9, span=1)([ex])
+    # answer token t is predicted at position 4 + t: the first point's span of 1 -> position 4 looks at image token 1 (position 3)
+    assert batch["query_target"].tolist() == [[-1, -1, -1, -1, 3, -1, 1, 1, -1]]
+    assert batch["expression_mask"][0].nonzero()[:, 0].tolist() == [2]
+    assert CompletionCollator(0, 9, span=0)([ex])["query_target"].tolist() == [[-1, -1, -1, -1, 3, 3, 1, 1, -1]]  # span 0: to the answer's end, the later point wins
 
 
 def test_target_tokens_point_at_the_token_holding_the_target(describe_world):
-    from mirg_lib.base_model import CompletionCollator, PrecomputedVL, object_cells, target_tokens
+    from mirg_lib.grounding import CompletionCollator, PrecomputedVL, object_cells, target_tokens
     from mirg_lib.items import Item, load_pool_items
     from mirg_lib.models import create_small_model
 
@@ -263,21 +279,25 @@ def test_target_tokens_point_at_the_token_holding_the_target(describe_world):
     _, processor = create_small_model("nano", [it.question for it in pool] + [it.reference or "" for it in pool])
     data = PrecomputedVL(pool, processor, [it.reference or "" for it in pool], grounding=True)
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    batch = CompletionCollator(processor.tokenizer.pad_token_id, image_token)([data[i] for i in range(len(pool))])
+    batch = CompletionCollator(processor.tokenizer.pad_token_id, image_token, span=3)([data[i] for i in range(len(pool))])
     for i, it in enumerate(pool):
         image = it.scene["images"][0]
         # the scene's 112 px image: 8 x 8 patches, 4 x 4 merged tokens; the target's centre cell
         x1, y1, x2, y2 = it.scene["target"]["box"]
         cell = int((y1 + y2) / 2 / image["size"][1] * 4) * 4 + int((x1 + x2) / 2 / image["size"][0] * 4)
         owner = object_cells(image, 4, 4)
-        marked = batch["target_mask"][i].nonzero()[:, 0].tolist()
+        row = batch["query_target"][i]
+        marked = sorted(set(row[row >= 0].tolist()))
         place = [o["oid"] for o in image["objects"]].index(it.scene["target"]["oid"])
         if owner.get(place) is None:
             assert marked == [] and cell in owner.values()  # a larger object's centre holds the cell
             continue
         positions = (batch["input_ids"][i] == image_token).nonzero()[:, 0].tolist()
         assert marked == [positions[cell]]
-    assert int(batch["target_mask"].sum()) >= len(pool) - 2
+        # from the positions predicting the answer's first 3 tokens
+        first = int((batch["labels"][i] != -100).nonzero()[0, 0]) - 1
+        assert (row >= 0).nonzero()[:, 0].tolist() == [first, first + 1, first + 2]
+    assert int((batch["query_target"] >= 0).any(-1).sum()) >= len(pool) - 2
     # the expression's words: the referring question's tokens between its object_ref markers, nothing else
     for i, it in enumerate(pool):
         words = processor.tokenizer.decode(batch["input_ids"][i][batch["expression_mask"][i]])
@@ -292,6 +312,63 @@ def test_target_tokens_point_at_the_token_holding_the_target(describe_world):
     grid = torch.tensor([[1, 8, 8], [1, 8, 8]])
     assert target_tokens(two, grid, 2) == [16 + t for t in target_tokens(it, grid[:1], 2)]
     assert target_tokens(Item("x", "diff", [it.images[0]], "q", it.answer, 1), grid[:1], 2) == []  # no scene
+
+
+def test_a_description_of_an_image_looks_at_each_object_it_names(describe_world):
+    """multi_describe answers: one grounding point per object named, boxed (a grounded caption) or in words (a
+    listing), at the name's first token, on the token of that object in the named image (after the earlier
+    images' tokens)."""
+    from mirg_lib.grounding import caption_points, grounding_points, object_cells
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+
+    pool = [it for it in load_pool_items(describe_world.train_file) if it.task == "multi_describe"]
+    assert pool
+    _, processor = create_small_model("nano", [it.question for it in pool] + [it.reference or "" for it in pool])
+    tok = processor.tokenizer
+    checked = 0
+    for it in pool:
+        n = len(it.images)
+        grid = torch.tensor([[1, 8, 8]] * n)
+        points = grounding_points(it, it.reference, tok, grid, 2)
+        image = it.scene["images"][it.target_image - 1]
+        owner = object_cells(image, 4, 4)
+        by_oid = {o["oid"]: j for j, o in enumerate(image["objects"])}
+        described = it.scene["meta"]["described"]
+        expected = [16 * (it.target_image - 1) + owner[by_oid[oid]] for oid in described if by_oid[oid] in owner]
+        assert [t for _, _, t in points] == expected
+        ids = tok(it.reference, add_special_tokens=False)["input_ids"]
+        first = "<|object_ref_start|>" if it.scene["meta"]["form"] == "boxed" else "the"
+        for start, end, _ in points:
+            assert end == -1 and tok.decode(ids[start]).strip() == first
+        checked += len(points)
+    assert checked >= len(pool) * 2
+    # a bbox_id names the image; otherwise the image last named before the caption
+    it = next(i for i in pool if i.scene["meta"]["form"] == "boxed")
+    caption = it.reference.split(", ")[0]
+    other = 1 if it.target_image != 1 else 2
+    box = caption[caption.index("<|box_start|>") :]
+    assert caption_points(it, f"Image {other}: " + caption, tok, torch.tensor([[1, 8, 8]] * len(it.images)), 2) in ([], caption_points(it, f"<bbox_id>[{other}-1]</bbox_id>" + caption, tok, torch.tensor([[1, 8, 8]] * len(it.images)), 2))
+    assert caption_points(it, "no captions " + box, tok, torch.tensor([[1, 8, 8]] * len(it.images)), 2) == []
+
+
+def test_the_teachers_read_outs_look_at_each_object_they_name(describe_world):
+    """A reasoning reply of the scripted teacher: a grounding point for every object of every image it reads
+    out that holds a token of its own, and one for its grounded caption of the answer."""
+    from mirg_lib.grounding import grounding_points, object_cells
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.models import create_small_model
+    from mirg_lib.teacher import ScriptedTeacher, TeacherItem
+
+    pool = [it for it in load_pool_items(describe_world.train_file) if it.task in ("diff", "common_object", "refer_grounding", "single_refer")]
+    _, processor = create_small_model("nano", [it.question for it in pool])
+    replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0).answer([TeacherItem(i.id, i.task, i.images, i.question, i.scene) for i in pool], 1, "zhang")
+    for it, (reply,) in zip(pool, replies, strict=True):
+        points = grounding_points(it, reply, processor.tokenizer, torch.tensor([[1, 8, 8]] * len(it.images)), 2)
+        read = [n for n in range(1, len(it.images) + 1) if f"Image {n}: " in reply]
+        held = sum(len(object_cells(it.scene["images"][n - 1], 4, 4)) for n in read)
+        assert len(points) == held + 1, (reply, points)
+        assert points == sorted(points) and all(end == -1 for _, end, _ in points)
 
 
 @pytest.mark.slow
@@ -424,19 +501,19 @@ def test_language_texts_are_text_only_rows_beside_the_images(describe_world, tmp
     processor = load_processor(base.path)
     items = bm.load_pool_items(describe_world.root / "train" / "mgrounding.json")[:2]
     texts = bm.language_texts(describe_world.root, 3)
-    data = bm.PrecomputedVL(items, processor, [it.reference or "" for it in items], grounding=True, texts=texts)
+    data = gr.PrecomputedVL(items, processor, [it.reference or "" for it in items], grounding=True, texts=texts)
     assert len(data) == 5 and all("pixel_values" not in e for e in data.examples[2:])
-    collate = bm.CompletionCollator(processor.tokenizer.pad_token_id, load_model(base.path).config.image_token_id)
+    collate = gr.CompletionCollator(processor.tokenizer.pad_token_id, load_model(base.path).config.image_token_id)
     mixed, text_only = collate([data[0], data[2], data[1]]), collate([data[3], data[4]])
     assert mixed["image_grid_thw"].shape[0] == len(items[0].images) + len(items[1].images) and mixed["mm_token_type_ids"][1].sum() == 0
     assert mixed["pixel_values"].shape[0] == int(mixed["image_grid_thw"].prod(-1).sum())
-    assert "pixel_values" not in text_only and not text_only["target_mask"].any()
+    assert "pixel_values" not in text_only and not (text_only["query_target"] >= 0).any()
     # the text rows' loss is on their replies
     reply = processor.tokenizer.decode(mixed["labels"][1][mixed["labels"][1] != -100])
     assert reply == texts[0][1] + "<|im_end|>"
     model = load_model(base.path)
     for batch in (mixed, text_only):
-        batch = {k: v for k, v in batch.items() if k not in ("target_mask", "expression_mask")}
+        batch = {k: v for k, v in batch.items() if k not in gr.GROUNDING_KEYS}
         assert torch.isfinite(model(**batch).loss)
     # batches of similar lengths: the sampler sorts each mega-batch of examples by length
     from types import SimpleNamespace
@@ -596,17 +673,13 @@ def test_reasoning_items_box_after_the_recipes_reasoning(describe_world, tmp_pat
 
     tok = load_processor(run_base_model(BaseModelConfig(preset="nano", max_steps=1, batch_size=4, save_steps=100), describe_world.root, tmp_path / "tok", progress=False).path).tokenizer
     for reply, mark in zip(replies, ('{"', "<|box_start|>", "<bbox_id>"), strict=True):
-        k = bm.box_start_token(reply, tok)
+        k = gr.box_start_token(reply, tok)
         ids = tok(reply, add_special_tokens=False)["input_ids"]
         assert k > 5 and tok.decode(ids[k:]).lstrip().startswith(mark if mark != "<bbox_id>" else "<|box_start|>"), (reply, tok.decode(ids[k:]))
-    assert bm.box_start_token("<|box_start|>(1,2),(3,4)<|box_end|>", tok) == 0 and bm.box_start_token("no box", tok) == 0
-    labels = torch.tensor([[-100, -100, 5, 6, 7, 8, 9, 10]])
-    target = torch.tensor([[True, False, False, False, False, False, False, False]])
-    w = torch.zeros(1, 1, 8, 8)
-    w[0, 0, :, 1] = 1.0  # every query looks away from the target ...
-    w[0, 0, 3:5, 0], w[0, 0, 3:5, 1] = 1.0, 0.0  # ... but the two that predict answer tokens 2 and 3 (0-based)
-    assert float(bm.grounding_attention_loss([w], labels, target, span=2, start=torch.tensor([2]))) == 0.0
-    assert float(bm.grounding_attention_loss([w], labels, target, span=2)) > 10
+    assert gr.box_start_token("<|box_start|>(1,2),(3,4)<|box_end|>", tok) == 0 and gr.box_start_token("no box", tok) == 0
+    # a reply with a box after words: one point from the box on, the span's tokens long
+    ex = {"prompt_ids": torch.tensor([1, 9]), "answer_ids": torch.tensor([5, 6, 7, 8, 9, 10]), "grounding_points": torch.tensor([[2, -1, 0]]), "expression_tokens": torch.zeros(0, dtype=torch.long)}
+    assert gr.CompletionCollator(0, 9, span=2)([ex])["query_target"].tolist() == [[-1, -1, -1, 1, 1, -1, -1, -1]]
     cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4, language_phase_reasoning=3)
     meta = json.loads((run_base_model(cfg, describe_world.root, tmp_path / "base", progress=False).path / "mirg.json").read_text())
     assert meta["language_phase"]["reasoning_items"] == 3 and meta["train_items"] == len([it for it in pool if it.task in cfg.train_tasks])
@@ -631,8 +704,8 @@ def test_language_phase_tasks_join_that_phase_only(describe_world, smoke_world, 
     pool = load_pool_items(describe_world.train_file)
     items = [it for it in pool if it.task == "multi_refer"]
     # the tokenizer the grounding phase builds does not read them: a world with them starts from the same base
-    assert bm.tokenizer_pool(pool, cfg.train_tasks) == [it for it in pool if it.task != "multi_refer"]
-    assert bm.tokenizer_pool(pool, [*cfg.train_tasks, "multi_refer"]) == pool
+    assert bm.tokenizer_pool(pool, cfg.train_tasks) == [it for it in pool if it.task not in ("multi_refer", "multi_describe")]
+    assert bm.tokenizer_pool(pool, [*cfg.train_tasks, "multi_refer", "multi_describe"]) == pool
     answers, at_box = bm.words_before_box(items, [it.reference for it in items], 6, [("q", "the red circle")], seed=0)
     assert all(at_box) and any(a != it.reference for a, it in zip(answers, items, strict=True))
     with pytest.raises(ValueError, match=r"language_phase_tasks \['multi_refer'\].*n_multi_refer_train"):

@@ -38,6 +38,39 @@ def test_a_perfect_teacher_is_always_right(smoke_world, style):
                 first.setdefault(key, t)
 
 
+@pytest.mark.parametrize("style", ["zhang", "mirg_text", "mirg_bbox"])
+def test_the_reasoning_reads_the_images_out_then_answers_with_a_box_it_wrote(smoke_world, style):
+    """Each image the question needs is read out as "Image N: the <size> <colour> <pattern> <shape>, ...." (every
+    object, in reading order: top band first, left to right); the answer's box is the box the reasoning wrote
+    for the answer object (zhang: its last grounded caption; mirg_bbox: the caption its bbox_id carries)."""
+    import re
+
+    from mirg_lib.world.objects import SIZE_WORDS
+
+    items, rows = _items(smoke_world)
+    replies = ScriptedTeacher(error_rate=0.3, seed=1).answer(items, 2, style)
+    read_out = {"diff": [1, 2], "common_object": None, "refer_grounding": [1, 2], "region": [1], "single_refer": [1]}
+    for row, rs in zip(rows, replies, strict=True):
+        for r in rs:
+            think = parse_response(r).think
+            if row["task"] in read_out:
+                for n in read_out[row["task"]] or range(1, len(row["images"]) + 1):
+                    image = row["images"][n - 1]
+                    order = sorted(image["objects"], key=lambda o: (min(3, int(4 * (o["box"][1] + o["box"][3]) / 2 / image["size"][1])), o["box"][0] + o["box"][2]))
+                    names = ", ".join(f"the {SIZE_WORDS[o['size']]} {o['colour']} {o['pattern']} {o['shape']}" for o in order)
+                    assert f"Image {n}: {names}." in think, (r, names)
+            answer = re.sub(r"\s", "", r.split("<answer>")[1])
+            if style == "zhang":
+                written = re.findall(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>", think)[-1]
+                assert f'"bbox_2d":[{",".join(written)}]' in answer, r
+            elif style == "mirg_bbox":
+                bid = re.search(r"<bbox_id>\[(\d+-\d+)\]</bbox_id>", answer).group(1)
+                box = re.search(r"<bbox_id>\[" + bid + r"\]</bbox_id><\|object_ref_start\|>[^<]*<\|object_ref_end\|>(<\|box_start\|>[^<]*<\|box_end\|>)", r).group(1)
+                assert answer.endswith(box + "</answer>"), r
+            else:
+                assert "<|box_start|>" not in think
+
+
 def test_error_rate_is_honoured_and_deterministic(smoke_world):
     items, rows = _items(smoke_world)
     teacher = ScriptedTeacher(error_rate=0.5, seed=3)

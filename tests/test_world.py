@@ -16,7 +16,7 @@ from mirg_lib.parsing import parse_response
 from mirg_lib.scoring import Prediction, ground_truth_predictions, score
 from mirg_lib.world import GENERATORS, SINGLE_TASK, DataConfig, WorldKnobs, generate, run_data_synthesis
 from mirg_lib.world.objects import COLOURS, PATTERNS, SHAPES, SIZE_WORDS, grid_side, render
-from mirg_lib.world.tasks import DESCRIBE_TASK, MULTI_TASK, REASONING_RULES
+from mirg_lib.world.tasks import DESCRIBE_TASK, MULTI_DESCRIBE_TASK, MULTI_TASK, REASONING_RULES
 
 TINY = DataConfig(n_test_per_task=2, n_train_per_task=1, n_single_test=2, n_single_train=1, image_size=84, contact_sheet=False)
 
@@ -198,6 +198,15 @@ def check_unique(row):
         expr = row["meta"]["expression"]
         assert sum(_matches_expression(o, expr) for o in objs[k]) == 1
         assert _matches_expression(t, expr) and t in objs[k]
+    elif task == MULTI_DESCRIBE_TASK:  # every object of the named image, each told apart, read top band to bottom, left to right
+        objs_k = objs[k]
+        described = row["meta"]["described"]
+        assert sorted(described) == sorted(o["oid"] for o in objs_k) and t["oid"] == described[0]
+        by_oid = {o["oid"]: o for o in objs_k}
+        height = row["images"][k].get("size", [112, 112])[1]
+        keys = [(int(4 * (by_oid[i]["box"][1] + by_oid[i]["box"][3]) / 2 / height), by_oid[i]["box"][0] + by_oid[i]["box"][2]) for i in described]
+        assert keys == sorted(keys)
+        assert len({(o["size"], *_ident(o)) for o in objs_k}) == len(objs_k)
     else:
         raise AssertionError(task)
 
@@ -297,8 +306,33 @@ def test_multi_refer_items_name_their_image_and_box_the_object_in_it(tmp_path):
     assert MULTI_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
 
 
+def test_multi_describe_items_read_out_every_object_of_the_named_image(tmp_path):
+    m = run_data_synthesis(dataclasses.replace(TINY, n_multi_describe_train=12, position_cue=100), tmp_path / "w", progress=False)
+    pool = [r for r in load_mgrounding(m.root / "train" / "mgrounding.json") if r.type == MULTI_DESCRIBE_TASK]
+    rows = [r for r in _scenes(m, "train") if r["task"] == MULTI_DESCRIBE_TASK]
+    assert len(pool) == len(rows) == 12 and MULTI_DESCRIBE_TASK not in m.counts["test"]
+    assert any(r["target_image"] > 1 for r in rows)
+    for rec, row in zip(pool, rows, strict=True):
+        check_unique(row)
+        k = row["target_image"]
+        objs = {o["oid"]: o for o in row["images"][k - 1]["objects"]}
+        answer = rec.conversations[1]["value"]
+        described = [objs[oid] for oid in row["meta"]["described"]]
+        names = [f"{SIZE_WORDS[o['size']]} {o['colour']} {o['pattern']} {o['shape']}" for o in described]
+        if row["meta"]["form"] == "list":  # in words: "Image k: the ..., the ...."
+            assert answer == f"Image {k}: " + ", ".join(f"the {n}" for n in names) + "." and "<|box_start|>" not in answer
+            continue
+        captions = re.findall(r"<\|object_ref_start\|>the (.*?)<\|object_ref_end\|><\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>", answer)
+        assert len(captions) == len(objs) and answer.count(", ") == len(objs) - 1
+        for (words, *box), o, name in zip(captions, described, names, strict=True):
+            assert words == name
+            assert all(abs(int(v) - 1000 * c / 84) <= 1 for v, c in zip(box, o["box"], strict=True))  # TINY: 84 px
+    assert {r["meta"]["form"] for r in rows} == {"list", "boxed"}
+    assert MULTI_DESCRIBE_TASK not in run_data_synthesis(TINY, tmp_path / "plain", progress=False).counts["train"]
+
+
 # tasks that place objects and never move a camera over them: every object sits on the grid
-PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, MULTI_TASK)
+PLACED_ONLY = ("common_object", "correspondence", "diff", "group_grounding", "reasoning", "refer_grounding", SINGLE_TASK, DESCRIBE_TASK, MULTI_TASK, MULTI_DESCRIBE_TASK)
 
 
 @pytest.mark.parametrize("task", PLACED_ONLY)

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mirg_lib import base_model as bm  # noqa: E402
+from mirg_lib import grounding as gr  # noqa: E402
 from mirg_lib.boxes import Box, Frame, format_box_tokens  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
 from mirg_lib.items import load_bench_items, load_pool_items  # noqa: E402
@@ -48,19 +48,20 @@ def main() -> None:
         "train describe": [i for i in pool if i.task == "single_describe"][: a.n],
         "test refer": load_bench_items(data / "test" / "single_refer.json")[: a.n],
     }
-    col = bm.CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id)
+    col = gr.CompletionCollator(proc.tokenizer.pad_token_id, model.config.image_token_id, a.span)
     depth = len(model.model.language_model.layers)
     for name, items in sets.items():
         answers = [it.reference or format_box_tokens(Box(*it.answer, frame=Frame.REL1)) for it in items]
-        ds = bm.PrecomputedVL(items, proc, answers, grounding=True)
+        ds = gr.PrecomputedVL(items, proc, answers, grounding=True)
         batch = col([ds[i] for i in range(len(ds))])
-        with torch.no_grad(), bm.captured_attention(model, list(range(depth))) as seen:
-            model(**{k: v for k, v in batch.items() if k not in ("target_mask", "expression_mask")})
+        with torch.no_grad(), gr.captured_attention(model, list(range(depth))) as seen:
+            model(**{k: v for k, v in batch.items() if k not in gr.GROUNDING_KEYS})
         for what in ("target", "expression"):
             cells = []
             for i in sorted(seen):
                 for head in range(seen[i].shape[1]):
-                    loss = bm.grounding_attention_loss([seen[i][:, head : head + 1]], batch["labels"], batch[f"{what}_mask"], a.span)
+                    key_mask = None if what == "target" else batch["expression_mask"]
+                    loss = gr.grounding_attention_loss([seen[i][:, head : head + 1]], batch["query_target"], key_mask)
                     cells.append(f"L{i}h{head} {'-' if loss is None else f'{math.exp(-loss.item()):.2f}'}")
             print(f"{name:15s} on {what:10s} " + " ".join(cells), flush=True)
 

@@ -62,6 +62,7 @@ class DataConfig:
     position_cue: float = field(default=0.0, metadata={"help": "grey levels of the background's coordinate map (red = x, blue = y); 0: none"})
     n_single_describe_train: int = field(default=0, metadata={"help": "pool items of one object named in full, then boxed (base-model curriculum)"})
     n_multi_refer_train: int = field(default=0, metadata={"help": "pool items of several images, one named, an object in it boxed (base-model curriculum)"})
+    n_multi_describe_train: int = field(default=0, metadata={"help": "pool items of several images, one named, its every object named and boxed (base-model curriculum)"})
     object_grid: int = field(default=0, metadata={"help": "pixels; > 0: objects are squares on this grid (14: the vision tower's patches); 0: anywhere"})
     contact_sheet: bool = field(default=True, metadata={"help": "draw one example per task with its ground truth"})
     source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files"})
@@ -165,23 +166,27 @@ def sample_seed(seed: int, split: str, task: str, i: int) -> int:
 
 
 def heldout_bench(cfg: DataConfig, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
-    """``n`` one-image items of ``task`` drawn with ``cfg``'s knobs and seeds the data stage never uses (split
-    ``heldout``), written to ``folder`` as a MIG-Bench file ``<task>.json`` with its images, and each item's
-    referring expression beside it (``expressions.json``; "" where it has none). Returns the file and the
-    expressions; a folder already holding ``n`` such items is reused."""
+    """``n`` items of ``task`` drawn with ``cfg``'s knobs and seeds the data stage never uses (split
+    ``heldout``), written to ``folder`` as a MIG-Bench file ``<task>.json`` with its images and scenes
+    (``scenes.jsonl``, so the items carry them), and each item's referring expression beside it
+    (``expressions.json``; "" where it has none). Returns the file and the expressions; a folder already
+    holding ``n`` such items is reused."""
     folder = Path(folder)
-    bench, wanted = folder / f"{task}.json", folder / "expressions.json"
-    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file():
+    bench, wanted, scenes = folder / f"{task}.json", folder / "expressions.json", folder / "scenes.jsonl"
+    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file() and scenes.is_file():
         return bench, json.loads(wanted.read_text())
-    records, expressions = [], []
+    records, expressions, rows = [], [], []
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         s = generate(task, sample_seed(cfg.seed, "heldout", task, i), cfg.knobs())
-        rel = f"images/{i:05d}.png"
-        s.images[0].save(folder / rel)
-        records.append(MigRecord(task, [rel], s.question, s.answer_rel(), need_format=False, index=i))
+        rels = [f"images/{i:05d}.png"] if len(s.images) == 1 else [f"images/{i:05d}_{j}.png" for j in range(1, len(s.images) + 1)]
+        for img, rel in zip(s.images, rels, strict=True):
+            img.save(folder / rel)
+        records.append(MigRecord(task, rels, s.question, s.answer_rel(), need_format=False, index=i))
         expressions.append(s.meta.get("expression", ""))
+        rows.append(scene_row(f"heldout-{task}-{i}", "heldout", i, s))
     write_mig_bench(records, bench)
+    write_jsonl(scenes, rows)
     wanted.write_text(json.dumps(expressions))
     return bench, expressions
 

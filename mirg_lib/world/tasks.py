@@ -37,6 +37,7 @@ from .objects import (
     object_side,
     place_box,
     random_identity,
+    reading_order_key,
     render,
 )
 
@@ -60,8 +61,24 @@ MULTI_TEMPLATES = (
     "Find {ref} in the {ordinal} image and locate it.",
     "Which region of Image-{n} is described by {ref}? Give its bounding box coordinates.",
 )
+# training-pool only: several images, the question names one of them, the answer names and boxes every object of
+# it in reading order (grounded captions, as single_describe's): what a pretrained VLM's dense captions give it,
+# and what a reasoning that reads each image out before comparing them needs
+MULTI_DESCRIBE_TASK = "multi_describe"
+MULTI_DESCRIBE_TEMPLATES = (  # answered with every object's box
+    "Name every object in the {nth} image and give the bounding box of each.",
+    "List the objects of image-{n} with their bounding boxes.",
+    "What objects does the {ordinal} image show? Name and locate each one.",
+    "Describe Image-{n}: every object and its bounding box coordinates.",
+)
+MULTI_LIST_TEMPLATES = (  # answered in words: "Image 2: the small red solid circle, the large blue dotted star."
+    "What objects are in the {nth} image?",
+    "List the objects of image-{n}.",
+    "Name every object you see in the {ordinal} image.",
+    "Which objects does Image-{n} show?",
+)
 # the base model's curriculum tasks, each with the DataConfig field that sizes it in the training pool
-CURRICULUM_TASKS = {DESCRIBE_TASK: "n_single_describe_train", MULTI_TASK: "n_multi_refer_train"}
+CURRICULUM_TASKS = {DESCRIBE_TASK: "n_single_describe_train", MULTI_TASK: "n_multi_refer_train", MULTI_DESCRIBE_TASK: "n_multi_describe_train"}
 
 GROUP_TEMPLATES = (
     "Please find the bounding box coordinates for the area described by: {ref}.",
@@ -117,6 +134,11 @@ class Sample:
         """The MGrounding-style answer: box tokens in 0-1000 (with the image named for group grounding)."""
         if self.task == DESCRIBE_TASK:
             return grounded_caption(self.target, self.answer_box.size)
+        if self.task == MULTI_DESCRIBE_TASK:
+            objs = in_reading_order(self.scenes[self.target_image - 1], self.answer_box.size)
+            if self.meta.get("form") == "list":
+                return list_image(self.target_image, ["the " + o.describe() for o in objs])
+            return ", ".join(grounded_caption(o, self.answer_box.size) for o in objs)
         tokens = format_box_tokens(self.answer_box)
         if self.task == "group_grounding":
             return f"It's in the {ORDINAL_WORDS[self.target_image - 1]} image. {tokens}"
@@ -128,6 +150,17 @@ def grounded_caption(obj: Obj, size: tuple[int, int]) -> str:
     then its box tokens (0-1000) in an image of ``size`` (width, height) pixels."""
     box = format_box_tokens(Box(*obj.box, frame=Frame.ABS, size=size))
     return f"<|object_ref_start|>the {obj.describe()}<|object_ref_end|>{box}"
+
+
+def in_reading_order(objs: list[Obj], size: tuple[int, int]) -> list[Obj]:
+    """An image's objects as they are read out (:func:`reading_order_key`)."""
+    return sorted(objs, key=lambda o: reading_order_key(o.box, size))
+
+
+def list_image(n: int, names: list[str]) -> str:
+    """Image ``n``'s objects in words, in reading order: "Image 2: the small red solid circle, the large blue
+    dotted star." (the base's ``multi_describe`` list form, and how the scripted teacher reads an image out)."""
+    return f"Image {n}: " + ", ".join(names) + "."
 
 
 def _unique(condition: bool, what: str) -> None:
@@ -562,6 +595,20 @@ def gen_multi_refer(rng: random.Random, k: WorldKnobs) -> Sample:
     return Sample(MULTI_TASK, [_draw(rng, k, s) for s in scenes], scenes, q, kk, tobj, need_format=False, meta={"expression": ref})
 
 
+def gen_multi_describe(rng: random.Random, k: WorldKnobs) -> Sample:
+    """2 to 4 scenes; one named; its objects named in full in reading order, each with its box (grounded
+    captions) or, half the time, in words only (``meta["form"]``: ``boxed`` or ``list``); the first is the
+    sample's target. Two objects of one identity and size in the named image would read alike: drawn again."""
+    scenes, kk, _ = _scenes_with_target(rng, k, 2, 4)
+    size = (k.image_size, k.image_size)
+    order = in_reading_order(scenes[kk - 1], size)
+    _unique(len({o.describe() for o in order}) == len(order), "every object of the named image described apart")
+    form = rng.choice(("boxed", "list"))
+    q = rng.choice(MULTI_DESCRIBE_TEMPLATES if form == "boxed" else MULTI_LIST_TEMPLATES).format(n=kk, nth=f"{kk}th", ordinal=ORDINAL_WORDS[kk - 1])
+    meta = {"described": [o.oid for o in order], "form": form}
+    return Sample(MULTI_DESCRIBE_TASK, [_draw(rng, k, s) for s in scenes], scenes, q, kk, order[0], need_format=False, meta=meta)
+
+
 def _one_object(rng: random.Random, k: WorldKnobs, task: str, templates: tuple[str, ...], meta: Callable[[Obj], dict]) -> Sample:
     scene = _scene(rng, k, [random_identity(rng)])
     return Sample(task, [_draw(rng, k, scene)], [scene], rng.choice(templates), 1, scene[0], need_format=False, meta=meta(scene[0]))
@@ -585,6 +632,7 @@ GENERATORS: dict[str, Callable[[random.Random, WorldKnobs], Sample]] = {
     SINGLE_TASK: gen_single_refer,
     DESCRIBE_TASK: gen_single_describe,
     MULTI_TASK: gen_multi_refer,
+    MULTI_DESCRIBE_TASK: gen_multi_describe,
 }
 
 
