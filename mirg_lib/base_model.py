@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .config import config_hash, versioned_digest
+from .config import versioned_digest
 from .grounding import CompletionCollator, PrecomputedVL, grounding_trainer, length_grouped, object_cells
 from .io import atomic_dir, sha256_tree, write_json
 from .items import Item, load_pool_items
@@ -80,9 +80,11 @@ class BaseModelConfig:
     language_phase_lr: float = field(default=3e-4, metadata={"help": "the language phase's learning rate (constant after warmup_steps)"})
     language_phase_words_before_box: int = field(default=0, metadata={"help": "3 in 4 referring answers there start with 1 to N words of the world's language; 0: off"})
     language_phase_json_boxes: float = field(default=0.0, metadata={"help": "share of the referring answers there whose box is Zhang et al.'s / Qwen2.5-VL's JSON"})
-    language_phase_tasks: list[str] = field(default_factory=list, metadata={"help": "training-pool tasks added in the language phase only (e.g. multi_refer)"})
     language_phase_grounding_span: int = field(default=0, metadata={"help": "grounding_attention_span in the language phase; 0: the same"})
     language_phase_expression_layers: list[int] = field(default_factory=list, metadata={"help": "expression_attention_layers in the language phase; []: the same"})
+    multi_phase_steps: int = field(default=0, metadata={"help": "steps after the other phases over the multi-image curriculum tasks and as many single-image items; 0: off"})
+    multi_phase_tasks: list[str] = field(default_factory=lambda: ["multi_refer", "multi_describe"], metadata={"help": "the training-pool tasks of the multi-image phase"})
+    multi_phase_lr: float = field(default=5e-4, metadata={"help": "the multi-image phase's learning rate (constant after warmup_steps)"})
 
     def __post_init__(self) -> None:
         from .models import PRESETS
@@ -91,6 +93,13 @@ class BaseModelConfig:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.vision_warmup_steps < 0 or self.vision_warmup_batch_size < 1 or self.vision_warmup_lr <= 0:
             raise ValueError("base_model.vision_warmup_steps must be >= 0, vision_warmup_batch_size >= 1 and vision_warmup_lr > 0")
+        if self.multi_phase_steps < 0 or self.multi_phase_lr <= 0 or (self.multi_phase_steps and not self.multi_phase_tasks):
+            raise ValueError(f"base_model.multi_phase_steps ({self.multi_phase_steps}) must be >= 0, multi_phase_lr ({self.multi_phase_lr}) > 0, and a multi-image phase needs multi_phase_tasks")
+        from .world.tasks import CURRICULUM_TASKS
+
+        wrong = [t for t in self.multi_phase_tasks if t not in CURRICULUM_TASKS or t in self.train_tasks]
+        if wrong:  # a MIG-Bench task would train the base on the benchmark; a train task would be counted twice
+            raise ValueError(f"base_model.multi_phase_tasks {wrong}: must be curriculum tasks ({sorted(CURRICULUM_TASKS)}) not in train_tasks")
         counts = ("language_phase_steps", "language_phase_texts", "language_phase_reasoning", "language_phase_words_before_box", "language_phase_grounding_span")
         negative = [f"base_model.{name} ({getattr(self, name)})" for name in counts if getattr(self, name) < 0]
         if negative:
@@ -117,8 +126,8 @@ class BaseModelResult:
 
 def tokenizer_pool(pool: list[Item], train_tasks: list[str]) -> list[Item]:
     """The pool items the tokenizer reads: every task's but the curriculum tasks the first phase does not train
-    on (a world that adds language-phase items, such as multi_refer, builds the same tokenizer, so the
-    grounding phase it starts from is the same)."""
+    on (a world that adds the multi-image phase's items builds the same tokenizer, so the grounding phase it
+    starts from is the same)."""
     from .world.tasks import CURRICULUM_TASKS
 
     return [it for it in pool if it.task not in CURRICULUM_TASKS or it.task in train_tasks]
@@ -486,19 +495,36 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
 
 
 def grounding_config(cfg: BaseModelConfig) -> dict[str, Any]:
-    """The settings the grounding phase depends on: every field but the language phase's, whose changes alone
+    """The settings the grounding phase depends on: every field but the later phases', whose changes alone
     restart from the grounded checkpoint."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("language_phase_")}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(("language_phase_", "multi_phase_"))}
 
 
-def grounding_digest(cfg: BaseModelConfig) -> str:
-    return versioned_digest(grounding_config(cfg))
+def _with_world(values: dict[str, Any], world: str | None) -> str:
+    return versioned_digest({**values, **({"world": world} if world else {})})
+
+
+def grounding_digest(cfg: BaseModelConfig, world: str | None = None) -> str:
+    """What the grounding phase's checkpoint depends on: :func:`grounding_config` and the world it reads
+    (``world``: its data config digest, :func:`world_digest`)."""
+    return _with_world(grounding_config(cfg), world)
+
+
+def language_digest(cfg: BaseModelConfig, world: str | None = None) -> str:
+    """What the language phase's checkpoint depends on: every field but the multi-image phase's, and the world."""
+    return _with_world({k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("multi_phase_")}, world)
+
+
+def base_digest(cfg: BaseModelConfig, world: str | None = None) -> str:
+    """What the trained base depends on: every field and the world; the final checkpoint's stamp."""
+    return _with_world(dataclasses.asdict(cfg), world)
 
 
 def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> BaseModelResult:
-    """The stage. Returns where the base checkpoint is: ``out_dir/checkpoint``. With a language phase, the
-    grounding phase's checkpoint is kept in ``out_dir/grounded`` (a change to the language phase alone starts
-    from it) and the language phase logs to ``language_log.jsonl``."""
+    """The stage. Returns where the base checkpoint is: ``out_dir/checkpoint``. The phases run in turn: the
+    grounding phase (``train_log.jsonl``), the language phase (``language_log.jsonl``), the multi-image phase
+    (``multi_log.jsonl``); each but the last keeps its checkpoint (``grounded/``, ``languaged/``) under a
+    digest of the settings it depends on, so a change to a later phase alone starts from it."""
     out_dir = Path(out_dir)
     if cfg.model_name_or_path:
         path = Path(cfg.model_name_or_path)
@@ -511,14 +537,30 @@ def run_base_model(cfg: BaseModelConfig, data_dir: str | Path, out_dir: str | Pa
         _warn_other_world(meta, Path(data_dir))
         return BaseModelResult(path, "shipped", 0.0, skipped=True)
 
-    final = out_dir / "checkpoint"
-    if stamp_matches(final, config_hash(cfg)):
+    final, world = out_dir / "checkpoint", world_digest(data_dir)
+    if stamp_matches(final, base_digest(cfg, world)):
         return BaseModelResult(final, "trained", 0.0, skipped=True)
-    if not cfg.language_phase_steps:
-        return BaseModelResult(final, "trained", _grounding_phase(cfg, config_hash(cfg), Path(data_dir), out_dir, final, progress))
-    grounded, first = out_dir / "grounded", grounding_digest(cfg)
-    seconds = 0.0 if stamp_matches(grounded, first) else _grounding_phase(cfg, first, Path(data_dir), out_dir, grounded, progress)
-    return BaseModelResult(final, "trained", seconds + _language_phase(cfg, Path(data_dir), out_dir, grounded, final, progress))
+    # the phases in turn, each into its own folder under its own digest (of its settings and the world): a change
+    # to a later phase alone starts from the checkpoint before it
+    phases = [("grounded", grounding_digest(cfg, world), None)]
+    if cfg.language_phase_steps:
+        phases.append(("languaged", language_digest(cfg, world), _language_phase))
+    if cfg.multi_phase_steps:
+        _multi_items(cfg, Path(data_dir))  # a world without its items fails now, not after the phases before it
+        phases.append(("multi", base_digest(cfg, world), _multi_phase))
+    # start after the last kept checkpoint whose digest matches (a later phase's alone is enough)
+    done = max((i for i, (name, digest, _) in enumerate(phases[:-1]) if stamp_matches(out_dir / name, digest)), default=-1)
+    seconds, previous = 0.0, (out_dir / phases[done][0] if done >= 0 else None)
+    for i, (name, digest, run) in enumerate(phases):
+        dest = final if i == len(phases) - 1 else out_dir / name
+        if i <= done:
+            continue
+        if run is None:
+            seconds += _grounding_phase(cfg, base_digest(cfg, world) if dest == final else digest, Path(data_dir), out_dir, dest, progress)
+        else:
+            seconds += run(cfg, Path(data_dir), out_dir, previous, dest, progress, base_digest(cfg, world) if dest == final else digest)
+        previous = dest
+    return BaseModelResult(final, "trained", seconds)
 
 
 def _training_items(cfg: BaseModelConfig, data_dir: Path) -> tuple[list[Item], list[Item]]:
@@ -599,7 +641,7 @@ def _grounding_phase(cfg: BaseModelConfig, digest: str, data_dir: Path, out_dir:
     trainer = _train(cfg, model, processor, dataset, args, out_dir / "train_log.jsonl", digest, grouped=False)
     seconds = time.perf_counter() - t0
     meta = {
-        "config": grounding_config(cfg) if cfg.language_phase_steps else dataclasses.asdict(cfg),
+        "config": grounding_config(cfg) if cfg.language_phase_steps or cfg.multi_phase_steps else dataclasses.asdict(cfg),
         "config_hash": digest,
         "parameters": count_parameters(trainer.model),
         "train_items": len(train),
@@ -612,20 +654,14 @@ def _grounding_phase(cfg: BaseModelConfig, digest: str, data_dir: Path, out_dir:
     return seconds
 
 
-def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounded: Path, dest: Path, progress: bool) -> float:
+def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounded: Path, dest: Path, progress: bool, digest: str) -> float:
     """``language_phase_steps`` more steps from the grounded checkpoint over the image items and the language
-    texts (lengths grouped, constant lr after the warm-up) into ``dest``, whose ``mirg.json`` records both
-    phases; returns the seconds."""
+    texts (lengths grouped, constant lr after the warm-up) into ``dest`` (stamped ``digest``), whose ``mirg.json``
+    records both phases; returns the seconds."""
     from .models import load_model, load_processor
 
     t0 = time.perf_counter()
-    digest = config_hash(cfg)
-    pool, train = _training_items(cfg, data_dir)
-    extra = [it for it in pool if it.task in cfg.language_phase_tasks and it.task not in cfg.train_tasks]
-    missing = sorted(set(cfg.language_phase_tasks) - {it.task for it in extra} - set(cfg.train_tasks))
-    if missing:
-        raise ValueError(f"base_model.language_phase_tasks {missing}: no such items in {data_dir / 'train' / 'mgrounding.json'} (data.n_multi_refer_train?)")
-    train = train + extra
+    _, train = _training_items(cfg, data_dir)
     processor, model = load_processor(grounded), load_model(grounded, dtype=torch.float32)
     texts = language_texts(data_dir, cfg.language_phase_texts, cfg.seed)
     reasoning, prompts, replies = reasoning_items(train, cfg.language_phase_reasoning, cfg.seed) if cfg.language_phase_reasoning else ([], [], [])
@@ -662,13 +698,57 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
         "config_hash": digest,
         "parameters": first["parameters"],
         "train_items": len(train),
-        "language_phase": {"steps": cfg.language_phase_steps, "tasks": {t: sum(it.task == t for it in extra) for t in cfg.language_phase_tasks}, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
+        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
         "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
         "seconds": round(first["seconds"] + seconds, 1),
         "device": device_name(),
     }
     if "vision_warmup" in first:
         meta["vision_warmup"] = first["vision_warmup"]
+    _save_base(trainer, processor, dest, meta)
+    return seconds
+
+
+def _multi_items(cfg: BaseModelConfig, data_dir: Path) -> tuple[list[Item], list[Item]]:
+    """(the pool's items of ``multi_phase_tasks``, its items of ``train_tasks``); an error names the tasks the
+    world lacks."""
+    pool, single = _training_items(cfg, data_dir)
+    multi = [it for it in pool if it.task in cfg.multi_phase_tasks]
+    missing = sorted(set(cfg.multi_phase_tasks) - {it.task for it in multi})
+    if missing:
+        raise ValueError(f"base_model.multi_phase_tasks {missing}: no such items in {data_dir / 'train' / 'mgrounding.json'} (data.n_multi_refer_train, n_multi_describe_train?)")
+    return multi, single
+
+
+def _multi_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, start: Path, dest: Path, progress: bool, digest: str) -> float:
+    """``multi_phase_steps`` more steps from ``start`` (the checkpoint of the phase before) over every pool item
+    of ``multi_phase_tasks`` (the multi-image curriculum: an image named by its index, its object referred to or
+    its objects read out) and as many of the ``train_tasks`` items (drawn with the seed, so the single-image
+    skills stay), grounding-attention loss on every object named (:func:`mirg_lib.grounding.grounding_points`),
+    constant lr after the warm-up, into ``dest`` stamped ``digest``; its ``mirg.json`` records every phase.
+    Returns the seconds."""
+    from .models import load_model, load_processor
+
+    t0 = time.perf_counter()
+    multi, single = _multi_items(cfg, data_dir)
+    kept = random.Random(f"multi-phase-{cfg.seed}").sample(single, min(len(single), len(multi)))
+    items = multi + kept
+    processor, model = load_processor(start), load_model(start, dtype=torch.float32)
+    dataset = PrecomputedVL(items, processor, [it.reference or "" for it in items], grounding=cfg.grounding_attention_weight > 0)
+    args = _training_args(cfg, out_dir / "multi_trainer", progress, max_steps=cfg.multi_phase_steps, learning_rate=cfg.multi_phase_lr, lr_scheduler_type="constant_with_warmup")
+    phase = dataclasses.replace(cfg, expression_attention_layers=cfg.language_phase_expression_layers or cfg.expression_attention_layers)
+    trainer = _train(phase, model, processor, dataset, args, out_dir / "multi_log.jsonl", digest, grouped=False)
+    seconds = time.perf_counter() - t0
+    before = json.loads((start / "mirg.json").read_text())
+    meta = {
+        **{k: v for k, v in before.items() if k != "sha256"},
+        "config": dataclasses.asdict(cfg),
+        "config_hash": digest,
+        "train_items": before.get("train_items", 0) + len(multi),
+        "multi_phase": {"steps": cfg.multi_phase_steps, "tasks": {t: sum(it.task == t for it in multi) for t in cfg.multi_phase_tasks}, "single_items": len(kept), "seconds": round(seconds, 1), "device": device_name(), "start": {"config_hash": before.get("config_hash"), "sha256": before.get("sha256")}},
+        "seconds": round(before.get("seconds", 0.0) + seconds, 1),
+        "device": device_name(),
+    }
     _save_base(trainer, processor, dest, meta)
     return seconds
 

@@ -276,7 +276,7 @@ def digest(values: dict[str, Any]) -> str:
 
 # Enters every stage's digest: bump it when a stage's outputs change meaning under the same settings, so that
 # every run made before is redone rather than reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def versioned_digest(values: dict[str, Any]) -> str:

@@ -109,7 +109,7 @@ def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image
 
 
 _MENTION = re.compile(r"the ((?:[\w-]+ ){0,3}(?:circle|square|triangle|diamond|star|cross|hexagon))(?: (?:at the (?:top|bottom|left|right)(?: (?:left|right))?|in the centre))?")
-_IMAGE = re.compile(r"\bimage (\d)\b|\b(first|second|third|fourth|fifth|sixth) image\b")
+_IMAGE = re.compile(r"\bimage (\d)\b|\b(first|second|third|fourth|fifth|sixth) image\b", re.I)  # "Image 2: the ..." too
 _ORD = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6}
 
 
@@ -142,7 +142,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     events = sorted([(x.start(), "img", x) for x in _IMAGE.finditer(think)] + [(x.start(), "obj", x) for x in _MENTION.finditer(think)], key=lambda e: e[0])
     for start, kind, x in events:
         if kind == "img":
-            current = int(x.group(1)) if x.group(1) else _ORD[x.group(2)]
+            current = int(x.group(1)) if x.group(1) else _ORD[x.group(2).lower()]
             continue
         hit = find(current, x.group(1))
         if hit is None or start < pos:

@@ -6,7 +6,7 @@ predict those answer tokens are taught to look, with head 0 of the supervised la
 that holds the object the answer is about there:
 
 * an answer with grounded captions (``<|object_ref_start|>the small red circle<|object_ref_end|><|box_start|>
-  ...<|box_end|>``, with or without a MIRG-RL ``<bbox_id>[N-M]</bbox_id>`` before it) gets one point per caption
+  ...<|box_end|>``, or ``the small red circle: {"bbox_2d": [...]}`` as Zhang et al.'s reasoning names, with or without a MIRG-RL ``<bbox_id>[N-M]</bbox_id>`` before it) gets one point per caption
   whose box lies on an object of its image (:func:`caption_points`), and one per object named in a listing of an
   image ("Image 2: the small red solid circle, ...", :func:`listing_points`): a description of an image looks
   at each object as it names it;
@@ -30,9 +30,10 @@ from PIL import Image
 from .items import Item
 from .prompts import user_turn
 
-CAPTION_RE = re.compile(
-    r"(?:<bbox_id>\[(\d+)-\d+\]</bbox_id>)?<\|object_ref_start\|>[^<]*<\|object_ref_end\|>"
+CAPTION_RE = re.compile(  # Qwen-VL's grounded caption (with MIRG-RL's bbox_id), or an object named then boxed in JSON
+    r"(?:<bbox_id>\[(\d+)-\d+\]</bbox_id>)?(?:<\|object_ref_start\|>[^<]*<\|object_ref_end\|>"
     r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>"
+    r"|the [a-z -]{1,60}: \{\"bbox_2d\": \[(\d+), (\d+), (\d+), (\d+)\]\})"
 )
 LISTING_RE = re.compile(r"Image (\d): ([^.<>]{0,2000})\.")
 IMAGE_MENTION_RE = re.compile(r"\bimage[\s\-]*(\d)\b|\b(first|second|third|fourth|fifth|sixth) image\b", re.I)
@@ -118,7 +119,7 @@ def caption_points(item: Item, answer: str, tokenizer, image_grid_thw: torch.Ten
         if not 1 <= image <= len(item.scene["images"]):
             continue
         scene_image = item.scene["images"][image - 1]
-        box = Box(*(int(g) for g in m.groups()[1:]), frame=Frame.REL1000)
+        box = Box(*(int(g) for g in (m.groups()[1:5] if m.group(2) else m.groups()[5:])), frame=Frame.REL1000)
         size = tuple(scene_image["size"])
         scored = [(iou(box, Box(*o["box"], frame=Frame.ABS, size=size)), j) for j, o in enumerate(scene_image["objects"])]
         best, place = max(scored, default=(0.0, None))
@@ -150,8 +151,9 @@ def listing_points(item: Item, answer: str, tokenizer, image_grid_thw: torch.Ten
         for name in m.group(2).split(", "):
             place = next((j for j in places if j not in used and named.get(j) == name.strip()), None)
             token = None if place is None else object_token(item.scene, image, place, sizes)
+            if place is not None:
+                used.add(place)  # named, with a token of its own or not: a later same-named object is the next one
             if token is not None:
-                used.add(place)
                 points.append((char_to_token(answer, at, tokenizer), -1, token))
             at += len(name) + 2
     return points

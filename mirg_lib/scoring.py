@@ -305,7 +305,7 @@ def ground_truth_predictions(records: list[MigRecord], shift: float = 0.0) -> li
 
 
 # a grounded caption as the base model writes it: the object named, then its box in 0-1000
-_LISTING = re.compile(r"Image \d: ([^.<>]{0,2000})\.")
+_LISTING = re.compile(r"Image (\d{1,2}): ([^.<>]{0,2000})\.")
 _CAPTION = re.compile(r"<\|object_ref_start\|>(?:the )?([^<]{0,80}?)<\|object_ref_end\|><\|box_start\|>\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)<\|box_end\|>")
 
 
@@ -313,7 +313,8 @@ def caption_scores(items: list[Any], replies: list[str], threshold: float = 0.5)
     """How well replies describe an image (the base model's ``multi_describe`` curriculum): for each item (with
     its embedded scene) the objects of its named image (``target_image``) against the reply's grounded captions
     (``<|object_ref_start|>words<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``, 0-1000) or, in a
-    reply without one, the names of its listing ("Image 2: the small red solid circle, the ...."). In %:
+    reply without one, the names of its listing of that image ("Image 2: the small red solid circle, the ....";
+    a listing of another image names nothing). In %:
 
     * ``objects``: the image's objects the reply names word for word (a caption: and boxes at IoU >= ``threshold``);
     * ``boxed``: the captions whose box lands on some object of the image at IoU >= ``threshold``;
@@ -336,8 +337,8 @@ def caption_scores(items: list[Any], replies: list[str], threshold: float = 0.5)
             captions += len(said)
             n_said = len(said)
         else:
-            listing = _LISTING.search(reply or "")
-            names = [n.strip().removeprefix("the ") for n in listing.group(1).split(", ")] if listing else []
+            listing = next((m for m in _LISTING.finditer(reply or "") if int(m.group(1)) == it.target_image), None)  # the named image's
+            names = [n.strip().removeprefix("the ") for n in listing.group(2).split(", ")] if listing else []
             hits = sum(min(names.count(w), [x for x, _ in want].count(w)) for w in {x for x, _ in want})
             n_said = len(names)
         found += hits

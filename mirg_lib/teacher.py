@@ -209,8 +209,8 @@ def _where(box: Sequence[float], size: Sequence[int]) -> str:
 
 
 class _Mentions:
-    """How a reasoning names an object of image N, by style: ``zhang`` as a grounded caption (the object named
-    in full, then its box), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
+    """How a reasoning names an object of image N, by style: ``zhang`` named in full, then its box in the JSON
+    of Zhang et al.'s answers (``the small red solid circle: {"bbox_2d": [x1, y1, x2, y2]}``), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
     first mention and the bbox_id alone after (M: the object's place in image N's reading order),
     ``mirg_text`` in words with a coarse place. :meth:`listing` reads out every object of an image in words,
     the same in every style."""
@@ -239,6 +239,9 @@ class _Mentions:
     def __call__(self, img: int, obj: dict[str, Any]) -> str:
         if self.style == "mirg_text":
             return f"the {_desc(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
+        if self.style == "zhang":  # words, then the box as the answer's JSON writes it: the answer repeats it token for token
+            vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
+            return f"the {_desc(obj)}: " + json.dumps({"bbox_2d": list(vals)})
         if self.style != "mirg_bbox":
             return self.caption(img, obj)
         bid = self.id_of(img, obj)
@@ -286,12 +289,12 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: 
     if task == "refer_grounding":
         ref = imgs[0]["objects"][0]
         return f"{m.listing(1)} {m.listing(2)} The {_identity(ref)} of image 1 is in image 2: {m(img, obj)}."
-    if task in ("group_grounding", "single_refer"):
+    if task == "single_refer":
+        return f"I look for {meta.get('expression', 'the object')}. It is {m(img, obj)}."
+    if task == "group_grounding":
         expr = meta.get("expression", "the object")
         listings = " ".join(m.listing(i) for i in range(1, n + 1))
-        if n > 1:
-            return f"{listings} It is in image {img}: {expr} is {m(img, obj)}."
-        return f"{listings} {expr[0].upper() + expr[1:]} is {m(img, obj)}."
+        return f"{listings} It is in image {img}: {expr} is {m(img, obj)}."
     if task == "reasoning":
         key = imgs[0]["objects"][0]
         rule = meta.get("rule", "")

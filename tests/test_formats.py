@@ -141,6 +141,10 @@ def test_the_worlds_single_image_and_curriculum_tasks_are_known(tmp_path):
     # a held-out bench of a one-image curriculum task reads back (tools/score_base_checkpoints.py scores them)
     bench, _ = heldout_bench(DataConfig(image_size=112), "single_describe", tmp_path, 2)
     assert [r.task for r in load_mig_bench(bench)] == ["single_describe"] * 2
+    # reused for the same world, drawn again for another (the stamp, not the item count, decides)
+    first, mtime = bench.read_text(), bench.stat().st_mtime_ns
+    assert heldout_bench(DataConfig(image_size=112), "single_describe", tmp_path, 2)[0].stat().st_mtime_ns == mtime
+    assert heldout_bench(DataConfig(image_size=112, seed=1), "single_describe", tmp_path, 2)[0].read_text() != first
 
 
 def test_answers_a_little_past_the_image_are_clipped_and_counted(tmp_path, real_mig, real_mig_file):

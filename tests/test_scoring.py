@@ -237,6 +237,10 @@ def test_caption_scores_count_objects_named_and_boxed(tmp_path):
             assert but(f"{head}: " + ", ".join(["the purple-ish thing", *names[1:]]) + ".")["objects"] == one_less
             dropped = but(f"{head}: " + ", ".join(names[1:]) + ".")
             assert dropped["count"] == round(700 / 8, 1) and dropped["objects"] == one_less and dropped["boxed"] == 100.0
+            other = items[i].target_image % len(items[i].scene["images"]) + 1  # the right names, said of another image
+            wrong = but(f"Image {other}: " + ", ".join(names) + ".")
+            assert wrong["objects"] < one_less and wrong["exact"] == round(700 / 8, 1)
+            assert but(f"Image {other}: the x. {truth[i]}") == but(truth[i])  # the named image's listing counts
     assert caption_scores(items, ["", "x" * 100_000, "<|object_ref_start|>" * 5000, "Image 1: " * 5000, *truth[4:]])["count"] == 50.0
 
 

@@ -4,6 +4,7 @@ same numbers on the CPU; a changed config reruns; a half-finished stage leaves n
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -371,6 +372,24 @@ def test_the_teachers_read_outs_look_at_each_object_they_name(describe_world):
         assert points == sorted(points) and all(end == -1 for _, end, _ in points)
 
 
+def test_a_listing_names_same_described_objects_in_turn():
+    """Two objects of one image described alike: the listing's first mention is the first in reading order
+    (here it shares its cell with a larger object, so it has no point), the second mention the next one,
+    which gets its point."""
+    from mirg_lib.grounding import listing_points
+    from mirg_lib.items import Item
+    from mirg_lib.models import create_small_model
+
+    circle = {"size": "small", "colour": "red", "pattern": "solid", "shape": "circle"}
+    objects = [dict(circle, box=[0, 0, 14, 14]), {"size": "large", "colour": "blue", "pattern": "dotted", "shape": "star", "box": [0, 0, 42, 42]}, dict(circle, box=[56, 56, 70, 70])]
+    scene = {"images": [{"size": [112, 112], "objects": objects}], "target_image": 1}
+    item = Item("x", "multi_describe", [], "q", [0, 0, 1, 1], 1, scene)
+    answer = "Image 1: the small red solid circle, the large blue dotted star, the small red solid circle."
+    _, processor = create_small_model("nano", [answer] * 5)
+    points = listing_points(item, answer, processor.tokenizer, torch.tensor([[1, 8, 8]]), 2)
+    assert [token for _, _, token in points] == [0, 10]  # the star (cell 0, over the first circle), the second circle (cell 10)
+
+
 @pytest.mark.slow
 def test_grounding_attention_loss_trains(describe_world, tmp_path):
     from mirg_lib.config import config_hash
@@ -403,8 +422,8 @@ def test_word_aligned_warmup_classifies_with_the_language_models_word_embeddings
     from mirg_lib.models import create_small_model
 
     pool = load_pool_items(describe_world.train_file)
-    with pytest.raises(ValueError, match="tokens of this tokenizer"):  # nano's 512-token vocabulary splits words
-        attribute_word_ids(create_small_model("nano", bmod.tokenizer_corpus(pool))[1].tokenizer, bmod._attribute_classes())
+    with pytest.raises(ValueError, match="tokens of this tokenizer"):  # a tokenizer that never saw the words splits them
+        attribute_word_ids(create_small_model("nano", ["a cat sat on the mat"] * 20)[1].tokenizer, bmod._attribute_classes())
     words = ["the " + " ".join(v for vals in bmod._attribute_classes().values() for v in vals) + " medium-sized"] * 50  # the full world says them all often
     model, processor = create_small_model(ModelPreset(1024, 64, 128, 2, 2, 1, 32, 1, 2), bmod.tokenizer_corpus(pool) + words)  # nano, whole words
     tok, embed = processor.tokenizer, model.get_input_embeddings()
@@ -544,7 +563,9 @@ def test_language_phase_starts_from_the_grounded_checkpoint(describe_world, tmp_
     grounded, final = out / "grounded", result.path
     assert final == out / "checkpoint" and result.seconds > 0
     first, meta = json.loads((grounded / "mirg.json").read_text()), json.loads((final / "mirg.json").read_text())
-    assert first["config_hash"] == bm.grounding_digest(cfg) and meta["config_hash"] == config_hash(cfg)
+    world = bm.world_digest(describe_world.root)
+    assert first["config_hash"] == bm.grounding_digest(cfg, world) and meta["config_hash"] == bm.base_digest(cfg, world)
+    assert bm.base_digest(cfg, world) != bm.base_digest(cfg, "another world") and bm.grounding_digest(cfg, world) != bm.grounding_digest(cfg, "another world")
     assert first["config"] == bm.grounding_config(cfg) and "language_phase_steps" not in first["config"]
     assert meta["grounding_phase"]["sha256"] == first["sha256"] and meta["language_phase"]["steps"] == 3 and meta["language_phase"]["texts"] == 6
     assert [r["step"] for r in _losses(out / "language_log.jsonl")] == [1, 2, 3] and len(_losses(out / "train_log.jsonl")) == 3
@@ -688,28 +709,38 @@ def test_reasoning_items_box_after_the_recipes_reasoning(describe_world, tmp_pat
 
 
 @pytest.mark.slow
-def test_language_phase_tasks_join_that_phase_only(describe_world, smoke_world, tmp_path):
-    """language_phase_tasks: the multi-image referring items join the language phase's image items (with the
-    phase's words before the box and JSON boxes), not the grounding phase, whose digest they leave alone; a
-    task the world lacks is an error that names it."""
-    from mirg_lib.config import config_hash
+def test_the_multi_image_phase_comes_last_and_alone_restarts_from_the_language_phase(describe_world, smoke_world, tmp_path):
+    """multi_phase_steps: after the grounding and language phases, every multi-image curriculum item and as many
+    single-image items, from the language phase's checkpoint; a change to it alone retrains it alone; the
+    grounding phase's tokenizer never reads its tasks; a world without them is an error that names them."""
     from mirg_lib.items import load_pool_items
-    cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4)
-    multi = dataclasses.replace(cfg, language_phase_tasks=["multi_refer"], language_phase_words_before_box=6, language_phase_json_boxes=1.0)
-    assert bm.grounding_digest(multi) == bm.grounding_digest(cfg) and config_hash(multi) != config_hash(cfg)
-    meta = json.loads((run_base_model(multi, describe_world.root, tmp_path / "base", progress=False).path / "mirg.json").read_text())
-    first = json.loads((tmp_path / "base" / "grounded" / "mirg.json").read_text())
-    assert meta["language_phase"]["tasks"] == {"multi_refer": 6} and meta["train_items"] == first["train_items"] + 6
-    assert meta["language_phase"]["json_boxes"] >= 6  # every referring box in JSON, the multi-image ones too
+
+    cfg = BaseModelConfig(preset="nano", max_steps=2, batch_size=8, save_steps=100, logging_steps=1, train_tasks=["single_describe", "single_refer"], grounding_attention_weight=1.0, language_phase_steps=2, language_phase_texts=4, multi_phase_steps=2)
+    out = tmp_path / "base"
+    meta = json.loads((run_base_model(cfg, describe_world.root, out, progress=False).path / "mirg.json").read_text())
+    assert meta["multi_phase"]["tasks"] == {"multi_refer": 6, "multi_describe": 6} and meta["multi_phase"]["single_items"] == 12
+    world = bm.world_digest(describe_world.root)
+    assert meta["config_hash"] == bm.base_digest(cfg, world) and meta["language_phase"]["steps"] == 2
+    assert json.loads((out / "languaged" / "mirg.json").read_text())["config_hash"] == bm.language_digest(cfg, world)
+    rows = [json.loads(line) for line in (out / "multi_log.jsonl").read_text().splitlines()]
+    assert any("grounding_attention_loss" in r for r in rows)
+    languaged = (out / "languaged" / "model.safetensors").stat().st_mtime_ns
+    assert meta["multi_phase"]["start"]["config_hash"] == bm.language_digest(cfg, world)
+    more = dataclasses.replace(cfg, multi_phase_steps=3)
+    assert bm.grounding_digest(more) == bm.grounding_digest(cfg) and bm.language_digest(more) == bm.language_digest(cfg)
+    shutil.rmtree(out / "grounded")  # the last kept phase that matches is enough to start from
+    assert json.loads((run_base_model(more, describe_world.root, out, progress=False).path / "mirg.json").read_text())["multi_phase"]["steps"] == 3
+    assert (out / "languaged" / "model.safetensors").stat().st_mtime_ns == languaged  # the language phase was not run again
+    assert not (out / "grounded").exists()  # nor the grounding phase
     pool = load_pool_items(describe_world.train_file)
-    items = [it for it in pool if it.task == "multi_refer"]
-    # the tokenizer the grounding phase builds does not read them: a world with them starts from the same base
     assert bm.tokenizer_pool(pool, cfg.train_tasks) == [it for it in pool if it.task not in ("multi_refer", "multi_describe")]
-    assert bm.tokenizer_pool(pool, [*cfg.train_tasks, "multi_refer", "multi_describe"]) == pool
-    answers, at_box = bm.words_before_box(items, [it.reference for it in items], 6, [("q", "the red circle")], seed=0)
-    assert all(at_box) and any(a != it.reference for a, it in zip(answers, items, strict=True))
-    with pytest.raises(ValueError, match=r"language_phase_tasks \['multi_refer'\].*n_multi_refer_train"):
-        run_base_model(multi, smoke_world.root, tmp_path / "base2", progress=False)
+    with pytest.raises(ValueError, match=r"multi_phase_tasks \['multi_describe', 'multi_refer'\].*n_multi_describe_train"):
+        run_base_model(cfg, smoke_world.root, tmp_path / "base2", progress=False)
+    with pytest.raises(ValueError, match="multi_phase"):
+        BaseModelConfig(multi_phase_steps=3, multi_phase_tasks=[])
+    for wrong in (["diff"], ["single_refer"]):  # a MIG-Bench task; a task the grounding phase trains already
+        with pytest.raises(ValueError, match=r"multi_phase_tasks \['\w+'\]: must be curriculum tasks"):
+            BaseModelConfig(train_tasks=["single_describe", "single_refer"], multi_phase_tasks=wrong)
 
 
 def test_rejection_sampling_batches_items_and_counts_each_items_own_hits(smoke_world, tmp_path, monkeypatch):

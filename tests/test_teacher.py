@@ -42,14 +42,14 @@ def test_a_perfect_teacher_is_always_right(smoke_world, style):
 def test_the_reasoning_reads_the_images_out_then_answers_with_a_box_it_wrote(smoke_world, style):
     """Each image the question needs is read out as "Image N: the <size> <colour> <pattern> <shape>, ...." (every
     object, in reading order: top band first, left to right); the answer's box is the box the reasoning wrote
-    for the answer object (zhang: its last grounded caption; mirg_bbox: the caption its bbox_id carries)."""
+    for the answer object (zhang: its last JSON box; mirg_bbox: the caption its bbox_id carries)."""
     import re
 
     from mirg_lib.world.objects import SIZE_WORDS
 
     items, rows = _items(smoke_world)
     replies = ScriptedTeacher(error_rate=0.3, seed=1).answer(items, 2, style)
-    read_out = {"diff": [1, 2], "common_object": None, "refer_grounding": [1, 2], "region": [1], "single_refer": [1]}
+    read_out = {"diff": [1, 2], "common_object": None, "refer_grounding": [1, 2], "region": [1]}
     for row, rs in zip(rows, replies, strict=True):
         for r in rs:
             think = parse_response(r).think
@@ -61,8 +61,8 @@ def test_the_reasoning_reads_the_images_out_then_answers_with_a_box_it_wrote(smo
                     assert f"Image {n}: {names}." in think, (r, names)
             answer = re.sub(r"\s", "", r.split("<answer>")[1])
             if style == "zhang":
-                written = re.findall(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>", think)[-1]
-                assert f'"bbox_2d":[{",".join(written)}]' in answer, r
+                written = re.findall(r'\{"bbox_2d": \[[\d, ]+\]\}', think)[-1]
+                assert re.sub(r"\s", "", written)[:-1] in answer, r
             elif style == "mirg_bbox":
                 bid = re.search(r"<bbox_id>\[(\d+-\d+)\]</bbox_id>", answer).group(1)
                 box = re.search(r"<bbox_id>\[" + bid + r"\]</bbox_id><\|object_ref_start\|>[^<]*<\|object_ref_end\|>(<\|box_start\|>[^<]*<\|box_end\|>)", r).group(1)
@@ -335,3 +335,33 @@ def test_a_redirect_is_an_error_naming_its_target_and_the_key_never_goes_there(c
                 teacher.answer(_q(), 1, "zhang")
     assert other_seen == []  # nothing at all went to the other host, so no Authorization header either
     assert seen[-1]["auth"] == f"Bearer {KEY}" and KEY not in str(e.value) and "another host" in str(e.value)
+
+
+def test_reassembly_gives_each_read_out_object_the_image_it_was_read_from(smoke_world):
+    """MIRG-RL's reassembly of a words-only reply: every object read out under "Image N:" becomes
+    <bbox_id>[N-M]</bbox_id> with scene image N's object M (in reading order) of that very description, and
+    the answer is the target's id and box."""
+    import re
+
+    from mirg_lib.cot import reassemble
+    from mirg_lib.teacher import _desc, _reading_order
+
+    items, rows = _items(smoke_world)
+    replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0).answer(items, 1, "mirg_text")
+    checked = 0
+    for row, (reply,) in zip(rows, replies, strict=True):
+        if row["task"] not in ("diff", "refer_grounding") or len(row["images"]) < 2:
+            continue
+        out = reassemble(reply, row)
+        think = parse_response(out).think
+        for n, listing in re.findall(r"Image (\d): (.*?)\.(?= |$)", think):
+            ids = re.findall(r"<bbox_id>\[(\d)-(\d+)\]</bbox_id>(?:<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>)?", listing)
+            assert ids, (listing, out)
+            for img, m, desc in ids:
+                assert img == n, (listing, out)  # read from image N, so an object of image N
+                obj = _reading_order(row["images"][int(img) - 1])[int(m) - 1]
+                assert not desc or desc == _desc(obj), (desc, obj)
+                checked += 1
+        p = parse_response(out)
+        assert p.trajectory[-1].image == row["target_image"], out
+    assert checked > 20

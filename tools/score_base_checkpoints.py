@@ -5,8 +5,10 @@
 Every ``runs/<profile>/base_model/trainer/checkpoint-N`` (a complete folder: weights and processor) is
 scored greedily on the profile's single-image referring test with the evaluation stage's own code (and how
 many of its answers box *some* object of the scene, ``any_object@0.5``: boxing without choosing); each
-result (and, for each curriculum task in the base's mix, Acc@0.5 on held-out one-object items; for
-``single_describe`` also the exact descriptions and each attribute named right) is printed and appended
+result (and, for each curriculum task in the base's mix, Acc@0.5 on held-out items; for
+``single_describe`` also the exact descriptions and each attribute named right; for ``multi_describe`` the
+objects read out right, ``scoring.caption_scores``; the multi-image tasks only on the multi-image phase's
+checkpoints, ``--trainer runs/<profile>/base_model/multi_trainer``, and the final one) is printed and appended
 to ``runs/<profile>/base_model/checkpoint_scores.jsonl`` with the config digest the work folder is stamped with (a checkpoint already scored there *for the same config* is skipped;
 rows of another config's run stay in the file, told apart by that digest).
 """
@@ -30,7 +32,7 @@ from mirg_lib.paths import stage_dir  # noqa: E402
 
 
 def curriculum_bench(params, task: str, folder: Path, n: int) -> tuple[Path, list[str]]:
-    """``n`` held-out one-object items of a curriculum task (``single_describe``, ``multi_refer``) of the
+    """``n`` held-out items of a curriculum task (``single_describe``, ``multi_refer``, ``multi_describe``) of the
     profile's world, with their expected descriptions (:func:`mirg_lib.world.build.heldout_bench`)."""
     from mirg_lib.config import stage_config
     from mirg_lib.world import DataConfig
@@ -94,7 +96,7 @@ def main() -> None:
     ap.add_argument("--profile", default="embedded")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (leave the rest to the training)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out one-object items of each curriculum task the base trains on (single_describe); 0: off")
+    ap.add_argument("--curriculum", type=int, default=100, help="also score N held-out items of each curriculum task the base trains on; 0: off")
     ap.add_argument("--trainer", default="", help="a kept run's trainer folder (its checkpoints and stamp) instead of the stage's; its predictions go beside it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,15 +115,20 @@ def main() -> None:
     done = {r["checkpoint"] for r in rows if r.get("config_hash") == digest}
     from mirg_lib.base_model import BaseModelConfig
     from mirg_lib.config import stage_config
-    from mirg_lib.world.tasks import CURRICULUM_TASKS, DESCRIBE_TASK
+    from mirg_lib.items import load_bench_items
+    from mirg_lib.scoring import caption_scores
+    from mirg_lib.world.tasks import CURRICULUM_TASKS, DESCRIBE_TASK, MULTI_DESCRIBE_TASK
 
-    tasks = [t for t in CURRICULUM_TASKS if t in stage_config(BaseModelConfig, params, "base_model").train_tasks]
+    bcfg = stage_config(BaseModelConfig, params, "base_model")
+    tasks = [t for t in CURRICULUM_TASKS if t in bcfg.train_tasks or (bcfg.multi_phase_steps and t in bcfg.multi_phase_tasks)]
     curricula = {t: curriculum_bench(params, t, stage / f"{t}_test", args.curriculum) for t in tasks} if args.curriculum else {}
     ckpts = sorted((int(ck.name.split("-")[1]), ck) for ck in trainer.glob("checkpoint-*"))
     if final_meta and final_meta.get("config_hash") == digest:  # scored last, under the name "checkpoint" (not another config's final model)
         ckpts.append((final_meta.get("config", {}).get("max_steps"), final))
     cfg = EvalConfig(prompt="plain", max_new_tokens=args.max_new_tokens, batch_size=50)
     ccfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 56))  # a description, then the box
+    dcfg = dataclasses.replace(cfg, max_new_tokens=max(cfg.max_new_tokens, 300))  # every object of an image read out (~33 tokens a boxed caption)
+    multi_phase = trainer.name == "multi_trainer"
     for step, ck in ckpts:
         if ck.name in done or not (ck / "processor_config.json").is_file():
             continue
@@ -137,7 +144,13 @@ def main() -> None:
             "scored_at": time.strftime("%Y-%m-%d %H:%M"),
         }
         for task, (cbench, expressions) in curricula.items():
-            sc = evaluate_checkpoint(ck, cbench, ccfg, evals / ck.name / task)
+            if task not in bcfg.train_tasks and not (multi_phase or ck == final):
+                continue  # a multi-image task, on a checkpoint of a phase before the one that trains it
+            sc = evaluate_checkpoint(ck, cbench, dcfg if task == MULTI_DESCRIBE_TASK else ccfg, evals / ck.name / task)
+            if task == MULTI_DESCRIBE_TASK:  # objects read out right, not a box
+                replies = [json.loads(line)["response"] for line in (evals / ck.name / task / "predictions.jsonl").read_text().splitlines()]
+                row.update({f"multi_describe_{k}": v for k, v in caption_scores(load_bench_items(cbench), replies).items()})
+                continue
             row[f"{task.removeprefix('single_')}_acc@0.5"] = sc["avg"]
             if task == DESCRIBE_TASK:
                 row.update(description_scores(evals / ck.name / task / "predictions.jsonl", expressions))

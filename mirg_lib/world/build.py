@@ -62,7 +62,7 @@ class DataConfig:
     position_cue: float = field(default=0.0, metadata={"help": "grey levels of the background's coordinate map (red = x, blue = y); 0: none"})
     n_single_describe_train: int = field(default=0, metadata={"help": "pool items of one object named in full, then boxed (base-model curriculum)"})
     n_multi_refer_train: int = field(default=0, metadata={"help": "pool items of several images, one named, an object in it boxed (base-model curriculum)"})
-    n_multi_describe_train: int = field(default=0, metadata={"help": "pool items of several images, one named, its every object named and boxed (base-model curriculum)"})
+    n_multi_describe_train: int = field(default=0, metadata={"help": "pool items of several images, one named, its every object read out, boxed or in words (base-model curriculum)"})
     object_grid: int = field(default=0, metadata={"help": "pixels; > 0: objects are squares on this grid (14: the vision tower's patches); 0: anywhere"})
     contact_sheet: bool = field(default=True, metadata={"help": "draw one example per task with its ground truth"})
     source: Literal["embedded", "local"] = field(default="embedded", metadata={"help": "embedded: draw the world; local: read real MIG-Bench / MGrounding-630k files"})
@@ -169,12 +169,16 @@ def heldout_bench(cfg: DataConfig, task: str, folder: Path, n: int) -> tuple[Pat
     """``n`` items of ``task`` drawn with ``cfg``'s knobs and seeds the data stage never uses (split
     ``heldout``), written to ``folder`` as a MIG-Bench file ``<task>.json`` with its images and scenes
     (``scenes.jsonl``, so the items carry them), and each item's referring expression beside it
-    (``expressions.json``; "" where it has none). Returns the file and the expressions; a folder already
-    holding ``n`` such items is reused."""
+    (``expressions.json``; "" where it has none). Returns the file and the expressions; a folder whose stamp
+    (``heldout.json``, written last) says the same world, task and ``n`` is reused."""
+    from ..config import config_hash, versioned_digest
+
     folder = Path(folder)
-    bench, wanted, scenes = folder / f"{task}.json", folder / "expressions.json", folder / "scenes.jsonl"
-    if bench.is_file() and len(json.loads(bench.read_text())) == n and wanted.is_file() and scenes.is_file():
+    bench, wanted, scenes, stamp = folder / f"{task}.json", folder / "expressions.json", folder / "scenes.jsonl", folder / "heldout.json"
+    key = versioned_digest({"data": config_hash(cfg), "task": task, "n": n})
+    if stamp.is_file() and json.loads(stamp.read_text()).get("digest") == key:
         return bench, json.loads(wanted.read_text())
+    stamp.unlink(missing_ok=True)
     records, expressions, rows = [], [], []
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -188,6 +192,7 @@ def heldout_bench(cfg: DataConfig, task: str, folder: Path, n: int) -> tuple[Pat
     write_mig_bench(records, bench)
     write_jsonl(scenes, rows)
     wanted.write_text(json.dumps(expressions))
+    stamp.write_text(json.dumps({"digest": key, "task": task, "n": n}))
     return bench, expressions
 
 
