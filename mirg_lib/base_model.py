@@ -693,20 +693,26 @@ def _language_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, grounde
     trainer = _train(phase, model, processor, dataset, args, out_dir / "language_log.jsonl", digest, grouped=True)
     seconds = time.perf_counter() - t0
     first = json.loads((grounded / "mirg.json").read_text())
-    meta = {
-        "config": dataclasses.asdict(cfg),
-        "config_hash": digest,
-        "parameters": first["parameters"],
-        "train_items": len(train),
-        "language_phase": {"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
-        "grounding_phase": {k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
-        "seconds": round(first["seconds"] + seconds, 1),
-        "device": device_name(),
-    }
-    if "vision_warmup" in first:
-        meta["vision_warmup"] = first["vision_warmup"]
+    meta = _phase_meta(
+        first, cfg, digest, seconds,
+        language_phase={"steps": cfg.language_phase_steps, "texts": len(texts), "reasoning_items": len(reasoning), "words_before_box": prefixed, "json_boxes": sum("bbox_2d" in a for a in answers), "seconds": round(seconds, 1), "device": device_name()},
+        grounding_phase={k: first[k] for k in ("config_hash", "seconds", "device", "sha256") if k in first},
+    )
     _save_base(trainer, processor, dest, meta)
     return seconds
+
+
+def _phase_meta(before: dict[str, Any], cfg: BaseModelConfig, digest: str, seconds: float, **records: Any) -> dict[str, Any]:
+    """A later phase's ``mirg.json``: the one it started from (``before``, less its checksum) with this phase's
+    config, digest and ``records``, the seconds of every phase so far and this device."""
+    return {
+        **{k: v for k, v in before.items() if k != "sha256"},
+        "config": dataclasses.asdict(cfg),
+        "config_hash": digest,
+        **records,
+        "seconds": round(before.get("seconds", 0.0) + seconds, 1),
+        "device": device_name(),
+    }
 
 
 def _multi_items(cfg: BaseModelConfig, data_dir: Path) -> tuple[list[Item], list[Item]]:
@@ -740,15 +746,11 @@ def _multi_phase(cfg: BaseModelConfig, data_dir: Path, out_dir: Path, start: Pat
     trainer = _train(phase, model, processor, dataset, args, out_dir / "multi_log.jsonl", digest, grouped=False)
     seconds = time.perf_counter() - t0
     before = json.loads((start / "mirg.json").read_text())
-    meta = {
-        **{k: v for k, v in before.items() if k != "sha256"},
-        "config": dataclasses.asdict(cfg),
-        "config_hash": digest,
-        "train_items": before.get("train_items", 0) + len(multi),
-        "multi_phase": {"steps": cfg.multi_phase_steps, "tasks": {t: sum(it.task == t for it in multi) for t in cfg.multi_phase_tasks}, "single_items": len(kept), "seconds": round(seconds, 1), "device": device_name(), "start": {"config_hash": before.get("config_hash"), "sha256": before.get("sha256")}},
-        "seconds": round(before.get("seconds", 0.0) + seconds, 1),
-        "device": device_name(),
-    }
+    meta = _phase_meta(
+        before, cfg, digest, seconds,
+        train_items=before.get("train_items", 0) + len(multi),
+        multi_phase={"steps": cfg.multi_phase_steps, "tasks": {t: sum(it.task == t for it in multi) for t in cfg.multi_phase_tasks}, "single_items": len(kept), "seconds": round(seconds, 1), "device": device_name(), "start": {"config_hash": before.get("config_hash"), "sha256": before.get("sha256")}},
+    )
     _save_base(trainer, processor, dest, meta)
     return seconds
 
