@@ -30,7 +30,7 @@ from .formats import IN_DOMAIN
 from .io import atomic_dir, write_json, write_jsonl
 from .items import Item, first_per_task, load_pool_items
 from .rewards import mirg_image, zhang_accuracy
-from .teacher import ENV_NAME, STYLES, ScriptedTeacher, Teacher, TeacherItem, box_in_frame, box_tokens
+from .teacher import ENV_NAME, STYLES, ScriptedTeacher, Teacher, TeacherItem, object_words, box_in_frame, box_tokens
 
 
 @dataclass
@@ -97,6 +97,20 @@ def rel1000_to_abs(text: str, size: tuple[int, int]) -> str:
     return _BOX_TOKENS.sub(sub, text)
 
 
+def answer_only(item: Item) -> str:
+    """The answer-only SFT target of ``item``: the data's own answer (``reference``). On the embedded world's
+    multi-image items (a drawn scene) the target is named first, as a grounded caption names it
+    (``<|object_ref_start|>the small red solid circle<|object_ref_end|>`` then the same box): the form the base
+    answers multi-image questions in; over bare boxes it kept the base's in-domain accuracy where bare boxes
+    halved it, and raised MIG-Bench (docs/log.md, 2026-12-05). Single-image answers stay bare, as the base
+    answers them (named, they lost 20 points of single-image grounding). Items of real data carry no scene:
+    their answers are the data's own."""
+    target = (item.scene or {}).get("target")
+    if not item.reference or len(item.images) < 2 or not isinstance(target, dict) or "shape" not in target:
+        return item.reference
+    return f"<|object_ref_start|>the {object_words(target)}<|object_ref_end|>{item.reference}"
+
+
 def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image_size: tuple[int, int] | None = None) -> list[bool]:
     """Right = IoU >= 0.5 (and, for the MIRG styles, the right image named). ``frame`` and
     ``image_size`` say how the replies' boxes are written (``abs``: pixels of an image seen at that size)."""
@@ -122,7 +136,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     later ones the bbox_id alone. The answer becomes the target's bbox_id and box.
     """
     from .parsing import parse_response
-    from .teacher import _desc, _reading_order
+    from .teacher import object_words, _reading_order
 
     parsed = parse_response(reply)
     if parsed.think is None or parsed.box is None:
@@ -133,7 +147,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     def find(img: int, desc: str) -> tuple[int, dict[str, Any]] | None:
         for i in [img] + [k for k in range(1, len(images) + 1) if k != img]:
             for j, o in enumerate(_reading_order(images[i - 1]), start=1):
-                if _desc(o) == desc:
+                if object_words(o) == desc:
                     return i, {"m": j, **o}
         return None
 
@@ -218,8 +232,8 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
                     tmp / "sft_mirg_reassembled.jsonl",
                     [dict(r, completion=reassemble(r["completion"], by_id[r["id"]].scene, cfg.frame)) for r in sft if by_id[r["id"]].scene is not None],
                 )
-        # the answer-only SFT baseline: the same kept items, the dataset's own answers, no reasoning
-        answers = [{"id": it.id, "task": it.task, "completion": it.reference} for it in items if it.id in kept_zhang]
+        # the answer-only SFT baseline: the same kept items, the dataset's own answers (:func:`answer_only`), no reasoning
+        answers = [{"id": it.id, "task": it.task, "completion": answer_only(it)} for it in items if it.id in kept_zhang]
         if cfg.frame == "abs":  # the dataset's answers are Qwen2-VL's 0-1000 boxes: rewrite them in pixels
             by_id = {it.id: it for it in items}
             answers = [dict(a, completion=rel1000_to_abs(a["completion"] or "", abs_size(by_id[a["id"]]))) for a in answers]

@@ -96,7 +96,7 @@ def json_box(vals: Sequence[float], label: str) -> str:
 # ------------------------------------------------------------------------------------------ scripted
 
 
-def _desc(o: dict[str, Any]) -> str:
+def object_words(o: dict[str, Any]) -> str:
     """An object named in full, as the base model's curriculum names it: "small red solid circle"."""
     return f"{SIZE_WORDS[o['size']]} {o['colour']} {o['pattern']} {o['shape']}"
 
@@ -162,7 +162,7 @@ class ScriptedTeacher:
             j for o, j in zip(imgs[answer_img - 1]["objects"], seen[answer_img - 1]["objects"], strict=True) if o == answer_obj
         )
         vals = box_in_frame(answer_obj["box"], imgs[answer_img - 1]["size"], self.frame, self.max_pixels)
-        label = _desc(answer_obj) if "shape" in answer_obj else "region"
+        label = object_words(answer_obj) if "shape" in answer_obj else "region"
         mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs)
         think = _reasoning(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
         if style == "answer":
@@ -234,14 +234,14 @@ class _Mentions:
 
     def caption(self, img: int, obj: dict[str, Any]) -> str:
         vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-        return f"<|object_ref_start|>the {_desc(obj)}<|object_ref_end|>{box_tokens(vals)}"
+        return f"<|object_ref_start|>the {object_words(obj)}<|object_ref_end|>{box_tokens(vals)}"
 
     def __call__(self, img: int, obj: dict[str, Any]) -> str:
         if self.style == "mirg_text":
-            return f"the {_desc(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
+            return f"the {object_words(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
         if self.style == "zhang":  # words, then the box as the answer's JSON writes it: the answer repeats it token for token
             vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-            return f"the {_desc(obj)}: " + json.dumps({"bbox_2d": list(vals)})
+            return f"the {object_words(obj)}: " + json.dumps({"bbox_2d": list(vals)})
         if self.style != "mirg_bbox":
             return self.caption(img, obj)
         bid = self.id_of(img, obj)
@@ -253,7 +253,7 @@ class _Mentions:
     def listing(self, img: int) -> str:
         """"Image N: " and every object of image N named in full, in reading order (as the base model's
         curriculum lists an image: ``world.tasks.list_image``)."""
-        return list_image(img, ["the " + _desc(o) for o in self.order(img)])
+        return list_image(img, ["the " + object_words(o) for o in self.order(img)])
 
 
 def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
@@ -272,9 +272,9 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: 
         if change == "add":
             what = f"in image 2, {m(img, obj)} is new; it is not in image 1"
         elif change == "remove" and before:
-            what = f"the {_desc(before)} of image 1 is missing from image 2; there it was at {m(img, obj)}"
+            what = f"the {object_words(before)} of image 1 is missing from image 2; there it was at {m(img, obj)}"
         elif before:
-            what = f"the {_desc(before)} of image 1 changed; in image 2 it is {m(img, obj)}"
+            what = f"the {object_words(before)} of image 1 changed; in image 2 it is {m(img, obj)}"
         else:
             what = f"{m(img, obj)} differs"
         return f"{listings} The difference: {what}."
