@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,21 @@ from mirg_lib.sft import SFTStageConfig  # noqa: E402
 from mirg_lib.teacher import object_words  # noqa: E402
 
 
+_JSON_ANSWER = re.compile(r'```json\n\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\], "label": "([^"]*)"\}\n```')
+_JSON_BOX = re.compile(r'\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\]\}')
+
+
+def in_box_tokens(text: str) -> str:
+    """Zhang et al.'s reply with Qwen2-VL's notation: each ``{"bbox_2d": [..]}`` as box tokens, the JSON answer
+    as a grounded caption (its label, then its box)."""
+    text = _JSON_ANSWER.sub(lambda m: f"<|object_ref_start|>the {m[5]}<|object_ref_end|><|box_start|>({m[1]},{m[2]}),({m[3]},{m[4]})<|box_end|>", text)
+    return _JSON_BOX.sub(lambda m: f"<|box_start|>({m[1]},{m[2]}),({m[3]},{m[4]})<|box_end|>", text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", choices=["answer", "zhang", "mirg_bbox"], default="answer", help="answer-only, or a recipe's reasoning (its prompt at training and scoring)")
+    ap.add_argument("--data", choices=["answer", "zhang", "zhang_tokens", "mirg_bbox"], default="answer",
+                    help="answer-only, or a recipe's reasoning (its prompt at training and scoring); zhang_tokens: Zhang's with every JSON box in Qwen2-VL's box tokens, the answer a grounded caption")
     ap.add_argument("--answers", choices=["bare", "named", "named_multi"], default="bare", help="answer-only: the pool's bare boxes, or the target named before its box (named_multi: on multi-image items only)")
     ap.add_argument("--lr", type=float, default=None, help="SFT learning rate (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -53,14 +66,16 @@ def main() -> None:
     cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)
-    rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data}.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data.removesuffix('_tokens')}.jsonl").read_text().splitlines()]
+    if args.data == "zhang_tokens":
+        rows = [dict(r, completion=in_box_tokens(r["completion"])) for r in rows]
     if args.data == "answer":  # the pool's own answers, or named (cot.answer_only: on multi-image items)
         pool = {it.id: it for it in load_pool_items(ddir / "train" / "mgrounding.json")}
         named = {"bare": lambda it: it.reference, "named_multi": answer_only,
                  "named": lambda it: f"<|object_ref_start|>the {object_words(it.scene['target'])}<|object_ref_end|>{it.reference}"}[args.answers]
         rows = [dict(r, completion=named(pool[r["id"]])) for r in rows]
-    prompt = {"answer": "plain", "zhang": "zhang", "mirg_bbox": "mirg"}[args.data]
-    cfg = stage_config(SFTStageConfig, params, "sft").for_variant(args.data)
+    prompt = {"answer": "plain", "zhang": "zhang", "zhang_tokens": "zhang", "mirg_bbox": "mirg"}[args.data]
+    cfg = stage_config(SFTStageConfig, params, "sft").for_variant(args.data.removesuffix("_tokens"))
     lr = args.lr if args.lr is not None else cfg.learning_rate
     cfg.prompt_recipe, cfg.learning_rate, cfg.seed = prompt, lr, args.seed
     if args.epochs:
