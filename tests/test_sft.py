@@ -77,3 +77,22 @@ def test_interrupted_lora_sft_resumes_with_its_adapter(rows, nano_checkpoint, tm
     assert [got[s] for s in (3, 4)] == pytest.approx([want[s] for s in (3, 4)], rel=1e-4)
     sw, sr = load_model(whole).state_dict(), load_model(resumed).state_dict()
     assert all(torch.allclose(sw[k], sr[k], atol=1e-5) for k in sw)
+
+
+def test_sft_lowers_the_loss_of_the_replies_it_trains_on(rows, nano_checkpoint, tmp_path):
+    """The stage does what it is for on a tiny run: after 20 steps the merged model gives the teacher's
+    replies (completion tokens only, as the trainer scores them) a lower loss than the base did (the nano
+    model starts near chance, ~6.2 nats a token, and this run takes ~0.27 off; an unmerged adapter takes none)."""
+    cfg = SFTStageConfig(per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=20, learning_rate=2e-2, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    trainer = make_trainer(cfg, nano_checkpoint, rows, tmp_path / "sft")
+    batch = trainer.data_collator([dict(r) for r in rows[:8]])
+
+    def loss(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss)
+
+    before = loss(load_model(nano_checkpoint))
+    trainer.train()
+    after = loss(load_model(save_merged(trainer, tmp_path / "stage1", {"stage": "sft"})))
+    assert before - after > 0.15, (before, after)
