@@ -32,7 +32,6 @@ from mirg_lib.paths import stage_dir  # noqa: E402
 from mirg_lib.sft import SFTStageConfig  # noqa: E402
 from mirg_lib.teacher import object_words  # noqa: E402
 
-
 _JSON_ANSWER = re.compile(r'```json\n\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\], "label": "([^"]*)"\}\n```')
 _JSON_BOX = re.compile(r'\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\]\}')
 
@@ -69,6 +68,9 @@ def main() -> None:
     rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data.removesuffix('_tokens')}.jsonl").read_text().splitlines()]
     if args.data == "zhang_tokens":
         rows = [dict(r, completion=in_box_tokens(r["completion"])) for r in rows]
+        left = [r["id"] for r in rows if "bbox_2d" in r["completion"]]
+        if left:
+            raise ValueError(f"{len(left)} replies keep a JSON box the rewrite does not read, e.g. {left[0]}")
     if args.data == "answer":  # the pool's own answers, or named (cot.answer_only: on multi-image items)
         pool = {it.id: it for it in load_pool_items(ddir / "train" / "mgrounding.json")}
         named = {"bare": lambda it: it.reference, "named_multi": answer_only,
@@ -80,7 +82,8 @@ def main() -> None:
     cfg.prompt_recipe, cfg.learning_rate, cfg.seed = prompt, lr, args.seed
     if args.epochs:
         cfg.num_train_epochs = args.epochs
-    tag = ("" if args.data == "answer" else f"{args.data}_") + f"{args.answers}_n{len(rows)}_lr{lr:g}_s{args.seed}_e{cfg.num_train_epochs:g}"
+    what = args.answers if args.data == "answer" else args.data
+    tag = f"{what}_{cot_dir.name.removeprefix('probe_cot_')}_n{len(rows)}_lr{lr:g}_s{args.seed}_e{cfg.num_train_epochs:g}"
     out = stage_dir("embedded", f"probe_sft_{tag}")
     sft_file = out.parent / f"probe_sft_{tag}.jsonl"
     write_jsonl(sft_file, rows)

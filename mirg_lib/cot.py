@@ -25,12 +25,21 @@ from typing import Any, Literal
 from PIL import Image
 
 from .boxes import Box, Frame, qwen25_resized_size
-from .config import config_hash
+from .config import versioned_digest
 from .formats import IN_DOMAIN
 from .io import atomic_dir, write_json, write_jsonl
 from .items import Item, first_per_task, load_pool_items
 from .rewards import mirg_image, zhang_accuracy
-from .teacher import ENV_NAME, STYLES, ScriptedTeacher, Teacher, TeacherItem, object_words, box_in_frame, box_tokens
+from .teacher import (
+    ENV_NAME,
+    STYLES,
+    ScriptedTeacher,
+    Teacher,
+    TeacherItem,
+    box_in_frame,
+    box_tokens,
+    object_words,
+)
 
 
 @dataclass
@@ -97,18 +106,24 @@ def rel1000_to_abs(text: str, size: tuple[int, int]) -> str:
     return _BOX_TOKENS.sub(sub, text)
 
 
-def answer_only(item: Item) -> str:
+# Enters the CoT stage's digest: bump it when :func:`answer_only` writes other targets for the same items.
+ANSWER_ONLY_FORM = 2
+
+
+def answer_only(item: Item) -> str | None:
     """The answer-only SFT target of ``item``: the data's own answer (``reference``). On the embedded world's
-    multi-image items (a drawn scene) the target is named first, as a grounded caption names it
-    (``<|object_ref_start|>the small red solid circle<|object_ref_end|>`` then the same box): the form the base
-    answers multi-image questions in; over bare boxes it kept the base's in-domain accuracy where bare boxes
-    halved it, and raised MIG-Bench (docs/log.md, 2026-12-05). Single-image answers stay bare, as the base
-    answers them (named, they lost 20 points of single-image grounding). Items of real data carry no scene:
-    their answers are the data's own."""
-    target = (item.scene or {}).get("target")
-    if not item.reference or len(item.images) < 2 or not isinstance(target, dict) or "shape" not in target:
-        return item.reference
-    return f"<|object_ref_start|>the {object_words(target)}<|object_ref_end|>{item.reference}"
+    multi-image items whose answer is one box, the object the answer is about is named first, as a grounded
+    caption names it (``<|object_ref_start|>the small red solid circle<|object_ref_end|>`` then the same box):
+    the drawn target, which for ``region`` is the object the crop is drawn around and for a ``diff`` removal
+    the object that was there. That is the form the base answers multi-image questions in; over bare boxes it
+    raised MIG-Bench where bare boxes halved the base's in-domain accuracy, and naming only the objects drawn
+    with exactly that box (leaving region and removal answers bare) lost the gain (docs/log.md, 2026-12-05).
+    Single-image answers stay bare, as the base answers them (named, they lost 20 points of single-image
+    grounding), and so do answers that are more than a box and every answer of real data (no drawn scene)."""
+    ref, target = item.reference, (item.scene or {}).get("target")
+    if not ref or len(item.images) < 2 or not isinstance(target, dict) or "shape" not in target or not _BOX_TOKENS.fullmatch(ref.strip()):
+        return ref
+    return f"<|object_ref_start|>the {object_words(target)}<|object_ref_end|>{ref}"
 
 
 def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image_size: tuple[int, int] | None = None) -> list[bool]:
@@ -136,7 +151,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     later ones the bbox_id alone. The answer becomes the target's bbox_id and box.
     """
     from .parsing import parse_response
-    from .teacher import object_words, _reading_order
+    from .teacher import _reading_order, object_words
 
     parsed = parse_response(reply)
     if parsed.think is None or parsed.box is None:
@@ -196,7 +211,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
     (id, task, completion), ``sft_answer.jsonl`` (the answer-only baseline on the same kept items),
     ``sft_mirg_reassembled.jsonl`` and ``table.json``."""
     out_dir = Path(out_dir)
-    digest = config_hash(cfg)
+    digest = versioned_digest({**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM})
     stamp = out_dir / "table.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())
