@@ -29,8 +29,8 @@ from mirg_lib.formats import IN_DOMAIN  # noqa: E402
 from mirg_lib.io import write_jsonl  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
-from mirg_lib.sft import SFTStageConfig  # noqa: E402
-from mirg_lib.teacher import object_words  # noqa: E402
+from mirg_lib.teacher import box_tokens, object_words  # noqa: E402
+from mirg_lib.world.tasks import object_ref  # noqa: E402
 
 _JSON_ANSWER = re.compile(r'```json\n\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\], "label": "([^"]*)"\}\n```')
 _JSON_BOX = re.compile(r'\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\]\}')
@@ -39,8 +39,8 @@ _JSON_BOX = re.compile(r'\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\]\}')
 def in_box_tokens(text: str) -> str:
     """Zhang et al.'s reply with Qwen2-VL's notation: each ``{"bbox_2d": [..]}`` as box tokens, the JSON answer
     as a grounded caption (its label, then its box)."""
-    text = _JSON_ANSWER.sub(lambda m: f"<|object_ref_start|>the {m[5]}<|object_ref_end|><|box_start|>({m[1]},{m[2]}),({m[3]},{m[4]})<|box_end|>", text)
-    return _JSON_BOX.sub(lambda m: f"<|box_start|>({m[1]},{m[2]}),({m[3]},{m[4]})<|box_end|>", text)
+    text = _JSON_ANSWER.sub(lambda m: object_ref(m[5]) + box_tokens(m.groups()[:4]), text)
+    return _JSON_BOX.sub(lambda m: box_tokens(m.groups()), text)
 
 
 def main() -> None:
@@ -65,7 +65,8 @@ def main() -> None:
     cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)
-    rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data.removesuffix('_tokens')}.jsonl").read_text().splitlines()]
+    variant = args.data.removesuffix("_tokens")  # the CoT stage's file and notebook 03's settings
+    rows = [json.loads(line) for line in (cot_dir / f"sft_{variant}.jsonl").read_text().splitlines()]
     if args.data == "zhang_tokens":
         rows = [dict(r, completion=in_box_tokens(r["completion"])) for r in rows]
         left = [r["id"] for r in rows if "bbox_2d" in r["completion"]]
@@ -74,12 +75,11 @@ def main() -> None:
     if args.data == "answer":  # the pool's own answers, or named (cot.answer_only: on multi-image items)
         pool = {it.id: it for it in load_pool_items(ddir / "train" / "mgrounding.json")}
         named = {"bare": lambda it: it.reference, "named_multi": answer_only,
-                 "named": lambda it: f"<|object_ref_start|>the {object_words(it.scene['target'])}<|object_ref_end|>{it.reference}"}[args.answers]
+                 "named": lambda it: object_ref(object_words(it.scene["target"])) + it.reference}[args.answers]
         rows = [dict(r, completion=named(pool[r["id"]])) for r in rows]
-    prompt = {"answer": "plain", "zhang": "zhang", "zhang_tokens": "zhang", "mirg_bbox": "mirg"}[args.data]
-    cfg = stage_config(SFTStageConfig, params, "sft").for_variant(args.data.removesuffix("_tokens"))
-    lr = args.lr if args.lr is not None else cfg.learning_rate
-    cfg.prompt_recipe, cfg.learning_rate, cfg.seed = prompt, lr, args.seed
+    cfg = pipeline.sft_config(params, variant)
+    prompt, lr = cfg.prompt_recipe, args.lr if args.lr is not None else cfg.learning_rate
+    cfg.learning_rate, cfg.seed = lr, args.seed
     if args.epochs:
         cfg.num_train_epochs = args.epochs
     what = args.answers if args.data == "answer" else args.data

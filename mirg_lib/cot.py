@@ -40,6 +40,7 @@ from .teacher import (
     box_tokens,
     object_words,
 )
+from .world.tasks import object_ref
 
 
 @dataclass
@@ -123,7 +124,7 @@ def answer_only(item: Item) -> str | None:
     ref, target = item.reference, (item.scene or {}).get("target")
     if not ref or len(item.images) < 2 or not isinstance(target, dict) or "shape" not in target or not _BOX_TOKENS.fullmatch(ref.strip()):
         return ref
-    return f"<|object_ref_start|>the {object_words(target)}<|object_ref_end|>{ref}"
+    return object_ref(object_words(target)) + ref
 
 
 def judge(style: str, replies: list[str], item: Item, frame: str = "auto", image_size: tuple[int, int] | None = None) -> list[bool]:
@@ -151,7 +152,7 @@ def reassemble(reply: str, scene: dict[str, Any], frame: str = "rel1000") -> str
     later ones the bbox_id alone. The answer becomes the target's bbox_id and box.
     """
     from .parsing import parse_response
-    from .teacher import _reading_order, object_words
+    from .teacher import _reading_order
 
     parsed = parse_response(reply)
     if parsed.think is None or parsed.box is None:

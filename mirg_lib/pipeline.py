@@ -85,8 +85,9 @@ def cot(params: Params):
         return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"))
 
 
-def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path:
-    """LoRA SFT of the base on ``sft_<variant>.jsonl`` (zhang, answer, mirg_text, mirg_bbox, mirg_reassembled)."""
+def sft_config(params: Params, variant: str = "zhang"):
+    """Section ``sft`` as one data variant trains with: its ``variants`` entry, and the prompt its examples are
+    asked with (the plain question for the answer-only data, MIRG-RL's for MIRG-RL's trajectories)."""
     from .sft import SFTStageConfig
 
     cfg = stage_config(SFTStageConfig, params, "sft").for_variant(variant)
@@ -94,6 +95,12 @@ def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path
         cfg.prompt_recipe = "plain"
     elif variant.startswith("mirg"):
         cfg.prompt_recipe = "mirg"
+    return cfg
+
+
+def sft(params: Params, variant: str = "zhang", name: str | None = None) -> Path:
+    """LoRA SFT of the base on ``sft_<variant>.jsonl`` (zhang, answer, mirg_text, mirg_bbox, mirg_reassembled)."""
+    cfg = sft_config(params, variant)
     sft_file = _need(stage_dir(params.profile, "cot") / f"sft_{variant}.jsonl", f"the {variant} SFT data (02_cot_filtering)")
     with stage(params.profile, f"sft_{name or variant}"):
         return train_sft(cfg, base_path(params), sft_file, data_dir(params), stage_dir(params.profile, f"sft_{name or variant}"), launch_config(params))

@@ -44,7 +44,7 @@ from .boxes import Box, Frame, qwen25_resized_size
 from .formats import ORDINAL_WORDS
 from .prompts import user_turn, with_suffix
 from .world.objects import SIZE_WORDS, reading_order_key
-from .world.tasks import list_image
+from .world.tasks import list_image, object_ref
 
 STYLES = ("zhang", "mirg_text", "mirg_bbox", "answer")
 
@@ -234,7 +234,7 @@ class _Mentions:
 
     def caption(self, img: int, obj: dict[str, Any]) -> str:
         vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-        return f"<|object_ref_start|>the {object_words(obj)}<|object_ref_end|>{box_tokens(vals)}"
+        return object_ref(object_words(obj)) + box_tokens(vals)
 
     def __call__(self, img: int, obj: dict[str, Any]) -> str:
         if self.style == "mirg_text":

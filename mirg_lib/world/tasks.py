@@ -145,11 +145,15 @@ class Sample:
         return tokens
 
 
+def object_ref(words: str) -> str:
+    """An object named as a grounded caption names it, before its box: ``<|object_ref_start|>the <words><|object_ref_end|>``."""
+    return f"<|object_ref_start|>the {words}<|object_ref_end|>"
+
+
 def grounded_caption(obj: Obj, size: tuple[int, int]) -> str:
     """Qwen-VL's grounded caption of one object: ``<|object_ref_start|>the small red striped circle<|object_ref_end|>``
     then its box tokens (0-1000) in an image of ``size`` (width, height) pixels."""
-    box = format_box_tokens(Box(*obj.box, frame=Frame.ABS, size=size))
-    return f"<|object_ref_start|>the {obj.describe()}<|object_ref_end|>{box}"
+    return object_ref(obj.describe()) + format_box_tokens(Box(*obj.box, frame=Frame.ABS, size=size))
 
 
 def in_reading_order(objs: list[Obj], size: tuple[int, int]) -> list[Obj]:
