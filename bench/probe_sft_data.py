@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,24 +28,14 @@ from mirg_lib.formats import IN_DOMAIN  # noqa: E402
 from mirg_lib.io import write_jsonl  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
-from mirg_lib.teacher import box_tokens, object_words  # noqa: E402
+from mirg_lib.teacher import object_words  # noqa: E402
 from mirg_lib.world.tasks import object_ref  # noqa: E402
-
-_JSON_ANSWER = re.compile(r'```json\n\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\], "label": "([^"]*)"\}\n```')
-_JSON_BOX = re.compile(r'\{"bbox_2d": \[(\d+), (\d+), (\d+), (\d+)\]\}')
-
-
-def in_box_tokens(text: str) -> str:
-    """Zhang et al.'s reply with Qwen2-VL's notation: each ``{"bbox_2d": [..]}`` as box tokens, the JSON answer
-    as a grounded caption (its label, then its box)."""
-    text = _JSON_ANSWER.sub(lambda m: object_ref(m[5]) + box_tokens(m.groups()[:4]), text)
-    return _JSON_BOX.sub(lambda m: box_tokens(m.groups()), text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", choices=["answer", "zhang", "zhang_tokens", "mirg_bbox"], default="answer",
-                    help="answer-only, or a recipe's reasoning (its prompt at training and scoring); zhang_tokens: Zhang's with every JSON box in Qwen2-VL's box tokens, the answer a grounded caption")
+    ap.add_argument("--data", choices=["answer", "zhang", "mirg_bbox"], default="answer",
+                    help="answer-only, or a recipe's reasoning (its prompt at training and scoring); zhang: in the profile's box notation")
     ap.add_argument("--answers", choices=["bare", "named", "named_multi"], default="bare", help="answer-only: the pool's bare boxes, or the target named before its box (named_multi: on multi-image items only)")
     ap.add_argument("--lr", type=float, default=None, help="SFT learning rate (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -65,13 +54,8 @@ def main() -> None:
     cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)
-    variant = args.data.removesuffix("_tokens")  # the CoT stage's file and notebook 03's settings
+    variant = args.data  # the CoT stage's file and notebook 03's settings
     rows = [json.loads(line) for line in (cot_dir / f"sft_{variant}.jsonl").read_text().splitlines()]
-    if args.data == "zhang_tokens":
-        rows = [dict(r, completion=in_box_tokens(r["completion"])) for r in rows]
-        left = [r["id"] for r in rows if "bbox_2d" in r["completion"]]
-        if left:
-            raise ValueError(f"{len(left)} replies keep a JSON box the rewrite does not read, e.g. {left[0]}")
     if args.data == "answer":  # the pool's own answers, or named (cot.answer_only: on multi-image items)
         pool = {it.id: it for it in load_pool_items(ddir / "train" / "mgrounding.json")}
         named = {"bare": lambda it: it.reference, "named_multi": answer_only,

@@ -136,7 +136,15 @@ def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | No
             close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{params.where}: unknown section {key!r}{hint}; known sections: {list(SECTIONS)}")
+    notations = {f"{s}.box_notation": (merged.get(s) or {}).get("box_notation", "json") for s in NOTATION_SECTIONS}
+    if len(set(map(str, notations.values()))) > 1:
+        raise ConfigError(f"{params.where}: the box notation differs between stages ({notations}): the teacher's replies, "
+                          "the prompts the SFT, rejection sampling, GRPO and evaluation ask with and the format reward must agree")
     return params
+
+
+# the sections that write or ask for Zhang et al.'s boxes: one notation for all of them
+NOTATION_SECTIONS = ("cot", "sft", "rejection", "grpo", "eval")
 
 
 def set_overrides(data: dict[str, Any], overrides: dict[str, Any], merge: bool = True) -> dict[str, Any]:

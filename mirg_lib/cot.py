@@ -59,6 +59,7 @@ class CotConfig:
     max_items_per_task: int = field(default=100, metadata={"help": "the first N pool items of each task (0: all)"})
     styles: list[str] = field(default_factory=lambda: ["zhang", "mirg_text", "mirg_bbox"], metadata={"help": "reply styles written: Zhang et al.'s CoT, MIRG-RL's text and bbox trajectories"})
     frame: Literal["rel1000", "abs"] = field(default="rel1000", metadata={"help": "the boxes' frame in the replies; abs: Qwen2.5-VL's pixel boxes"})
+    box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "Zhang et al.'s replies' boxes: json (the paper's, Qwen2.5-VL's) or tokens (Qwen2-VL's box tokens)"})
     max_new_tokens: int = field(default=512, metadata={"help": "local and openai teachers: tokens per sample"})
     batch_size: int = field(default=8, metadata={"help": "local teacher: prompts per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -76,16 +77,16 @@ class CotConfig:
 
 def make_teacher(cfg: CotConfig) -> Teacher:
     if cfg.teacher == "scripted":
-        return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed)
+        return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed, notation=cfg.box_notation)
     if cfg.teacher == "local":
         from .teacher import LocalVLMTeacher
 
-        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, notation=cfg.box_notation)
     from .teacher import OpenAITeacher
 
     if not cfg.base_url:
         raise ValueError("cot.teacher 'openai' needs cot.base_url")
-    return OpenAITeacher(cfg.base_url, cfg.teacher_model, api_key_env=cfg.api_key_env, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
+    return OpenAITeacher(cfg.base_url, cfg.teacher_model, api_key_env=cfg.api_key_env, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, notation=cfg.box_notation)
 
 
 def abs_size(item: Item) -> tuple[int, int]:

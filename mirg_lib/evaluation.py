@@ -26,6 +26,7 @@ class EvalConfig:
     """Section ``eval`` of the params."""
 
     prompt: Literal["plain", "zhang", "mirg"] = field(default="zhang", metadata={"help": "the recipe's prompt the model is asked with"})
+    box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "the boxes Zhang et al.'s prompt asks for: json (the paper's) or tokens (Qwen2-VL's); as cot.box_notation"})
     max_new_tokens: int = field(default=256, metadata={"help": "greedy tokens per answer"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
     max_items_per_task: int = field(default=0, metadata={"help": "the first N items of each MIG-Bench task (0: all); the single-image test is scored whole"})
@@ -61,7 +62,7 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     rows = []
     for start in tqdm(range(0, len(records), cfg.batch_size), desc=f"evaluating {bench_file.name}", mininterval=5):
         chunk = records[start : start + cfg.batch_size]
-        msgs = [user_turn(len(r.images), with_suffix(r.question, cfg.prompt)) for r in chunk]
+        msgs = [user_turn(len(r.images), with_suffix(r.question, cfg.prompt, cfg.box_notation)) for r in chunk]
         imgs = [[Image.open(bench_file.parent / p).convert("RGB") for p in r.images] for r in chunk]
         replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         for r, reply, ims in zip(chunk, replies, imgs, strict=True):

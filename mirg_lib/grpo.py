@@ -5,12 +5,17 @@ MIRG-RL: format + image + object, 1.0 each. LoRA on the language model only (see
 :data:`mirg_lib.models.LANGUAGE_LORA_TARGETS`); the result is merged into a full checkpoint so the next
 stage loads it like any other.
 
+The rewards read each rollout as the evaluation reads a reply (:func:`as_written`): its token ids decoded
+with the special tokens kept, where trl hands them a decoding that drops Qwen2-VL's box and object tokens.
+
 Every log line of the trainer (reward components, KL, completion length, ...) goes to
 ``train_log.jsonl`` beside the checkpoint, which the plots read later.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +24,7 @@ from PIL import Image
 
 from .items import Item
 from .prompts import user_turn, with_suffix
-from .rewards import RECIPE_REWARDS, get_rewards
+from .rewards import RECIPE_REWARDS, RewardFunc, get_rewards
 from .trainers import (
     JsonlLogCallback,
     common_args,
@@ -48,6 +53,7 @@ class GRPOStageConfig:
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     box_frame: Literal["rel1000", "abs", "rel1", "auto"] = field(default="rel1000", metadata={"help": "how rollouts' boxes are read; abs: Qwen2.5-VL's pixel boxes"})
+    box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "Zhang et al.'s boxes the prompt asks for and the format reward wants: json (the paper's) or tokens (Qwen2-VL's)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
     logging_steps: int = field(default=1, metadata={"help": "steps between log lines"})
@@ -77,8 +83,9 @@ class GRPOStageConfig:
         get_rewards(self.rewards)  # validates names and weights
 
 
-def grpo_rows(items: list[Item], recipe: str, box_frame: str, processor=None) -> list[dict[str, Any]]:
-    """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth.
+def grpo_rows(items: list[Item], recipe: str, box_frame: str, processor=None, notation: str = "json") -> list[dict[str, Any]]:
+    """Dataset rows: a conversational prompt with one image entry per image, the images, the ground truth,
+    and ``box_notation`` (the boxes the prompt asks for, which ``rewards.zhang_format`` wants).
 
     With ``box_frame: abs`` (Qwen2.5-VL writes boxes in pixels of the image it sees, after the
     processor's resize) each row also carries ``image_size``, the target image's size as the model sees
@@ -92,11 +99,12 @@ def grpo_rows(items: list[Item], recipe: str, box_frame: str, processor=None) ->
     for it in items:
         images = [Image.open(p).convert("RGB") for p in it.images]
         row = {
-            "prompt": user_turn(len(images), with_suffix(it.question, recipe)),
+            "prompt": user_turn(len(images), with_suffix(it.question, recipe, notation)),
             "images": images,
             "answer": list(it.answer),
             "target_image": it.target_image,
             "box_frame": box_frame,
+            "box_notation": notation,
             "task": it.task,
         }
         if box_frame == "abs":
@@ -126,6 +134,23 @@ def vllm_args(cfg: GRPOStageConfig) -> dict[str, Any]:
     return args
 
 
+def as_written(func: RewardFunc, tokenizer) -> RewardFunc:
+    """``func`` reading each completion as the policy wrote it: trl decodes rollouts with
+    ``skip_special_tokens=True``, which turns Qwen2-VL's ``<|object_ref_start|>the x<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>``
+    into ``the x(1,2),(3,4)``; this decodes trl's ``completion_ids`` with the special tokens kept and cut at
+    the end marker, as :func:`generation.generate_batch` gives the evaluation and rejection sampling their
+    replies. Without ``completion_ids`` the completions are passed as they are."""
+    from .generation import clean_reply
+
+    @functools.wraps(func)
+    def reward(completions: Sequence, completion_ids: Sequence[Sequence[int]] | None = None, **kwargs):
+        if completion_ids is not None:
+            completions = [clean_reply(t) for t in tokenizer.batch_decode([list(ids) for ids in completion_ids], skip_special_tokens=False)]
+        return func(completions, completion_ids=completion_ids, **kwargs)
+
+    return reward
+
+
 def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item], output_dir: Path, use_cpu: bool | None = None, log_path: Path | None = None, model=None):
     """A ready trl ``GRPOTrainer`` (LoRA on the LLM) for ``items``; ``model``: an already loaded model (the
     processor is still read from ``model_path``), e.g. bench/grpo_step.py's randomly initialised 7B."""
@@ -139,6 +164,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     funcs, weights = get_rewards(cfg.rewards)
     vllm = vllm_args(cfg)
     processor = load_processor(model_path)
+    funcs = [as_written(f, processor.tokenizer) for f in funcs]
     if model is None:
         model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
@@ -164,7 +190,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         model=model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame, processor)),
+        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame, processor, cfg.box_notation)),
         processing_class=processor,
         peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         callbacks=[log.callback],

@@ -39,6 +39,7 @@ class RejectionConfig:
     max_items_per_task: int = field(default=0, metadata={"help": "the first N pool items of each task not used for CoT SFT (0: all)"})
     recipe: Literal["zhang", "mirg"] = field(default="zhang", metadata={"help": "the prompt and reply form sampled"})
     frame: Literal["auto", "rel1000", "abs"] = field(default="auto", metadata={"help": "how replies' boxes are read; abs: Qwen2.5-VL's pixel boxes"})
+    box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "the boxes Zhang et al.'s prompt asks for: json (the paper's) or tokens (Qwen2-VL's); as cot.box_notation"})
     enabled: bool = field(default=True, metadata={"help": "false: keep every item (the papers' w/o rejection sampling row)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
@@ -78,7 +79,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
         for start in tqdm(range(0, len(items), per_call), desc="rejection sampling", mininterval=5):
             chunk = items[start : start + per_call]
             images = [[Image.open(p).convert("RGB") for p in it.images] for it in chunk]
-            msgs = [user_turn(len(imgs), with_suffix(it.question, cfg.recipe)) for it, imgs in zip(chunk, images, strict=True)]
+            msgs = [user_turn(len(imgs), with_suffix(it.question, cfg.recipe, cfg.box_notation)) for it, imgs in zip(chunk, images, strict=True)]
             replies = generate_batch(
                 model, processor, [m for m in msgs for _ in range(cfg.k)], [im for im in images for _ in range(cfg.k)],
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed + start,

@@ -8,14 +8,16 @@ columns as keyword arguments, and returns one float per completion. Columns read
 * ``box_frame``    -- optional, the frame the policy writes boxes in: ``rel1000`` (Qwen2-VL),
   ``abs`` (Qwen2.5-VL, pixels of its resized input; needs ``image_size``), ``rel1``, or ``auto``
   (Migician's rule: values above 1 are 0-1000). Default ``auto``;
-* ``image_size``   -- ``[width, height]`` of the target image as the model saw it (``abs`` only).
+* ``image_size``   -- ``[width, height]`` of the target image as the model saw it (``abs`` only);
+* ``box_notation`` -- optional, the box notation Zhang et al.'s format reward wants: ``json`` (the
+  paper's ``{"bbox_2d": [..]}``, the default) or ``tokens`` (Qwen2-VL's ``<|box_start|>..<|box_end|>``).
 
 Any model output, however broken or long, gets a number, in time linear in its length (see
 :mod:`mirg_lib.parsing`): degenerate, inverted, out-of-image and non-finite boxes score 0, and nothing
 raises. A missing *dataset column* is a configuration error and does raise.
 
 Zhang et al.: ``r = 1.0 * IoU + 0.5 * format`` (format: ``<think>..</think><answer>..</answer>`` with a
-JSON ``bbox_2d`` box in the answer). MIRG-RL: ``r = r_fmt + r_img + r_obj``.
+JSON ``bbox_2d`` box in the answer, or box tokens for a Qwen2-VL policy). MIRG-RL: ``r = r_fmt + r_img + r_obj``.
 """
 
 from __future__ import annotations
@@ -94,12 +96,18 @@ def zhang_accuracy(completions: Sequence[Any], **kwargs: Any) -> list[float]:
 
 
 def zhang_format(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """1 when the reply is ``<think>..</think><answer>..</answer>`` and the answer holds a JSON
-    ``{"bbox_2d": [x1, y1, x2, y2]}`` box with finite, ordered corners; else 0."""
+    """1 when the reply is ``<think>..</think><answer>..</answer>`` and the answer's box, with finite,
+    ordered corners, is in the row's ``box_notation``: a JSON ``{"bbox_2d": [x1, y1, x2, y2]}`` (``json``,
+    the default) or ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` (``tokens``); else 0."""
+    n = len(completions)
+    notations = _column(kwargs, "box_notation", n, "json")
     out = []
-    for comp in completions:
+    for comp, notation in zip(completions, notations, strict=True):
         p = parse_response(completion_text(comp))
-        ok = p.well_formed and p.answer is not None and p.json_box
+        want = {"json": "json", "tokens": "box_tokens"}.get(notation)
+        if want is None:
+            raise ValueError(f"dataset column 'box_notation' must be json or tokens, got {notation!r:.40}")
+        ok = p.well_formed and p.answer is not None and p.box is not None and p.box.kind == want
         if ok:
             x1, y1, x2, y2 = p.box.values  # type: ignore[union-attr]
             ok = all(math.isfinite(v) for v in (x1, y1, x2, y2)) and x2 > x1 and y2 > y1

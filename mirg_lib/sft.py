@@ -49,6 +49,7 @@ class SFTStageConfig:
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     prompt_recipe: Literal["zhang", "mirg", "plain"] = field(default="zhang", metadata={"help": "the recipe's prompt the examples are asked with"})
+    box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "the boxes Zhang et al.'s prompt asks for: json (the paper's) or tokens (Qwen2-VL's); as cot.box_notation"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
     logging_steps: int = field(default=5, metadata={"help": "steps between log lines"})
@@ -63,15 +64,15 @@ class SFTStageConfig:
         return overlay(self, "variants", variant, f"sft.variants.{variant}")
 
 
-def sft_rows(items: list[Item], completions: list[str], recipe: str) -> list[dict[str, Any]]:
-    """Conversational prompt/completion rows with the images."""
+def sft_rows(items: list[Item], completions: list[str], recipe: str, notation: str = "json") -> list[dict[str, Any]]:
+    """Conversational prompt/completion rows with the images (``notation``: the boxes Zhang et al.'s prompt asks for)."""
     if len(items) != len(completions):
         raise ValueError(f"{len(items)} items but {len(completions)} completions")
     rows = []
     for it, completion in zip(items, completions, strict=True):
         rows.append(
             {
-                "prompt": user_turn(len(it.images), with_suffix(it.question, recipe)),
+                "prompt": user_turn(len(it.images), with_suffix(it.question, recipe, notation)),
                 "completion": [{"role": "assistant", "content": [{"type": "text", "text": completion}]}],
                 "images": [Image.open(p).convert("RGB") for p in it.images],
             }
@@ -148,7 +149,7 @@ def run_sft(cfg: SFTStageConfig, base_path: str | Path, sft_file: str | Path, da
         return final
     wanted = [json.loads(line) for line in sft_file.read_text().splitlines() if line.strip()]
     items = pool_items(data_dir, [w["id"] for w in wanted], str(sft_file))
-    trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
+    trainer = make_trainer(cfg, base_path, sft_rows(items, [w["completion"] for w in wanted], cfg.prompt_recipe, cfg.box_notation), out_dir / "trainer", log_path=out_dir / "train_log.jsonl")
     train_resuming(trainer, out_dir / "trainer", digest)
     save_merged(trainer, final, meta)
     return final

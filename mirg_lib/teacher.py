@@ -12,6 +12,8 @@
 Answer formats written (``style``):
 
 * ``zhang``     -- ``<think>..</think><answer>```json\\n{"bbox_2d": [...], "label": ".."}\\n```</answer>``
+  (``notation="json"``, the paper's, Qwen2.5-VL's), or with Qwen2-VL's box tokens (``notation="tokens"``:
+  ``<answer><|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|></answer>``)
 * ``mirg_text`` -- MIRG-RL "reasoning only": objects named in words, the answer names the image
 * ``mirg_bbox`` -- MIRG-RL "reasoning with image indices and boxes": every object as
   ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>obj<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``,
@@ -42,7 +44,7 @@ from PIL import Image
 
 from .boxes import Box, Frame, qwen25_resized_size
 from .formats import ORDINAL_WORDS
-from .prompts import user_turn, with_suffix
+from .prompts import check_notation, user_turn, with_suffix
 from .world.objects import SIZE_WORDS, reading_order_key
 from .world.tasks import list_image, object_ref
 
@@ -123,6 +125,10 @@ class ScriptedTeacher:
     box_jitter: float = 0.03  # fraction of the box size: a teacher's boxes are never pixel-exact
     seed: int = 0
     max_pixels: int | None = None
+    notation: str = "json"  # Zhang et al.'s replies: JSON boxes (the paper's) or Qwen2-VL's box tokens
+
+    def __post_init__(self) -> None:
+        check_notation(self.notation)
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
         if style not in STYLES:
@@ -163,13 +169,14 @@ class ScriptedTeacher:
         )
         vals = box_in_frame(answer_obj["box"], imgs[answer_img - 1]["size"], self.frame, self.max_pixels)
         label = object_words(answer_obj) if "shape" in answer_obj else "region"
-        mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs)
+        mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs, notation=self.notation)
         think = _reasoning(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
         if style == "answer":
             prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
             return prefix + box_tokens(vals)
         if style == "zhang":
-            return f"<think>{think}</think><answer>{json_box(vals, label)}</answer>"
+            answer = json_box(vals, label) if self.notation == "json" else object_ref(label) + box_tokens(vals)
+            return f"<think>{think}</think><answer>{answer}</answer>"
         if style == "mirg_text":
             return f"<think>{think}</think><answer>It is in the {ORDINAL_WORDS[answer_img - 1]} image. {box_tokens(vals)}</answer>"
         return f"<think>{think}</think><answer><bbox_id>[{mentions.id_of(answer_img, answer_obj)}]</bbox_id>{box_tokens(vals)}</answer>"
@@ -209,16 +216,16 @@ def _where(box: Sequence[float], size: Sequence[int]) -> str:
 
 
 class _Mentions:
-    """How a reasoning names an object of image N, by style: ``zhang`` named in full, then its box in the JSON
-    of Zhang et al.'s answers (``the small red solid circle: {"bbox_2d": [x1, y1, x2, y2]}``), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
+    """How a reasoning names an object of image N, by style: ``zhang`` named in full, then its box as the
+    answer writes it (``the small red solid circle: {"bbox_2d": [x1, y1, x2, y2]}``, or box tokens), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
     first mention and the bbox_id alone after (M: the object's place in image N's reading order),
     ``mirg_text`` in words with a coarse place. :meth:`listing` reads out every object of an image in words,
     the same in every style."""
 
-    def __init__(self, images: list[dict[str, Any]], style: str, frame: str, max_pixels: int | None, exact: list[dict[str, Any]] | None = None):
+    def __init__(self, images: list[dict[str, Any]], style: str, frame: str, max_pixels: int | None, exact: list[dict[str, Any]] | None = None, notation: str = "json"):
         """``images``: the scene's images with the boxes to write; ``exact``: the same with the true boxes (the
-        reading order's)."""
-        self.images, self.style, self.frame, self.max_pixels = images, style, frame, max_pixels
+        reading order's); ``notation``: the ``zhang`` style's boxes (``json`` or ``tokens``)."""
+        self.images, self.style, self.frame, self.max_pixels, self.notation = images, style, frame, max_pixels, notation
         self.exact = exact or images
         self.seen: set[str] = set()
 
@@ -239,9 +246,9 @@ class _Mentions:
     def __call__(self, img: int, obj: dict[str, Any]) -> str:
         if self.style == "mirg_text":
             return f"the {object_words(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
-        if self.style == "zhang":  # words, then the box as the answer's JSON writes it: the answer repeats it token for token
+        if self.style == "zhang":  # words, then the box as the answer writes it: the answer repeats it token for token
             vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-            return f"the {object_words(obj)}: " + json.dumps({"bbox_2d": list(vals)})
+            return f"the {object_words(obj)}: " + (json.dumps({"bbox_2d": list(vals)}) if self.notation == "json" else box_tokens(vals))
         if self.style != "mirg_bbox":
             return self.caption(img, obj)
         bid = self.id_of(img, obj)
@@ -310,9 +317,9 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: 
 # ---------------------------------------------------------------------------------------- real VLMs
 
 
-def _prompt(question: str, style: str) -> str:
-    """A real teacher is asked with Zhang et al.'s prompt for every reasoning style."""
-    return with_suffix(question, "plain" if style == "answer" else "zhang")
+def _prompt(question: str, style: str, notation: str = "json") -> str:
+    """A real teacher is asked with Zhang et al.'s prompt for every reasoning style, its boxes in ``notation``."""
+    return with_suffix(question, "plain" if style == "answer" else "zhang", notation)
 
 
 @dataclass
@@ -328,12 +335,14 @@ class LocalVLMTeacher:
     batch_size: int = 8
     device: str | None = None
     seed: int | None = 0
+    notation: str = "json"  # the boxes the prompt asks for (NOTATIONS)
 
     def __post_init__(self) -> None:
         import torch
 
         from .models import load_model, load_processor
 
+        check_notation(self.notation)
         device = self.device or ("cuda" if torch.cuda.is_available() else None)
         self.model = load_model(self.model_path, device=device)
         self.processor = load_processor(self.model_path)
@@ -345,7 +354,7 @@ class LocalVLMTeacher:
         for it in items:
             images = [Image.open(p).convert("RGB") for p in it.images]
             for _ in range(n_samples):
-                msgs.append(user_turn(len(images), _prompt(it.question, style)))
+                msgs.append(user_turn(len(images), _prompt(it.question, style, self.notation)))
                 imgs.append(images)
         texts = generate_batch(
             self.model, self.processor, msgs, imgs, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -439,9 +448,11 @@ class OpenAITeacher:
     temperature: float = 0.7
     max_tokens: int = 512
     timeout: float = 120.0
+    notation: str = "json"  # the boxes the prompt asks for (NOTATIONS)
     api_key: InitVar[str | None] = None
 
     def __post_init__(self, api_key: str | None) -> None:
+        check_notation(self.notation)
         key = api_key if api_key is not None else api_key_from_env(self.api_key_env)
         self._key = _Secret(key) if key else None
         self._opener = urllib.request.build_opener(_RefuseRedirect)
@@ -457,7 +468,7 @@ class OpenAITeacher:
             Image.open(p).convert("RGB").save(buf, format="PNG")
             url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
             content.append({"type": "image_url", "image_url": {"url": url}})
-        content.append({"type": "text", "text": _prompt(it.question, style)})
+        content.append({"type": "text", "text": _prompt(it.question, style, self.notation)})
         return [{"role": "user", "content": content}]
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:

@@ -155,3 +155,28 @@ def test_reproduce_checks_every_section_before_the_first_notebook(tmp_path, monk
     with pytest.raises(ConfigError, match=r"\[eval\].batch_size: expected an integer"):
         notebooks.reproduce("smoke", overrides={"eval.batch_size": "many"})
     assert ran == []
+
+
+def test_the_stages_box_notations_must_agree():
+    """The teacher's replies, the prompts of SFT, rejection sampling, GRPO and evaluation and the format reward
+    use one box notation: a profile that mixes them is refused, naming the settings."""
+    from mirg_lib.config import NOTATION_SECTIONS
+
+    params = load_params("embedded")
+    assert {s: params.data[s]["box_notation"] for s in NOTATION_SECTIONS} == dict.fromkeys(NOTATION_SECTIONS, "tokens")
+    assert all(getattr(stage_config(cls, params, s), "box_notation") == "tokens" for cls, s in _notation_configs())
+    with pytest.raises(ConfigError, match=r"box notation differs.*sft.box_notation': 'json'"):
+        load_params("embedded", {"sft.box_notation": "json"})
+    assert load_params("smoke", {f"{s}.box_notation": "tokens" for s in NOTATION_SECTIONS}).data["eval"]["box_notation"] == "tokens"
+    with pytest.raises(ConfigError, match="box notation differs"):
+        load_params("smoke", {"eval.box_notation": "tokens"})
+
+
+def _notation_configs():
+    from mirg_lib.cot import CotConfig
+    from mirg_lib.evaluation import EvalConfig
+    from mirg_lib.grpo import GRPOStageConfig
+    from mirg_lib.rejection import RejectionConfig
+    from mirg_lib.sft import SFTStageConfig
+
+    return [(CotConfig, "cot"), (SFTStageConfig, "sft"), (RejectionConfig, "rejection"), (GRPOStageConfig, "grpo"), (EvalConfig, "eval")]

@@ -6,7 +6,7 @@ import json
 import torch
 
 from mirg_lib import rewards as rewards_mod
-from mirg_lib.grpo import GRPOStageConfig, grpo_rows, make_trainer
+from mirg_lib.grpo import GRPOStageConfig, as_written, grpo_rows, make_trainer
 from mirg_lib.items import load_pool_items
 from mirg_lib.models import lora_modules
 
@@ -23,7 +23,10 @@ def test_rows_are_multi_image_conversations(smoke_world):
         assert sum(c["type"] == "image" for c in content) == len(row["images"]) == len(it.images)
         assert row["target_image"] == it.target_image and len(row["answer"]) == 4
         assert "First output the thinking process" in content[-1]["text"]
+        assert row["box_notation"] == "json" and "JSON format" in content[-1]["text"]
     assert max(len(r["images"]) for r in rows) >= 3
+    tokens = grpo_rows(items[:2], "zhang", "rel1000", notation="tokens")
+    assert all(r["box_notation"] == "tokens" and "<|box_start|>(x1,y1),(x2,y2)<|box_end|>" in r["prompt"][0]["content"][-1]["text"] for r in tokens)
 
 
 def test_one_grpo_step_changes_only_language_lora_weights(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
@@ -109,3 +112,27 @@ def test_vllm_switch_names_the_install_when_vllm_is_missing(smoke_world, nano_ch
 
     args = GRPOConfig(output_dir=str(tmp_path / "a"), use_cpu=True, per_device_train_batch_size=2, num_generations=2, **vllm_args(server))
     assert args.use_vllm and args.vllm_mode == "server" and args.vllm_server_port == 8123
+
+
+def test_the_rewards_read_rollouts_with_qwen2_vls_box_tokens_kept(nano_checkpoint, smoke_world, tmp_path):
+    """trl decodes rollouts without special tokens, which strips Qwen2-VL's box and object tokens: the format
+    reward of a box-token policy would be 0 on every rollout. The trainer's rewards read the token ids as the
+    policy wrote them, cut at the end marker, as the evaluation does."""
+    from mirg_lib.models import load_processor
+    from mirg_lib.rewards import zhang_format
+
+    tok = load_processor(nano_checkpoint).tokenizer
+    reply = "<think>It is the x.</think><answer><|object_ref_start|>the x<|object_ref_end|><|box_start|>(100,200),(300,400)<|box_end|></answer>"
+    ids = [tok(reply + "<|im_end|>", add_special_tokens=False)["input_ids"], tok("no box<|im_end|>", add_special_tokens=False)["input_ids"]]
+    trl_text = tok.batch_decode(ids, skip_special_tokens=True)
+    assert "<|box_start|>" not in trl_text[0]
+    kw = {"box_notation": ["tokens"] * 2}
+    assert zhang_format(trl_text, **kw) == [0.0, 0.0]
+    wrapped = as_written(zhang_format, tok)
+    assert wrapped.__name__ == "zhang_format"  # trl logs rewards/<name>/mean
+    assert wrapped(trl_text, completion_ids=ids, **kw) == [1.0, 0.0]
+    assert wrapped([reply], **{"box_notation": ["tokens"]}) == [1.0]  # no ids: the completions as given
+    cfg = GRPOStageConfig(num_generations=2, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=4, max_steps=1, box_notation="tokens")
+    trainer = make_trainer(cfg, nano_checkpoint, _items(smoke_world)[:2], tmp_path / "g")
+    assert [f.__name__ for f in trainer.reward_funcs] == ["zhang_accuracy", "zhang_format"]
+    assert trainer.reward_funcs[1](trl_text, completion_ids=ids, **kw) == [1.0, 0.0]

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from mirg_lib.prompts import STYLES, ZHANG_SUFFIX, build_messages, build_question
+from mirg_lib.prompts import STYLES, ZHANG_SUFFIX, ZHANG_TOKENS_SUFFIX, build_messages, build_question
 
 
 def _box_strings(info):
@@ -33,3 +33,14 @@ def test_styles(real_mig):
     assert [c["type"] for c in msgs[0]["content"]] == ["image"] * len(r.images) + ["text"]
     with pytest.raises(ValueError, match="unknown prompt style"):
         build_question(r, "fancy")
+
+
+def test_the_box_notation_changes_only_zhangs_box_sentence(real_mig):
+    r = real_mig[0]
+    tokens = build_question(r, "zhang", "tokens")
+    assert tokens == r.question.strip() + ZHANG_TOKENS_SUFFIX and "JSON" not in tokens and "<|box_start|>(x1,y1),(x2,y2)<|box_end|>" in tokens
+    assert ZHANG_TOKENS_SUFFIX.split("tags.")[0] == ZHANG_SUFFIX.split("tags.")[0]
+    for style in ("plain", "mirg", "migician"):
+        assert build_question(r, style, "tokens") == build_question(r, style)
+    with pytest.raises(ValueError, match="unknown box notation"):
+        build_question(r, "zhang", "xml")

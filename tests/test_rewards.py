@@ -48,6 +48,17 @@ def test_zhang_exact_values():
     assert total[0] == pytest.approx(1.5) and total[1] == pytest.approx(1.0) and total[3] == pytest.approx(1.0)
 
 
+def test_the_format_reward_wants_the_rows_box_notation():
+    tokens = "<think>a</think><answer><|object_ref_start|>the x<|object_ref_end|><|box_start|>(200,200),(600,600)<|box_end|></answer>"
+    bare = "<think>a</think><answer>(200,200),(600,600)</answer>"
+    comps = [zhang([200, 200, 600, 600]), tokens, bare, tokens.replace("(600,600)", "(100,600)")]
+    assert zhang_format(comps, answer=[GT] * 4) == [1.0, 0.0, 0.0, 0.0]  # default: the paper's JSON
+    assert zhang_format(comps, answer=[GT] * 4, box_notation=["tokens"] * 4) == [0.0, 1.0, 0.0, 0.0]
+    assert zhang_accuracy(comps[:3], answer=[GT] * 3, box_notation=["tokens"] * 3) == pytest.approx([1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="box_notation"):
+        zhang_format(comps[:1], answer=[GT], box_notation=["xml"])
+
+
 def test_frames_from_the_dataset():
     comps = [zhang([64, 64, 192, 192])]  # pixels of a 320x320 resized input (Qwen2.5-VL)
     assert zhang_accuracy(comps, answer=[GT], box_frame=["abs"], image_size=[[320, 320]])[0] == pytest.approx(1.0)

@@ -71,6 +71,28 @@ def test_the_reasoning_reads_the_images_out_then_answers_with_a_box_it_wrote(smo
                 assert "<|box_start|>" not in think
 
 
+def test_zhang_replies_in_box_tokens_repeat_the_reasoning_box_as_a_grounded_caption(smoke_world):
+    """notation="tokens": every box Zhang et al.'s reply writes is Qwen2-VL's box tokens, the answer is the target
+    named then the box the reasoning last wrote, and the tokens-notation format reward is full; the default is
+    the paper's JSON, unchanged (the base model's curriculum reads it)."""
+    import re
+
+    items, rows = _items(smoke_world)
+    replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0, notation="tokens").answer(items, 1, "zhang")
+    flat = [rs[0] for rs in replies]
+    kw = {"answer": [row["answer"] for row in rows], "box_notation": ["tokens"] * len(flat)}
+    assert total_reward(RECIPE_REWARDS["zhang"], flat, **kw) == pytest.approx([1.5] * len(flat), abs=0.03)
+    for r in flat:
+        assert "bbox_2d" not in r and "```" not in r, r
+        think, answer = parse_response(r).think, r.split("<answer>")[1]
+        written = re.findall(r"<\|box_start\|>[^<]*<\|box_end\|>", think)[-1]
+        assert re.fullmatch(r"<\|object_ref_start\|>the [a-z -]+<\|object_ref_end\|>" + re.escape(written) + "</answer>", answer), r
+    json_replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0).answer(items, 1, "zhang")
+    assert all('```json\n{"bbox_2d": [' in rs[0] and "<|box_start|>" not in rs[0] for rs in json_replies)
+    with pytest.raises(ValueError, match="unknown box notation"):
+        ScriptedTeacher(notation="xml")
+
+
 def test_error_rate_is_honoured_and_deterministic(smoke_world):
     items, rows = _items(smoke_world)
     teacher = ScriptedTeacher(error_rate=0.5, seed=3)
