@@ -164,7 +164,7 @@ def test_the_stages_box_notations_must_agree():
 
     params = load_params("embedded")
     assert {s: params.data[s]["box_notation"] for s in NOTATION_SECTIONS} == dict.fromkeys(NOTATION_SECTIONS, "tokens")
-    assert all(getattr(stage_config(cls, params, s), "box_notation") == "tokens" for cls, s in _notation_configs())
+    assert all(stage_config(cls, params, s).box_notation == "tokens" for cls, s in _notation_configs())
     with pytest.raises(ConfigError, match=r"box notation differs.*sft.box_notation': 'json'"):
         load_params("embedded", {"sft.box_notation": "json"})
     assert load_params("smoke", {f"{s}.box_notation": "tokens" for s in NOTATION_SECTIONS}).data["eval"]["box_notation"] == "tokens"
