@@ -13,7 +13,7 @@ Answer formats written (``style``):
 
 * ``zhang``     -- ``<think>..</think><answer>```json\\n{"bbox_2d": [...], "label": ".."}\\n```</answer>``
   (``notation="json"``, the paper's, Qwen2.5-VL's), or with Qwen2-VL's box tokens (``notation="tokens"``:
-  ``<answer><|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|></answer>``)
+  ``<answer><|object_ref_start|>the label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|></answer>``)
 * ``mirg_text`` -- MIRG-RL "reasoning only": objects named in words, the answer names the image
 * ``mirg_bbox`` -- MIRG-RL "reasoning with image indices and boxes": every object as
   ``<bbox_id>[N-M]</bbox_id><|object_ref_start|>obj<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``,

@@ -170,6 +170,12 @@ def test_the_stages_box_notations_must_agree():
     assert load_params("smoke", {f"{s}.box_notation": "tokens" for s in NOTATION_SECTIONS}).data["eval"]["box_notation"] == "tokens"
     with pytest.raises(ConfigError, match="box notation differs"):
         load_params("smoke", {"eval.box_notation": "tokens"})
+    for table in ("sft.variants.zhang", "grpo.recipes.zhang"):  # a per-variant notation would slip past the check
+        with pytest.raises(ConfigError, match=rf"{table}.box_notation: the box notation is one for every stage"):
+            load_params("embedded", {f"{table}.box_notation": "json"})
+    assert load_params("mirgrl_qwen2vl7b").data["grpo"]["box_notation"] == "tokens"  # a Qwen2-VL policy
+    with pytest.raises(ConfigError, match="eval"):  # a malformed section is still its stage's clear error
+        stage_config(_notation_configs()[-1][0], load_params("smoke", {"eval": "tokens"}), "eval")
 
 
 def _notation_configs():

@@ -776,3 +776,42 @@ def test_rejection_sampling_batches_items_and_counts_each_items_own_hits(smoke_w
     want = {it.id: i % (cfg.k + 1) for i, it in enumerate(items) if 0 < i % (cfg.k + 1) < cfg.k}
     kept = [json.loads(line) for line in (tmp_path / "rejection" / "rl_items.jsonl").read_text().splitlines()]
     assert {k["id"]: k["hits"] for k in kept} == want and result.kept_ids == list(want)
+
+
+@pytest.mark.parametrize("notation", ["json", "tokens"])
+def test_sft_rejection_and_evaluation_ask_in_the_configured_box_notation(smoke_world, tmp_path, monkeypatch, notation):
+    """Each stage that builds Zhang et al.'s prompt passes its ``box_notation`` on: the SFT's rows, rejection
+    sampling's and the evaluation's prompts end with the sentence of that notation (GRPO's rows: test_grpo)."""
+    from mirg_lib import evaluation, rejection, sft
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.prompts import ZHANG_SUFFIX, ZHANG_TOKENS_SUFFIX
+
+    suffix = {"json": ZHANG_SUFFIX, "tokens": ZHANG_TOKENS_SUFFIX}[notation]
+    seen: list[str] = []
+
+    def fake_generate(model, processor, messages, images, **kw):
+        seen.extend(next(c["text"] for c in m[0]["content"] if c["type"] == "text") for m in messages)
+        return ["no box"] * len(messages)
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(cfg, base_path, rows, *a, **k):
+        seen.extend(r["prompt"][0]["content"][-1]["text"] for r in rows)
+        raise Stop
+
+    pool = load_pool_items(smoke_world.train_file)[:3]
+    sft_file = tmp_path / "sft.jsonl"
+    sft_file.write_text("".join(json.dumps({"id": it.id, "task": it.task, "completion": "x"}) + "\n" for it in pool))
+    monkeypatch.setattr(sft, "make_trainer", fake_trainer)
+    monkeypatch.setattr(sft, "model_identity", lambda path: "fake")
+    with pytest.raises(Stop):
+        sft.run_sft(sft.SFTStageConfig(box_notation=notation), tmp_path / "base", sft_file, smoke_world.root, tmp_path / "sft")
+    monkeypatch.setattr(rejection, "generate_batch", fake_generate)
+    monkeypatch.setattr(evaluation, "generate_batch", fake_generate)
+    for name in ("load_model", "load_processor"):
+        monkeypatch.setattr(f"mirg_lib.models.{name}", lambda *a, **k: None)
+    monkeypatch.setattr(rejection, "model_identity", lambda path: "fake")
+    rejection.run_rejection_sampling(rejection.RejectionConfig(k=2, tasks=["diff"], max_items_per_task=2, box_notation=notation), tmp_path / "m", smoke_world.root, tmp_path / "rej")
+    evaluation.evaluate_checkpoint(tmp_path / "m", smoke_world.root / "test" / "mig_bench.json", evaluation.EvalConfig(max_items_per_task=1, box_notation=notation), tmp_path / "ev")
+    assert len(seen) == 3 + 4 + 10 and all(t.endswith(suffix) for t in seen), [t[-60:] for t in seen if not t.endswith(suffix)][:2]

@@ -420,3 +420,21 @@ def test_reassembly_gives_each_read_out_object_the_image_it_was_read_from(smoke_
         p = parse_response(out)
         assert p.trajectory[-1].image == row["target_image"], out
     assert checked > 20
+
+
+def test_the_base_models_curriculum_texts_are_pinned(smoke_world):
+    """The base model reads the scripted teacher's replies (its tokenizer's corpus, its language phase) with
+    the teacher's defaults; a change to them changes what a retrained base reads, so the shipped base would no
+    longer be what its params make. This digest of those texts on the smoke world was the same before the box
+    notation was added; a deliberate change updates it and says so in docs/log.md."""
+    import hashlib
+
+    from mirg_lib.base_model import language_texts, tokenizer_corpus
+    from mirg_lib.items import load_pool_items
+
+    h = hashlib.sha256()
+    for t in tokenizer_corpus(load_pool_items(smoke_world.train_file), n_teacher=60):
+        h.update(t.encode() + b"\0")
+    for prompt, reply in language_texts(smoke_world.root, 60):
+        h.update(prompt.encode() + b"\1" + reply.encode())
+    assert h.hexdigest() == "97b6eddbd545fdf47dfef41dfffd1053c9e2c26fd09c10b338baa7f781f88210"
