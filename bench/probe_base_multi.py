@@ -25,13 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mirg_lib import pipeline  # noqa: E402
 from mirg_lib.base_model import BaseModelConfig, _multi_phase  # noqa: E402
 from mirg_lib.config import load_params, stage_config  # noqa: E402
-from mirg_lib.formats import IN_DOMAIN  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 
 
-def _row(m: dict, s: dict) -> dict:
-    tasks = {t: v["acc"] for t, v in m["tasks"].items()}
-    return {"avg": m["avg"], "in": round(sum(tasks[t] for t in IN_DOMAIN) / 4, 2), "single": s["avg"], "unparseable": m["unparseable"]}
+def _summary(row: dict) -> dict:
+    """The figures a probe prints of a ``pipeline.scored_row``."""
+    return {k: row[k] for k in ("avg", "in_domain", "single", "unparseable")}
 
 
 def main() -> None:
@@ -52,13 +51,12 @@ def main() -> None:
         _multi_phase(cfg, ddir, out, pipeline.base_path(params), base, progress=False, digest=name)
     trained = time.perf_counter() - t0
     result = {"tag": name, "base_s": round(trained, 1)}
-    result["base"] = _row(pipeline.evaluate(params, base, name, prompt="plain"), pipeline.evaluate(params, base, name, single=True, prompt="plain"))
+    result["base"] = _summary(pipeline.scored_row(params, name, name, base, prompt="plain"))
     for variant in ("zhang", "answer"):
         scfg = pipeline.sft_config(params, variant)
-        sft_out = stage_dir("embedded", f"{name}_sft_{variant}")
-        ck = pipeline.train_sft(scfg, base, stage_dir("embedded", "cot") / f"sft_{variant}.jsonl", ddir, sft_out)
-        ev = f"{name}_sft_{variant}"
-        result[f"sft_{variant}"] = _row(pipeline.evaluate(params, ck, ev, prompt=scfg.prompt_recipe), pipeline.evaluate(params, ck, ev, single=True, prompt=scfg.prompt_recipe))
+        sft_name = f"{name}_sft_{variant}"
+        ck = pipeline.train_sft(scfg, base, stage_dir("embedded", "cot") / f"sft_{variant}.jsonl", ddir, stage_dir("embedded", sft_name))
+        result[f"sft_{variant}"] = _summary(pipeline.scored_row(params, sft_name, sft_name, ck, prompt=scfg.prompt_recipe))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result), flush=True)
 

@@ -21,13 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mirg_lib import pipeline  # noqa: E402
 from mirg_lib.config import load_params  # noqa: E402
-from mirg_lib.formats import IN_DOMAIN  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 
 
-def _row(m: dict, s: dict) -> dict:
-    tasks = {t: v["acc"] for t, v in m["tasks"].items()}
-    return {"avg": m["avg"], "in": round(sum(tasks[t] for t in IN_DOMAIN) / 4, 2), "single": s["avg"], "unparseable": m["unparseable"]}
+def _summary(row: dict) -> dict:
+    """The figures a probe prints of a ``pipeline.scored_row``."""
+    return {k: row[k] for k in ("avg", "in_domain", "single", "unparseable")}
 
 
 def main() -> None:
@@ -47,11 +46,12 @@ def main() -> None:
     tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_seed{args.seed}"
     t0 = time.perf_counter()
     start = pipeline.model_path(params, "sft_zhang")
-    before = _row(pipeline.evaluate(params, start, "sft_zhang"), pipeline.evaluate(params, start, "sft_zhang", single=True))
-    ck = pipeline.grpo(params, name=f"probe_grpo_{tag}")
+    before = _summary(pipeline.scored_row(params, "sft_zhang", "sft_zhang", start))
+    name = f"probe_grpo_{tag}"
+    ck = pipeline.grpo(params, name=name)
     trained = time.perf_counter() - t0
-    after = _row(pipeline.evaluate(params, ck, f"probe_grpo_{tag}"), pipeline.evaluate(params, ck, f"probe_grpo_{tag}", single=True))
-    log = stage_dir("embedded", f"probe_grpo_{tag}") / "train_log.jsonl"
+    after = _summary(pipeline.scored_row(params, name, name, ck))
+    log = stage_dir("embedded", name) / "train_log.jsonl"
     rewards = [r["reward"] for r in map(json.loads, log.read_text().splitlines()) if "reward" in r] if log.is_file() else []
     print(json.dumps({
         "tag": tag, "start": before, "grpo": after, "delta_avg": round(after["avg"] - before["avg"], 2),

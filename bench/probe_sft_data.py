@@ -54,14 +54,13 @@ def main() -> None:
     cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)
-    variant = args.data  # the CoT stage's file and notebook 03's settings
-    rows = [json.loads(line) for line in (cot_dir / f"sft_{variant}.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data}.jsonl").read_text().splitlines()]
     if args.data == "answer":  # the pool's own answers, or named (cot.answer_only: on multi-image items)
         pool = {it.id: it for it in load_pool_items(ddir / "train" / "mgrounding.json")}
         named = {"bare": lambda it: it.reference, "named_multi": answer_only,
                  "named": lambda it: object_ref(object_words(it.scene["target"])) + it.reference}[args.answers]
         rows = [dict(r, completion=named(pool[r["id"]])) for r in rows]
-    cfg = pipeline.sft_config(params, variant)
+    cfg = pipeline.sft_config(params, args.data)
     prompt, lr = cfg.prompt_recipe, args.lr if args.lr is not None else cfg.learning_rate
     cfg.learning_rate, cfg.seed = lr, args.seed
     if args.epochs:

@@ -136,20 +136,28 @@ def load_params(profile: str | Path = "embedded", overrides: dict[str, Any] | No
             close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{params.where}: unknown section {key!r}{hint}; known sections: {list(SECTIONS)}")
-    sections = {s: merged.get(s) if isinstance(merged.get(s), dict) else {} for s in NOTATION_SECTIONS}  # a malformed section: its stage's error
-    for s, table in (("sft", "variants"), ("grpo", "recipes")):
-        for key, over in (sections[s].get(table) or {}).items() if isinstance(sections[s].get(table), dict) else ():
-            if isinstance(over, dict) and "box_notation" in over:
-                raise ConfigError(f"{params.where}: {s}.{table}.{key}.box_notation: the box notation is one for every stage; set {s}.box_notation")
-    notations = {f"{s}.box_notation": sections[s].get("box_notation", "json") for s in NOTATION_SECTIONS}
-    if len(set(map(str, notations.values()))) > 1:
-        raise ConfigError(f"{params.where}: the box notation differs between stages ({notations}): the teacher's replies, "
-                          "the prompts the SFT, rejection sampling, GRPO and evaluation ask with and the format reward must agree")
+    _check_one_notation(merged, params.where)
     return params
 
 
 # the sections that write or ask for Zhang et al.'s boxes: one notation for all of them
 NOTATION_SECTIONS = ("cot", "sft", "rejection", "grpo", "eval")
+
+
+def _check_one_notation(merged: dict[str, Any], where: str) -> None:
+    """``box_notation`` is the same in every section of :data:`NOTATION_SECTIONS` (json where unset) and set in
+    none of the per-variant / per-recipe tables, which would slip past this check. A malformed section is left
+    to its stage's own error."""
+    sections = {s: merged[s] if isinstance(merged.get(s), dict) else {} for s in NOTATION_SECTIONS}
+    for s, table in (("sft", "variants"), ("grpo", "recipes")):
+        overs = sections[s].get(table)
+        for key, over in overs.items() if isinstance(overs, dict) else ():
+            if isinstance(over, dict) and "box_notation" in over:
+                raise ConfigError(f"{where}: {s}.{table}.{key}.box_notation: the box notation is one for every stage; set {s}.box_notation")
+    notations = {f"{s}.box_notation": sections[s].get("box_notation", "json") for s in NOTATION_SECTIONS}
+    if len(set(map(str, notations.values()))) > 1:
+        raise ConfigError(f"{where}: the box notation differs between stages ({notations}): the teacher's replies, "
+                          "the prompts the SFT, rejection sampling, GRPO and evaluation ask with and the format reward must agree")
 
 
 def set_overrides(data: dict[str, Any], overrides: dict[str, Any], merge: bool = True) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def as_written(func: RewardFunc, tokenizer) -> RewardFunc:
     @functools.wraps(func)
     def reward(completions: Sequence, completion_ids: Sequence[Sequence[int]] | None = None, **kwargs):
         if completion_ids is not None:
-            completions = [clean_reply(t) for t in tokenizer.batch_decode([list(ids) for ids in completion_ids], skip_special_tokens=False)]
+            completions = [clean_reply(t) for t in tokenizer.batch_decode(completion_ids, skip_special_tokens=False)]
         return func(completions, completion_ids=completion_ids, **kwargs)
 
     return reward

@@ -95,6 +95,9 @@ def zhang_accuracy(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     return _ious(completions, kwargs)
 
 
+_NOTATION_BOX_KIND = {"json": "json", "tokens": "box_tokens"}  # box_notation -> parsing.FoundBox.kind
+
+
 def zhang_format(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     """1 when the reply is ``<think>..</think><answer>..</answer>`` and the answer's box, with finite,
     ordered corners, is in the row's ``box_notation``: a JSON ``{"bbox_2d": [x1, y1, x2, y2]}`` (``json``,
@@ -103,10 +106,10 @@ def zhang_format(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     notations = _column(kwargs, "box_notation", n, "json")
     out = []
     for comp, notation in zip(completions, notations, strict=True):
-        p = parse_response(completion_text(comp))
-        want = {"json": "json", "tokens": "box_tokens"}.get(notation)
+        want = _NOTATION_BOX_KIND.get(notation)
         if want is None:
             raise ValueError(f"dataset column 'box_notation' must be json or tokens, got {notation!r:.40}")
+        p = parse_response(completion_text(comp))
         ok = p.well_formed and p.answer is not None and p.box is not None and p.box.kind == want
         if ok:
             x1, y1, x2, y2 = p.box.values  # type: ignore[union-attr]
