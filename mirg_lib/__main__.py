@@ -151,12 +151,20 @@ def main(argv: list[str] | None = None) -> int:
 
             print(ensure_kernel())
     except (RecordError, FileNotFoundError, ValueError) as e:  # ResultsError and ConfigError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 1
     return 0
+
+
+def _error(e: Exception) -> None:
+    """``error: <e>`` and its newline in one write: the processes of an ``accelerate launch`` share one
+    unbuffered stderr, and print's two writes let their lines run into each other ("...processeserror: ..."),
+    which the launcher's error summary then reads as one line."""
+    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":
