@@ -9,6 +9,11 @@ caption of the target before the same box, the base's habit); notebook 03's answ
 base on them (the profile's settings but ``--lr``, ``--seed``, ``--epochs``), scored by the evaluation stage
 on all 500 MIG-Bench items and the 200 single-image items (the data's prompt: plain for answers). Prints one JSON line. Needs
 ``make reproduce`` to have run notebook 01.
+
+``--pool N`` draws a larger training pool first, into ``runs/embedded/probe_pool_<N>``: the profile's world
+with ``N`` items of each CoT task (its first 300 are the profile's own: every item's draw depends on its own
+seed alone) and no curriculum items. The shipped base, its tokenizer read from the profile's pool, trains on
+it as it is; the test sets are the profile's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,20 @@ from mirg_lib.io import write_jsonl  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
 from mirg_lib.teacher import object_words  # noqa: E402
-from mirg_lib.world.tasks import object_ref  # noqa: E402
+from mirg_lib.world import DataConfig, run_data_synthesis  # noqa: E402
+from mirg_lib.world.tasks import CURRICULUM_TASKS, SINGLE_TASK, object_ref  # noqa: E402
+
+
+def larger_pool(params, tasks: list[str], n: int) -> Path:
+    """The profile's world with ``n`` pool items of each of ``tasks``, none of the curriculum's and one test item per task."""
+    cfg = stage_config(DataConfig, params, "data")
+    cfg.train_tasks = [t for t in tasks if t != SINGLE_TASK]
+    cfg.n_train_per_task = cfg.n_single_train = n
+    cfg.n_test_per_task = cfg.n_single_test = 1
+    cfg.contact_sheet = False
+    for name in CURRICULUM_TASKS.values():
+        setattr(cfg, name, 0)
+    return run_data_synthesis(cfg, stage_dir("embedded", f"probe_pool_{n}")).root
 
 
 def main() -> None:
@@ -41,17 +59,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, default=None, help="SFT epochs (default: the profile's)")
     ap.add_argument("--items-per-task", type=int, default=None, help="teacher candidates per CoT task (0: the whole pool; default: the profile's)")
+    ap.add_argument("--pool", type=int, default=0, help="draw a pool of this many items per CoT task first and take the items from it (0: the profile's pool)")
     ap.add_argument("--error-rate", type=float, default=None, help="the scripted teacher's chance a sample is wrong, every task (default: the profile's)")
     args = ap.parse_args()
 
     params = load_params("embedded")
-    ddir = pipeline.data_dir(params)
     cot_cfg = stage_config(CotConfig, params, "cot")
+    ddir = larger_pool(params, cot_cfg.tasks, args.pool) if args.pool else pipeline.data_dir(params)
     if args.items_per_task is not None:
         cot_cfg.max_items_per_task = args.items_per_task
     if args.error_rate is not None:
         cot_cfg.error_rate, cot_cfg.error_rates = args.error_rate, {}
-    cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}")
+    pool_tag = f"_pool{args.pool}" if args.pool else ""
+    cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}{pool_tag}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)
     rows = [json.loads(line) for line in (cot_dir / f"sft_{args.data}.jsonl").read_text().splitlines()]

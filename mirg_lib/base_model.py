@@ -124,13 +124,28 @@ class BaseModelResult:
     skipped: bool = False
 
 
-def tokenizer_pool(pool: list[Item], train_tasks: list[str]) -> list[Item]:
-    """The pool items the tokenizer reads: every task's but the curriculum tasks the first phase does not train
-    on (a world that adds the multi-image phase's items builds the same tokenizer, so the grounding phase it
-    starts from is the same)."""
+BASE_POOL_ITEMS = 300  # the pool items of each MIG-Bench task the base reads at most (its tokenizer's corpus)
+
+
+def tokenizer_pool(pool: list[Item], train_tasks: list[str], per_task: int = BASE_POOL_ITEMS) -> list[Item]:
+    """The pool items the tokenizer reads: the first ``per_task`` of each MIG-Bench task's and every item of the
+    other tasks, but the curriculum tasks the first phase does not train on (a world that adds the multi-image
+    phase's items builds the same tokenizer, so the grounding phase it starts from is the same; a world with a
+    larger pool for the later stages builds the same base: :func:`world_digest`)."""
+    from .formats import MIG_TASKS
     from .world.tasks import CURRICULUM_TASKS
 
-    return [it for it in pool if it.task not in CURRICULUM_TASKS or it.task in train_tasks]
+    seen: dict[str, int] = {}
+    out = []
+    for it in pool:
+        if it.task in CURRICULUM_TASKS and it.task not in train_tasks:
+            continue
+        if it.task in MIG_TASKS:
+            seen[it.task] = seen.get(it.task, 0) + 1
+            if seen[it.task] > per_task:
+                continue
+        out.append(it)
+    return out
 
 
 def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> list[str]:
@@ -420,9 +435,21 @@ def warmup_digest(cfg: BaseModelConfig, data_dir: Path) -> str:
 
 
 def world_digest(data_dir: str | Path) -> str | None:
-    """The data config digest of the world in ``data_dir`` (its ``manifest.json``); None when it has none."""
+    """The digest of the world in ``data_dir`` (its ``manifest.json``) as the base reads it; None when it has none."""
     manifest = Path(data_dir) / "manifest.json"
-    return json.loads(manifest.read_text()).get("config_hash") if manifest.is_file() else None
+    if not manifest.is_file():
+        return None
+    m = json.loads(manifest.read_text())
+    return base_world(m["config"]) if "config" in m else m.get("config_hash")
+
+
+def base_world(config: dict[str, Any]) -> str:
+    """The digest of a world's data config (``dataclasses.asdict`` of a ``DataConfig``) as the base reads it:
+    at most :data:`BASE_POOL_ITEMS` pool items of each MIG-Bench task (:func:`tokenizer_pool`), so that a
+    larger pool for the later stages leaves the base, and its stamps, as they are. With that many or fewer it
+    is the world's own config digest."""
+    n = config.get("n_train_per_task")
+    return versioned_digest({**config, "n_train_per_task": min(n, BASE_POOL_ITEMS)} if isinstance(n, int) else config)
 
 
 def warm_up_cached(cfg: BaseModelConfig, model, processor, items: list[Item], data_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -482,7 +509,7 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
     meta = {
         **meta,
         "metrics": metrics,
-        "data": {"config_hash": manifest["config_hash"], "images_sha256": manifest.get("images_sha256"), "config": manifest["config"]},
+        "data": {"config_hash": world_digest(data_dir), "images_sha256": manifest.get("images_sha256"), "config": manifest["config"]},
         "shipped_on": time.strftime("%Y-%m-%d"),
     }
     with atomic_dir(dest) as tmp:

@@ -11,10 +11,11 @@ from mirg_lib.base_model import (
     BaseModelConfig,
     _check_shipped,
     base_digest,
+    base_world,
     grounding_digest,
     language_digest,
 )
-from mirg_lib.config import config_hash, load_params, stage_config
+from mirg_lib.config import load_params, stage_config
 from mirg_lib.paths import ROOT
 from mirg_lib.world import DataConfig
 
@@ -32,7 +33,7 @@ def test_shipped_base_is_intact_and_made_by_the_profiles_params(shipped):
     meta = _check_shipped(path)  # the recorded checksum matches the files
     # the embedded profile's base_model section (less `shipped`) and world are what trained it: rerunning 00
     # with `shipped: ''` retrains the same base
-    world = config_hash(stage_config(DataConfig, params, "data"))
+    world = base_world(dataclasses.asdict(stage_config(DataConfig, params, "data")))  # the world as the base reads it
     assert meta["data"]["config_hash"] == world
     trained = dataclasses.replace(cfg, shipped="")
     assert meta["config_hash"] == base_digest(trained, world)

@@ -815,3 +815,31 @@ def test_sft_rejection_and_evaluation_ask_in_the_configured_box_notation(smoke_w
     rejection.run_rejection_sampling(rejection.RejectionConfig(k=2, tasks=["diff"], max_items_per_task=2, box_notation=notation), tmp_path / "m", smoke_world.root, tmp_path / "rej")
     evaluation.evaluate_checkpoint(tmp_path / "m", smoke_world.root / "test" / "mig_bench.json", evaluation.EvalConfig(max_items_per_task=1, box_notation=notation), tmp_path / "ev")
     assert len(seen) == 3 + 4 + 10 and all(t.endswith(suffix) for t in seen), [t[-60:] for t in seen if not t.endswith(suffix)][:2]
+
+
+def test_a_larger_pool_leaves_the_base_as_it_is(smoke_world):
+    """The base reads at most ``BASE_POOL_ITEMS`` pool items of each MIG-Bench task (its tokenizer's corpus), so a
+    world whose pool is larger for the later stages builds the same tokenizer and carries the same base stamps;
+    a smaller pool, or any other change to the world, does not."""
+    import re
+
+    from mirg_lib.config import config_hash
+    from mirg_lib.formats import MIG_TASKS
+    from mirg_lib.items import load_pool_items
+    from mirg_lib.world import DataConfig
+
+    pool = load_pool_items(smoke_world.train_file)
+    index = {it.id: int(re.search(r"(\d+)$", it.id).group(1)) for it in pool}
+    kept = bm.tokenizer_pool(pool, ["single_refer"], per_task=2)
+    # the items a world of two per MIG-Bench task would hold (every item's draw depends on its own seed alone)
+    assert kept == [it for it in pool if it.task not in MIG_TASKS or index[it.id] < 2]
+    assert {it.task for it in kept} >= set(MIG_TASKS) & {it.task for it in pool}
+    assert sum(it.task in MIG_TASKS for it in kept) < sum(it.task in MIG_TASKS for it in pool)
+
+    cap = bm.BASE_POOL_ITEMS
+    world = dataclasses.asdict(DataConfig(n_train_per_task=cap))
+    assert bm.base_world(world) == config_hash(DataConfig(n_train_per_task=cap))  # the world's own digest up to the cap
+    assert bm.base_world({**world, "n_train_per_task": 3 * cap}) == bm.base_world(world)
+    assert bm.base_world({**world, "n_train_per_task": cap - 1}) != bm.base_world(world)
+    assert bm.base_world({**world, "n_train_per_task": 3 * cap, "noise": 7.0}) != bm.base_world(world)
+    assert bm.world_digest(smoke_world.root) == bm.base_world(json.loads((smoke_world.root / "manifest.json").read_text())["config"])
