@@ -11,7 +11,7 @@ on all 500 MIG-Bench items and the 200 single-image items (the data's prompt: pl
 ``make reproduce`` to have run notebook 01.
 
 ``--pool N`` draws a larger training pool first, into ``runs/embedded/probe_pool_<N>``: the profile's world
-with ``N`` items of each CoT task (its first 300 are the profile's own: every item's draw depends on its own
+with ``N`` items of each CoT task (its first ones are the profile's own: every item's draw depends on its own
 seed alone) and no curriculum items. The shipped base, its tokenizer read from the profile's pool, trains on
 it as it is; the test sets are the profile's.
 """
