@@ -19,6 +19,7 @@ it as it is; the test sets are the profile's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mirg_lib import pipeline  # noqa: E402
 from mirg_lib.config import load_params, stage_config  # noqa: E402
 from mirg_lib.cot import CotConfig, answer_only, run_cot  # noqa: E402
-from mirg_lib.formats import IN_DOMAIN  # noqa: E402
 from mirg_lib.io import write_jsonl  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
@@ -40,13 +40,10 @@ from mirg_lib.world.tasks import CURRICULUM_TASKS, SINGLE_TASK, object_ref  # no
 
 def larger_pool(params, tasks: list[str], n: int) -> Path:
     """The profile's world with ``n`` pool items of each of ``tasks``, none of the curriculum's and one test item per task."""
-    cfg = stage_config(DataConfig, params, "data")
-    cfg.train_tasks = [t for t in tasks if t != SINGLE_TASK]
-    cfg.n_train_per_task = cfg.n_single_train = n
-    cfg.n_test_per_task = cfg.n_single_test = 1
-    cfg.contact_sheet = False
-    for name in CURRICULUM_TASKS.values():
-        setattr(cfg, name, 0)
+    cfg = dataclasses.replace(
+        stage_config(DataConfig, params, "data"), train_tasks=[t for t in tasks if t != SINGLE_TASK], n_train_per_task=n, n_single_train=n,
+        n_test_per_task=1, n_single_test=1, contact_sheet=False, **dict.fromkeys(CURRICULUM_TASKS.values(), 0),
+    )
     return run_data_synthesis(cfg, stage_dir("embedded", f"probe_pool_{n}")).root
 
 
@@ -95,11 +92,10 @@ def main() -> None:
     trained = time.perf_counter() - t1
     m = pipeline.evaluate(params, ck, f"probe_sft_{tag}", prompt=prompt)
     s = pipeline.evaluate(params, ck, f"probe_sft_{tag}", single=True, prompt=prompt)
-    tasks = {t: v["acc"] for t, v in m["tasks"].items()}
     print(json.dumps({
         "tag": tag, "items": len(rows), "by_task": {t: sum(r["task"] == t for r in rows) for t in sorted({r["task"] for r in rows})},
-        "avg": m["avg"], "in": round(sum(tasks[t] for t in IN_DOMAIN) / 4, 2), "single": s["avg"], "unparseable": m["unparseable"],
-        "sft_s": round(trained, 1), "wall_s": round(time.perf_counter() - t0, 1), "tasks": tasks,
+        "avg": m["avg"], "in": m["in_domain"], "single": s["avg"], "unparseable": m["unparseable"],
+        "sft_s": round(trained, 1), "wall_s": round(time.perf_counter() - t0, 1), "tasks": {t: v["acc"] for t, v in m["tasks"].items()},
     }), flush=True)
 
 

@@ -128,24 +128,17 @@ BASE_POOL_ITEMS = 300  # the pool items of each MIG-Bench task the base reads at
 
 
 def tokenizer_pool(pool: list[Item], train_tasks: list[str], per_task: int = BASE_POOL_ITEMS) -> list[Item]:
-    """The pool items the tokenizer reads: the first ``per_task`` of each MIG-Bench task's and every item of the
+    """The pool items the tokenizer reads: the first ``per_task`` of each MIG-Bench task's (0: all) and every item of the
     other tasks, but the curriculum tasks the first phase does not train on (a world that adds the multi-image
     phase's items builds the same tokenizer, so the grounding phase it starts from is the same; a world with a
     larger pool for the later stages builds the same base: :func:`world_digest`)."""
     from .formats import MIG_TASKS
+    from .items import first_per_task
     from .world.tasks import CURRICULUM_TASKS
 
-    seen: dict[str, int] = {}
-    out = []
-    for it in pool:
-        if it.task in CURRICULUM_TASKS and it.task not in train_tasks:
-            continue
-        if it.task in MIG_TASKS:
-            seen[it.task] = seen.get(it.task, 0) + 1
-            if seen[it.task] > per_task:
-                continue
-        out.append(it)
-    return out
+    read = [it for it in pool if it.task not in CURRICULUM_TASKS or it.task in train_tasks]
+    capped = set(map(id, first_per_task(read, list(MIG_TASKS), per_task)))
+    return [it for it in read if it.task not in MIG_TASKS or id(it) in capped]
 
 
 def tokenizer_corpus(pool: list[Item], n_teacher: int = 400, seed: int = 0) -> list[str]:
@@ -448,8 +441,7 @@ def base_world(config: dict[str, Any]) -> str:
     at most :data:`BASE_POOL_ITEMS` pool items of each MIG-Bench task (:func:`tokenizer_pool`), so that a
     larger pool for the later stages leaves the base, and its stamps, as they are. With that many or fewer it
     is the world's own config digest."""
-    n = config.get("n_train_per_task")
-    return versioned_digest({**config, "n_train_per_task": min(n, BASE_POOL_ITEMS)} if isinstance(n, int) else config)
+    return versioned_digest({**config, "n_train_per_task": min(config["n_train_per_task"], BASE_POOL_ITEMS)})
 
 
 def warm_up_cached(cfg: BaseModelConfig, model, processor, items: list[Item], data_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -509,7 +501,7 @@ def ship_checkpoint(src: str | Path, dest: str | Path, metrics: dict[str, Any], 
     meta = {
         **meta,
         "metrics": metrics,
-        "data": {"config_hash": world_digest(data_dir), "images_sha256": manifest.get("images_sha256"), "config": manifest["config"]},
+        "data": {"config_hash": base_world(manifest["config"]), "images_sha256": manifest.get("images_sha256"), "config": manifest["config"]},
         "shipped_on": time.strftime("%Y-%m-%d"),
     }
     with atomic_dir(dest) as tmp:
