@@ -7,11 +7,17 @@ kept) from ``runs/embedded/sft_zhang``, with ``--steps``, ``--lr``, ``--seed`` a
 profile's settings, into ``runs/embedded/probe_grpo_<tag>``; then the evaluation stage on all 500 MIG-Bench
 items and the 200 single-image items. Prints one JSON line with the start's scores beside the trained
 model's. Needs ``make reproduce`` to have run notebooks 01-04.
+
+``--rl-items K --rl-data DIR`` takes the RL items from a larger pool instead (a data folder of
+``bench/probe_sft_data.py --pool N``, whose first items are the profile's own): notebook 04's rejection sampling
+from the same CoT-SFT model over the first ``K`` items of each RL task that CoT SFT did not see, into
+``runs/embedded/probe_rejection_<K>``, then GRPO on the items it kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,8 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mirg_lib import pipeline  # noqa: E402
-from mirg_lib.config import load_params  # noqa: E402
+from mirg_lib.config import load_params, stage_config  # noqa: E402
+from mirg_lib.grpo import GRPOStageConfig  # noqa: E402
+from mirg_lib.items import pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
+from mirg_lib.progress import stage  # noqa: E402
+from mirg_lib.rejection import RejectionConfig, run_rejection_sampling  # noqa: E402
 
 
 def _summary(row: dict) -> dict:
@@ -35,26 +45,40 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="GRPO learning rate (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=None, help="rollouts per prompt (default: the profile's)")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the profile's)")
+    ap.add_argument("--rl-items", type=int, default=0, help="rejection-sample this many RL items per task of --rl-data first (0: the profile's kept items)")
+    ap.add_argument("--rl-data", type=Path, default=None, help="the larger pool's data folder (runs/embedded/probe_pool_<N>)")
     args = ap.parse_args()
+    if bool(args.rl_items) != bool(args.rl_data):
+        ap.error("--rl-items and --rl-data go together")
 
     over = {"grpo.seed": args.seed}
-    for key, value in (("grpo.max_steps", args.steps), ("grpo.learning_rate", args.lr), ("grpo.num_generations", args.generations)):
+    for key, value in (("grpo.max_steps", args.steps), ("grpo.learning_rate", args.lr), ("grpo.num_generations", args.generations), ("grpo.prompts_per_step", args.prompts)):
         if value is not None:
             over[key] = value
     params = load_params("embedded", over)
     g = params.data["grpo"]
-    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_seed{args.seed}"
+    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_rl{args.rl_items}_seed{args.seed}"
     t0 = time.perf_counter()
     start = pipeline.model_path(params, "sft_zhang")
     before = _summary(pipeline.scored_row(params, "sft_zhang", "sft_zhang", start))
     name = f"probe_grpo_{tag}"
-    ck = pipeline.grpo(params, name=name)
+    kept = None
+    if args.rl_items:
+        rcfg = dataclasses.replace(stage_config(RejectionConfig, params, "rejection"), max_items_per_task=args.rl_items)
+        rej = run_rejection_sampling(rcfg, start, args.rl_data, stage_dir("embedded", f"probe_rejection_{args.rl_items}"), exclude_ids=pipeline._sft_ids(params))
+        kept = {"kept": len(rej.kept_ids), "rejection_s": round(rej.seconds, 1), "rows": rej.table}
+        items = pool_items(args.rl_data, rej.kept_ids, "the probe's rejection sampling")
+        with stage(params.profile, name):
+            ck = pipeline.train_grpo(stage_config(GRPOStageConfig, params, "grpo").for_recipe(), start, items, args.rl_data, stage_dir("embedded", name))
+    else:
+        ck = pipeline.grpo(params, name=name)
     trained = time.perf_counter() - t0
     after = _summary(pipeline.scored_row(params, name, name, ck))
     log = stage_dir("embedded", name) / "train_log.jsonl"
     rewards = [r["reward"] for r in map(json.loads, log.read_text().splitlines()) if "reward" in r] if log.is_file() else []
     print(json.dumps({
-        "tag": tag, "start": before, "grpo": after, "delta_avg": round(after["avg"] - before["avg"], 2),
+        "tag": tag, "rl": kept, "start": before, "grpo": after, "delta_avg": round(after["avg"] - before["avg"], 2),
         "reward_first_last": [rewards[0], rewards[-1]] if rewards else None, "grpo_s": round(trained, 1), "wall_s": round(time.perf_counter() - t0, 1),
     }), flush=True)
 

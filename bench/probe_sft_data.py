@@ -14,6 +14,9 @@ on all 500 MIG-Bench items and the 200 single-image items (the data's prompt: pl
 with ``N`` items of each CoT task (its first ones are the profile's own: every item's draw depends on its own
 seed alone) and no curriculum items. The shipped base, its tokenizer read from the profile's pool, trains on
 it as it is; the test sets are the profile's.
+
+``--reasoning read_out`` has the scripted teacher read every image the question needs out in words before the
+comparison (the base's curriculum form) instead of the CoT stage's two hops (``mirg_lib.teacher``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mirg_lib import pipeline  # noqa: E402
+from mirg_lib import cot, pipeline  # noqa: E402
 from mirg_lib.config import load_params, stage_config  # noqa: E402
 from mirg_lib.cot import CotConfig, answer_only, run_cot  # noqa: E402
 from mirg_lib.io import write_jsonl  # noqa: E402
 from mirg_lib.items import load_pool_items  # noqa: E402
 from mirg_lib.paths import stage_dir  # noqa: E402
-from mirg_lib.teacher import object_words  # noqa: E402
+from mirg_lib.teacher import REASONINGS, object_words  # noqa: E402
 from mirg_lib.world import DataConfig, run_data_synthesis  # noqa: E402
 from mirg_lib.world.tasks import CURRICULUM_TASKS, SINGLE_TASK, object_ref  # noqa: E402
 
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=None, help="SFT epochs (default: the profile's)")
     ap.add_argument("--items-per-task", type=int, default=None, help="teacher candidates per CoT task (0: the whole pool; default: the profile's)")
     ap.add_argument("--pool", type=int, default=0, help="draw a pool of this many items per CoT task first and take the items from it (0: the profile's pool)")
+    ap.add_argument("--reasoning", choices=REASONINGS, default=cot.COT_REASONING, help="the scripted teacher's reasoning (default: the CoT stage's)")
     ap.add_argument("--error-rate", type=float, default=None, help="the scripted teacher's chance a sample is wrong, every task (default: the profile's)")
     args = ap.parse_args()
 
@@ -68,6 +72,9 @@ def main() -> None:
     if args.error_rate is not None:
         cot_cfg.error_rate, cot_cfg.error_rates = args.error_rate, {}
     pool_tag = f"_pool{args.pool}" if args.pool else ""
+    if args.reasoning != cot.COT_REASONING:
+        cot.COT_REASONING = args.reasoning  # make_teacher and the CoT stage's digest read it
+        pool_tag += f"_{args.reasoning}"
     cot_dir = stage_dir("embedded", f"probe_cot_{cot_cfg.max_items_per_task}_{cot_cfg.error_rate:g}{pool_tag}")
     t0 = time.perf_counter()
     run_cot(cot_cfg, ddir, cot_dir)

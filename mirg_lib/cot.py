@@ -77,7 +77,7 @@ class CotConfig:
 
 def make_teacher(cfg: CotConfig) -> Teacher:
     if cfg.teacher == "scripted":
-        return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed, notation=cfg.box_notation)
+        return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed, notation=cfg.box_notation, reasoning=COT_REASONING)
     if cfg.teacher == "local":
         from .teacher import LocalVLMTeacher
 
@@ -108,8 +108,9 @@ def rel1000_to_abs(text: str, size: tuple[int, int]) -> str:
     return _BOX_TOKENS.sub(sub, text)
 
 
-# Enters the CoT stage's digest: bump it when :func:`answer_only` writes other targets for the same items.
+# Enter the CoT stage's digest: bump the first when :func:`answer_only` writes other targets for the same items.
 ANSWER_ONLY_FORM = 2
+COT_REASONING = "hops"  # the scripted teacher's reasoning form (mirg_lib.teacher): the question's object, then the answer's
 
 
 def answer_only(item: Item) -> str | None:
@@ -213,7 +214,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
     (id, task, completion), ``sft_answer.jsonl`` (the answer-only baseline on the same kept items),
     ``sft_mirg_reassembled.jsonl`` and ``table.json``."""
     out_dir = Path(out_dir)
-    digest = versioned_digest({**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM})
+    digest = versioned_digest({**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM, "reasoning": COT_REASONING})
     stamp = out_dir / "table.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())

@@ -22,6 +22,19 @@ Answer formats written (``style``):
 
 Boxes are written in the policy's frame: ``rel1000`` (Qwen2-VL) or ``abs`` (Qwen2.5-VL, pixels of the
 resized input).
+
+The scripted teacher's reasoning (``reasoning``) comes in two forms:
+
+* ``hops`` (the CoT stage's) -- the object the question is about, named in words (the region's crop, image
+  1's object, what changed), then the answer's object in its image, named and boxed: "Image 1 has the small
+  orange dotted star where image 2 has <the small orange dotted diamond, boxed>." Two steps the base model
+  has skills for (naming an object; grounding a named object in a named image); the answer repeats the last.
+* ``read_out`` (the default: the base model's language curriculum was written with it, so the shipped base
+  reads it) -- every image the question needs read out in words ("Image 1: the ..., the ...") before the
+  comparison. A CoT-SFT on it scored below one on ``hops`` (docs/log.md, 2026-12-06).
+
+In box tokens Zhang et al.'s reasoning boxes an object as Qwen2-VL's grounded caption
+(``<|object_ref_start|>the ...<|object_ref_end|><|box_start|>...<|box_end|>``), the form the base grounds in.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from .world.objects import SIZE_WORDS, reading_order_key
 from .world.tasks import list_image, object_ref
 
 STYLES = ("zhang", "mirg_text", "mirg_bbox", "answer")
+REASONINGS = ("read_out", "hops")
 
 
 @dataclass
@@ -126,9 +140,12 @@ class ScriptedTeacher:
     seed: int = 0
     max_pixels: int | None = None
     notation: str = "json"  # Zhang et al.'s replies: JSON boxes (the paper's) or Qwen2-VL's box tokens
+    reasoning: str = "read_out"  # read_out or hops (the module's docstring); the CoT stage's is hops
 
     def __post_init__(self) -> None:
         check_notation(self.notation)
+        if self.reasoning not in REASONINGS:
+            raise ValueError(f"unknown reasoning {self.reasoning!r}; expected one of {REASONINGS}")
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
         if style not in STYLES:
@@ -170,7 +187,7 @@ class ScriptedTeacher:
         vals = box_in_frame(answer_obj["box"], imgs[answer_img - 1]["size"], self.frame, self.max_pixels)
         label = object_words(answer_obj) if "shape" in answer_obj else "region"
         mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs, notation=self.notation)
-        think = _reasoning(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
+        think = (_hops if self.reasoning == "hops" else _reasoning)(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
         if style == "answer":
             prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
             return prefix + box_tokens(vals)
@@ -246,9 +263,9 @@ class _Mentions:
     def __call__(self, img: int, obj: dict[str, Any]) -> str:
         if self.style == "mirg_text":
             return f"the {object_words(obj)} {_where(obj['box'], self.images[img - 1]['size'])}"
-        if self.style == "zhang":  # words, then the box as the answer writes it: the answer repeats it token for token
+        if self.style == "zhang" and self.notation == "json":  # words, then the box as the answer writes it: the answer repeats it token for token
             vals = box_in_frame(obj["box"], self.images[img - 1]["size"], self.frame, self.max_pixels)
-            return f"the {object_words(obj)}: " + (json.dumps({"bbox_2d": list(vals)}) if self.notation == "json" else box_tokens(vals))
+            return f"the {object_words(obj)}: " + json.dumps({"bbox_2d": list(vals)})
         if self.style != "mirg_bbox":
             return self.caption(img, obj)
         bid = self.id_of(img, obj)
@@ -261,6 +278,11 @@ class _Mentions:
         """"Image N: " and every object of image N named in full, in reading order (as the base model's
         curriculum lists an image: ``world.tasks.list_image``)."""
         return list_image(img, ["the " + object_words(o) for o in self.order(img)])
+
+
+_BECAUSE = {"same_colour": "it has the same colour but another shape", "same_shape": "it has the same shape but another colour",
+            "same_pattern": "it shares the pattern but neither colour nor shape"}  # the reasoning task's rules, in words
+_FITS = "it fits the question"
 
 
 def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
@@ -303,15 +325,48 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: 
         listings = " ".join(m.listing(i) for i in range(1, n + 1))
         return f"{listings} It is in image {img}: {expr} is {m(img, obj)}."
     if task == "reasoning":
-        key = imgs[0]["objects"][0]
-        rule = meta.get("rule", "")
-        because = {"same_colour": "it has the same colour but another shape", "same_shape": "it has the same shape but another colour",
-                   "same_pattern": "it shares the pattern but neither colour nor shape"}.get(rule, "it fits the question")
-        return f"Image 1 shows {m(1, key)}. {m.listing(2)} The answer is {m(img, obj)}, because {because}."
+        key, rule = imgs[0]["objects"][0], meta.get("rule", "")
+        return f"Image 1 shows {m(1, key)}. {m.listing(2)} The answer is {m(img, obj)}, because {_BECAUSE.get(rule, _FITS)}."
     if task == "correspondence":
         marked = meta.get("marked", imgs[0]["objects"][0])
         return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. {m.listing(2)} The object of the same shape is {m(img, obj)}."
     return f"The answer is {m(img, obj)}."
+
+
+def _hops(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
+    """The ``hops`` chain of thought: no read-outs; the object the question is about (in words, or boxed where
+    the question marks it), then (img, obj) named and boxed in its image; the answer repeats it."""
+    imgs = sc["images"]
+    meta = sc.get("meta", {})
+    if task == "common_object":
+        return f"The {_identity(obj)} is in every image. In image {img} it is {m(img, obj)}."
+    if task in ("diff", "view_diff"):
+        change, before = meta.get("change", "change"), meta.get("before")
+        shift = "Image 2 is seen from a shifted camera. " if task == "view_diff" else ""
+        if change == "add":
+            return f"{shift}Image 2 has {m(img, obj)}; it is not in image 1."
+        if change == "remove" and before:
+            return f"{shift}Image 1 has the {object_words(before)}; it is missing from image 2, where it was at {m(img, obj)}."
+        if before:
+            return f"{shift}Image 1 has the {object_words(before)} where image 2 has {m(img, obj)}."
+        return f"{shift}In image 2, {m(img, obj)} differs."
+    if task in ("object_tracking", "multi_view"):
+        verb = "moves through the frames" if task == "object_tracking" else "is seen from another view"
+        return f"The marked object in image 1 is {m(1, imgs[0]['objects'][0])}. It {verb}. In image {img} it is {m(img, obj)}."
+    if task == "region":
+        region = meta.get("regions", [{}])[meta.get("region_index", 1) - 1]
+        shown = f"the {_identity(region)}" if "shape" in region else "an object"
+        return f"Image {meta.get('region_index', 1) + 1} shows {shown}. In image 1 it is {m(1, obj)}."
+    if task == "refer_grounding":
+        return f"Image 1 shows the {object_words(imgs[0]['objects'][0])}. In image 2 it is {m(img, obj)}."
+    if task == "group_grounding":
+        return f"{meta.get('expression', 'the object').capitalize()} is in image {img}: {m(img, obj)}."
+    if task == "reasoning":
+        return f"Image 1 shows {m(1, imgs[0]['objects'][0])}. The answer is {m(img, obj)}, because {_BECAUSE.get(meta.get('rule', ''), _FITS)}."
+    if task == "correspondence":
+        marked = meta.get("marked", imgs[0]["objects"][0])
+        return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. In image 2 the object of the same shape is {m(img, obj)}."
+    return _reasoning(task, sc, img, obj, m)
 
 
 # ---------------------------------------------------------------------------------------- real VLMs

@@ -15,10 +15,11 @@ def _items(world, split="train"):
     return [TeacherItem(r["id"], r["task"], [], r["question"], r) for r in rows], rows
 
 
+@pytest.mark.parametrize("reasoning", ["read_out", "hops"])
 @pytest.mark.parametrize("style", ["zhang", "mirg_text", "mirg_bbox", "answer"])
-def test_a_perfect_teacher_is_always_right(smoke_world, style):
+def test_a_perfect_teacher_is_always_right(smoke_world, style, reasoning):
     items, rows = _items(smoke_world)
-    replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0).answer(items, 2, style)
+    replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0, reasoning=reasoning).answer(items, 2, style)
     flat = [r for rs in replies for r in rs]
     kw = {"answer": [row["answer"] for row in rows for _ in range(2)], "target_image": [row["target_image"] for row in rows for _ in range(2)]}
     ious = zhang_accuracy(flat, **kw)
@@ -87,10 +88,63 @@ def test_zhang_replies_in_box_tokens_repeat_the_reasoning_box_as_a_grounded_capt
         think, answer = parse_response(r).think, r.split("<answer>")[1]
         written = re.findall(r"<\|box_start\|>[^<]*<\|box_end\|>", think)[-1]
         assert re.fullmatch(r"<\|object_ref_start\|>the [a-z -]+<\|object_ref_end\|>" + re.escape(written) + "</answer>", answer), r
+        assert answer.removesuffix("</answer>") in think, r  # the reasoning boxed it as the same grounded caption
     json_replies = ScriptedTeacher(error_rate=0.0, box_jitter=0.0).answer(items, 1, "zhang")
     assert all('```json\n{"bbox_2d": [' in rs[0] and "<|box_start|>" not in rs[0] for rs in json_replies)
     with pytest.raises(ValueError, match="unknown box notation"):
         ScriptedTeacher(notation="xml")
+
+
+@pytest.mark.parametrize("style", ["zhang", "mirg_text", "mirg_bbox"])
+def test_hops_name_the_questions_object_then_box_the_answer_without_read_outs(smoke_world, style):
+    """reasoning="hops": no image is read out; on the in-domain tasks the reasoning first names, in full, the
+    object the question is about (image 1's reference, what a difference changed, the crop's identity), then
+    the answer's object named and boxed in its image, the last object it boxes, which the answer repeats; every
+    task of the world gets a reasoning shorter than the read-out one. A wrong sample hops to the wrong object in
+    the same way."""
+    import re
+
+    from mirg_lib.teacher import object_words
+
+    items, rows = _items(smoke_world)
+    for rate in (0.0, 1.0):
+        hops = ScriptedTeacher(error_rate=rate, seed=2, notation="tokens", reasoning="hops").answer(items, 1, style)
+        read_out = ScriptedTeacher(error_rate=rate, seed=2, notation="tokens").answer(items, 1, style)
+        for row, (h,), (r,) in zip(rows, hops, read_out, strict=True):
+            think = parse_response(h).think
+            assert not re.search(r"Image \d: the", think), h
+            assert len(think) < len(parse_response(r).think) or row["task"] == "single_refer", (h, r)
+            assert h.split("</think>")[1] == r.split("</think>")[1], (h, r)  # the same answer, whichever reasoning
+            meta, first = row.get("meta", {}), row["images"][0]["objects"][0]
+            if row["task"] == "refer_grounding":
+                assert think.startswith(f"Image 1 shows the {object_words(first)}. In image 2 it is "), h
+            if row["task"] == "diff" and meta.get("before") and meta.get("change") != "add":
+                assert think.startswith(f"Image 1 has the {object_words(meta['before'])}"), h
+            if row["task"] == "region" and "shape" in meta["regions"][meta["region_index"] - 1]:
+                region = meta["regions"][meta["region_index"] - 1]
+                assert think.startswith(f"Image {meta['region_index'] + 1} shows the {region['colour']} {region['pattern']} {region['shape']}. In image 1 it is "), h
+            if style == "zhang":  # the last object the reasoning boxes is the answer's grounded caption
+                caption = h.split("<answer>")[1].removesuffix("</answer>")
+                assert think.rfind("<|object_ref_start|>") == think.find(caption) >= 0, h
+    with pytest.raises(ValueError, match="unknown reasoning"):
+        ScriptedTeacher(reasoning="listing")
+
+
+def test_the_cot_stage_writes_hops_and_its_digest_says_so(smoke_world, tmp_path, monkeypatch):
+    """The CoT stage's scripted teacher reasons in hops (no image read out), and its cache is keyed by the form:
+    a run made with another form is not reused."""
+    from mirg_lib import cot
+    from mirg_lib.cot import CotConfig, run_cot
+
+    cfg = CotConfig(tasks=["diff", "refer_grounding"], max_items_per_task=4, styles=["zhang"], error_rate=0.0, box_notation="tokens")
+    res = run_cot(cfg, smoke_world.root, tmp_path / "cot")
+    rows = [json.loads(line) for line in (tmp_path / "cot" / "sft_zhang.jsonl").read_text().splitlines()]
+    assert rows and not any("Image 1: the" in r["completion"] for r in rows)
+    assert not res.skipped and run_cot(cfg, smoke_world.root, tmp_path / "cot").skipped
+    monkeypatch.setattr(cot, "COT_REASONING", "read_out")
+    again = run_cot(cfg, smoke_world.root, tmp_path / "cot")
+    assert not again.skipped
+    assert any("Image 1: the" in json.loads(line)["completion"] for line in (tmp_path / "cot" / "sft_zhang.jsonl").read_text().splitlines())
 
 
 def test_error_rate_is_honoured_and_deterministic(smoke_world):
