@@ -3,7 +3,7 @@
     .venv/bin/python bench/probe_grpo.py --steps 64 --lr 2e-4 --seed 0
 
 Notebook 05's GRPO (``pipeline.grpo``: Zhang et al.'s recipe, its rewards, on the RL items rejection sampling
-kept) from ``runs/embedded/sft_zhang``, with ``--steps``, ``--lr``, ``--seed`` and ``--generations`` over the
+kept) from ``runs/embedded/sft_zhang``, with ``--steps``, ``--lr``, ``--seed``, ``--generations``, ``--prompts`` and ``--temperature`` over the
 profile's settings, into ``runs/embedded/probe_grpo_<tag>``; then the evaluation stage on all 500 MIG-Bench
 items and the 200 single-image items. Prints one JSON line with the start's scores beside the trained
 model's. Needs ``make reproduce`` to have run notebooks 01-04.
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=None, help="rollouts per prompt (default: the profile's)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the profile's)")
+    ap.add_argument("--temperature", type=float, default=None, help="rollout sampling temperature (default: the profile's)")
     ap.add_argument("--rl-items", type=int, default=0, help="rejection-sample this many RL items per task of --rl-data first (0: the profile's kept items)")
     ap.add_argument("--rl-data", type=Path, default=None, help="the larger pool's data folder (runs/embedded/probe_pool_<N>)")
     args = ap.parse_args()
@@ -53,12 +54,12 @@ def main() -> None:
         ap.error("--rl-items and --rl-data go together")
 
     over = {"grpo.seed": args.seed}
-    for key, value in (("grpo.max_steps", args.steps), ("grpo.learning_rate", args.lr), ("grpo.num_generations", args.generations), ("grpo.prompts_per_step", args.prompts)):
+    for key, value in (("grpo.max_steps", args.steps), ("grpo.learning_rate", args.lr), ("grpo.num_generations", args.generations), ("grpo.prompts_per_step", args.prompts), ("grpo.temperature", args.temperature)):
         if value is not None:
             over[key] = value
     params = load_params("embedded", over)
     g = params.data["grpo"]
-    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_rl{args.rl_items}_seed{args.seed}"
+    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_t{g.get('temperature', 0.7):g}_rl{args.rl_items}_seed{args.seed}"
     t0 = time.perf_counter()
     start = pipeline.model_path(params, "sft_zhang")
     before = _summary(pipeline.scored_row(params, "sft_zhang", "sft_zhang", start))
