@@ -3,8 +3,8 @@
     .venv/bin/python bench/probe_grpo.py --steps 64 --lr 2e-4 --seed 0
 
 Notebook 05's GRPO (``pipeline.grpo``: Zhang et al.'s recipe, its rewards, on the RL items rejection sampling
-kept) from ``runs/embedded/sft_zhang``, with ``--steps``, ``--lr``, ``--seed``, ``--generations``, ``--prompts`` and ``--temperature`` over the
-profile's settings, into ``runs/embedded/probe_grpo_<tag>``; then the evaluation stage on all 500 MIG-Bench
+kept) from ``runs/embedded/sft_zhang``, with ``--steps``, ``--lr``, ``--seed``, ``--generations``,
+``--prompts`` and ``--temperature`` over the profile's settings, into ``runs/embedded/probe_grpo_<tag>``; then the evaluation stage on all 500 MIG-Bench
 items and the 200 single-image items. Prints one JSON line with the start's scores beside the trained
 model's. Needs ``make reproduce`` to have run notebooks 01-04.
 

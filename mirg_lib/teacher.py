@@ -360,7 +360,7 @@ def _hops(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Ment
     if task == "refer_grounding":
         return f"Image 1 shows the {object_words(imgs[0]['objects'][0])}. In image 2 it is {m(img, obj)}."
     if task == "group_grounding":
-        return f"{meta.get('expression', 'the object').capitalize()} is in image {img}: {m(img, obj)}."
+        return f"It is in image {img}: {meta.get('expression', 'the object')} is {m(img, obj)}."
     if task == "reasoning":
         return f"Image 1 shows {m(1, imgs[0]['objects'][0])}. The answer is {m(img, obj)}, because {_BECAUSE.get(meta.get('rule', ''), _FITS)}."
     if task == "correspondence":
