@@ -11,7 +11,7 @@ model's. Needs ``make reproduce`` to have run notebooks 01-04.
 ``--rl-items K --rl-data DIR`` takes the RL items from a larger pool instead (a data folder of
 ``bench/probe_sft_data.py --pool N``, whose first items are the profile's own): notebook 04's rejection sampling
 from the same CoT-SFT model over the first ``K`` items of each RL task that CoT SFT did not see, into
-``runs/embedded/probe_rejection_<K>``, then GRPO on the items it kept.
+``runs/embedded/probe_rejection_<pool folder>_<K>``, then GRPO on the items it kept.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
             over[key] = value
     params = load_params("embedded", over)
     g = params.data["grpo"]
-    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_t{g.get('temperature', 0.7):g}_rl{args.rl_items}_seed{args.seed}"
+    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_t{g.get('temperature', 0.7):g}_rl{args.rl_items}{'_' + args.rl_data.name if args.rl_data else ''}_seed{args.seed}"
     t0 = time.perf_counter()
     start = pipeline.model_path(params, "sft_zhang")
     before = _summary(pipeline.scored_row(params, "sft_zhang", "sft_zhang", start))
@@ -67,7 +67,7 @@ def main() -> None:
     kept = None
     if args.rl_items:
         rcfg = dataclasses.replace(stage_config(RejectionConfig, params, "rejection"), max_items_per_task=args.rl_items)
-        rej = run_rejection_sampling(rcfg, start, args.rl_data, stage_dir("embedded", f"probe_rejection_{args.rl_items}"), exclude_ids=pipeline._sft_ids(params))
+        rej = run_rejection_sampling(rcfg, start, args.rl_data, stage_dir("embedded", f"probe_rejection_{args.rl_data.name}_{args.rl_items}"), exclude_ids=pipeline._sft_ids(params))
         kept = {"kept": len(rej.kept_ids), "rejection_s": round(rej.seconds, 1), "rows": rej.table}
         items = pool_items(args.rl_data, rej.kept_ids, "the probe's rejection sampling")
         with stage(params.profile, name):

@@ -233,8 +233,9 @@ def _where(box: Sequence[float], size: Sequence[int]) -> str:
 
 
 class _Mentions:
-    """How a reasoning names an object of image N, by style: ``zhang`` named in full, then its box as the
-    answer writes it (``the small red solid circle: {"bbox_2d": [x1, y1, x2, y2]}``, or box tokens), ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
+    """How a reasoning names an object of image N, by style: ``zhang`` as the answer writes it, named in full
+    then its JSON box (``the small red solid circle: {"bbox_2d": [x1, y1, x2, y2]}``) or, in box tokens, as a
+    grounded caption (:meth:`caption`); ``mirg_bbox`` as MIRG-RL's ``<bbox_id>[N-M]</bbox_id>`` with that caption on the
     first mention and the bbox_id alone after (M: the object's place in image N's reading order),
     ``mirg_text`` in words with a coarse place. :meth:`listing` reads out every object of an image in words,
     the same in every style."""
