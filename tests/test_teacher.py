@@ -26,6 +26,10 @@ def test_a_perfect_teacher_is_always_right(smoke_world, style, reasoning):
     assert min(ious) > 0.97, [(f, i) for f, i in zip(flat, ious, strict=True) if i < 0.97][:3]
     if style == "zhang":
         assert total_reward(RECIPE_REWARDS["zhang"], flat, **kw) == pytest.approx([1.5] * len(flat), abs=0.03)
+        # in box tokens (the CoT stage's notation on a Qwen2-VL policy) the rewards are as full
+        tokens = [rs[0] for rs in ScriptedTeacher(error_rate=0.0, box_jitter=0.0, reasoning=reasoning, notation="tokens").answer(items, 1, style)]
+        tkw = {"answer": [row["answer"] for row in rows], "box_notation": ["tokens"] * len(tokens)}
+        assert total_reward(RECIPE_REWARDS["zhang"], tokens, **tkw) == pytest.approx([1.5] * len(tokens), abs=0.03)
     if style in ("mirg_text", "mirg_bbox"):
         assert min(total_reward(RECIPE_REWARDS["mirg"], flat, **kw)) > 2.97
     if style == "mirg_bbox":
