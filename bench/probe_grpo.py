@@ -58,8 +58,9 @@ def main() -> None:
         if value is not None:
             over[key] = value
     params = load_params("embedded", over)
-    g = params.data["grpo"]
-    tag = f"s{g['max_steps']}_lr{g['learning_rate']:g}_g{g.get('num_generations', 8)}_p{g.get('prompts_per_step', 2)}_t{g.get('temperature', 0.7):g}_rl{args.rl_items}{'_' + args.rl_data.name if args.rl_data else ''}_seed{args.seed}"
+    g = stage_config(GRPOStageConfig, params, "grpo").for_recipe()  # what notebook 05 trains with
+    pool = f"_{args.rl_data.name}" if args.rl_data else ""
+    tag = f"s{g.max_steps}_lr{g.learning_rate:g}_g{g.num_generations}_p{g.prompts_per_step}_t{g.temperature:g}_rl{args.rl_items}{pool}_seed{args.seed}"
     t0 = time.perf_counter()
     start = pipeline.model_path(params, "sft_zhang")
     before = _summary(pipeline.scored_row(params, "sft_zhang", "sft_zhang", start))
@@ -71,7 +72,7 @@ def main() -> None:
         kept = {"kept": len(rej.kept_ids), "rejection_s": round(rej.seconds, 1), "rows": rej.table}
         items = pool_items(args.rl_data, rej.kept_ids, "the probe's rejection sampling")
         with stage(params.profile, name):
-            ck = pipeline.train_grpo(stage_config(GRPOStageConfig, params, "grpo").for_recipe(), start, items, args.rl_data, stage_dir("embedded", name))
+            ck = pipeline.train_grpo(g, start, items, args.rl_data, stage_dir("embedded", name))
     else:
         ck = pipeline.grpo(params, name=name)
     trained = time.perf_counter() - t0

@@ -187,7 +187,7 @@ class ScriptedTeacher:
         vals = box_in_frame(answer_obj["box"], imgs[answer_img - 1]["size"], self.frame, self.max_pixels)
         label = object_words(answer_obj) if "shape" in answer_obj else "region"
         mentions = _Mentions(seen, style, self.frame, self.max_pixels, exact=imgs, notation=self.notation)
-        think = (_hops if self.reasoning == "hops" else _reasoning)(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions)
+        think = _reasoning(item.task, {**sc, "images": seen}, answer_img, answer_obj, mentions, hops=self.reasoning == "hops")
         if style == "answer":
             prefix = f"It's in the {ORDINAL_WORDS[answer_img - 1]} image. " if item.task == "group_grounding" else ""
             return prefix + box_tokens(vals)
@@ -283,22 +283,34 @@ class _Mentions:
 
 _BECAUSE = {"same_colour": "it has the same colour but another shape", "same_shape": "it has the same shape but another colour",
             "same_pattern": "it shares the pattern but neither colour nor shape"}  # the reasoning task's rules, in words
-_FITS = "it fits the question"
 
 
-def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
-    """A chain of thought that reads out the objects of the images the question needs (:meth:`_Mentions.listing`),
-    compares them in words and ends on (img, obj), from the scene: the answer's box repeats one already written."""
+def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions, hops: bool = False) -> str:
+    """A chain of thought from the scene that ends on (img, obj) named and boxed, which the answer repeats.
+    ``read_out`` (``hops`` false): the objects of the images the question needs read out in words
+    (:meth:`_Mentions.listing`), then compared. ``hops``: no read-out; the object the question is about (in
+    words, or boxed where the question marks it), then (img, obj) in its image."""
     imgs = sc["images"]
     meta = sc.get("meta", {})
-    n = len(imgs)
+
+    def read(*images: int) -> str:  # the read-outs of ``images``, a space after them; none in hops
+        return "" if hops else "".join(m.listing(i) + " " for i in images)
+
     if task == "common_object":
-        listings = " ".join(m.listing(i) for i in range(1, n + 1))
-        return f"{listings} The {_identity(obj)} is in every image. In image {img} it is {m(img, obj)}."
+        return f"{read(*range(1, len(imgs) + 1))}The {_identity(obj)} is in every image. In image {img} it is {m(img, obj)}."
     if task in ("diff", "view_diff"):
         change, before = meta.get("change", "change"), meta.get("before")
-        shift = " Image 2 is seen from a shifted camera." if task == "view_diff" else ""
-        listings = f"{m.listing(1)} {m.listing(2)}{shift}"
+        shift = "Image 2 is seen from a shifted camera." if task == "view_diff" else ""
+        if hops:
+            if change == "add":
+                what = f"Image 2 has {m(img, obj)}; it is not in image 1."
+            elif change == "remove" and before:
+                what = f"Image 1 has the {object_words(before)}; it is missing from image 2, where it was at {m(img, obj)}."
+            elif before:
+                what = f"Image 1 has the {object_words(before)} where image 2 has {m(img, obj)}."
+            else:
+                what = f"In image 2, {m(img, obj)} differs."
+            return f"{shift} {what}" if shift else what
         if change == "add":
             what = f"in image 2, {m(img, obj)} is new; it is not in image 1"
         elif change == "remove" and before:
@@ -307,67 +319,32 @@ def _reasoning(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: 
             what = f"the {object_words(before)} of image 1 changed; in image 2 it is {m(img, obj)}"
         else:
             what = f"{m(img, obj)} differs"
-        return f"{listings} The difference: {what}."
+        return f"{read(1, 2)}{shift + ' ' if shift else ''}The difference: {what}."
     if task in ("object_tracking", "multi_view"):
-        marked = imgs[0]["objects"][0]
         verb = "moves through the frames" if task == "object_tracking" else "is seen from another view"
-        return f"The marked object in image 1 is {m(1, marked)}. It {verb}. {m.listing(img)} The {_identity(obj)} is {m(img, obj)}."
+        marked = f"The marked object in image 1 is {m(1, imgs[0]['objects'][0])}. It {verb}."
+        return f"{marked} In image {img} it is {m(img, obj)}." if hops else f"{marked} {read(img)}The {_identity(obj)} is {m(img, obj)}."
     if task == "region":
         region = meta.get("regions", [{}])[meta.get("region_index", 1) - 1]
-        shown = f"the {_identity(region)}" if "shape" in region else "an object"
-        return f"Image {meta.get('region_index', 1) + 1} shows {shown}. {m.listing(1)} That region is {m(1, obj)}."
+        shown = f"Image {meta.get('region_index', 1) + 1} shows " + (f"the {_identity(region)}." if "shape" in region else "an object.")
+        return f"{shown} In image 1 it is {m(1, obj)}." if hops else f"{shown} {read(1)}That region is {m(1, obj)}."
     if task == "refer_grounding":
         ref = imgs[0]["objects"][0]
-        return f"{m.listing(1)} {m.listing(2)} The {_identity(ref)} of image 1 is in image 2: {m(img, obj)}."
+        if hops:
+            return f"Image 1 shows the {object_words(ref)}. In image 2 it is {m(img, obj)}."
+        return f"{read(1, 2)}The {_identity(ref)} of image 1 is in image 2: {m(img, obj)}."
     if task == "single_refer":
         return f"I look for {meta.get('expression', 'the object')}. It is {m(img, obj)}."
     if task == "group_grounding":
-        expr = meta.get("expression", "the object")
-        listings = " ".join(m.listing(i) for i in range(1, n + 1))
-        return f"{listings} It is in image {img}: {expr} is {m(img, obj)}."
+        return f"{read(*range(1, len(imgs) + 1))}It is in image {img}: {meta.get('expression', 'the object')} is {m(img, obj)}."
     if task == "reasoning":
-        key, rule = imgs[0]["objects"][0], meta.get("rule", "")
-        return f"Image 1 shows {m(1, key)}. {m.listing(2)} The answer is {m(img, obj)}, because {_BECAUSE.get(rule, _FITS)}."
+        because = _BECAUSE.get(meta.get("rule", ""), "it fits the question")
+        return f"Image 1 shows {m(1, imgs[0]['objects'][0])}. {read(2)}The answer is {m(img, obj)}, because {because}."
     if task == "correspondence":
         marked = meta.get("marked", imgs[0]["objects"][0])
-        return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. {m.listing(2)} The object of the same shape is {m(img, obj)}."
+        where = "In image 2 the" if hops else f"{read(2)}The"
+        return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. {where} object of the same shape is {m(img, obj)}."
     return f"The answer is {m(img, obj)}."
-
-
-def _hops(task: str, sc: dict[str, Any], img: int, obj: dict[str, Any], m: _Mentions) -> str:
-    """The ``hops`` chain of thought: no read-outs; the object the question is about (in words, or boxed where
-    the question marks it), then (img, obj) named and boxed in its image; the answer repeats it."""
-    imgs = sc["images"]
-    meta = sc.get("meta", {})
-    if task == "common_object":
-        return f"The {_identity(obj)} is in every image. In image {img} it is {m(img, obj)}."
-    if task in ("diff", "view_diff"):
-        change, before = meta.get("change", "change"), meta.get("before")
-        shift = "Image 2 is seen from a shifted camera. " if task == "view_diff" else ""
-        if change == "add":
-            return f"{shift}Image 2 has {m(img, obj)}; it is not in image 1."
-        if change == "remove" and before:
-            return f"{shift}Image 1 has the {object_words(before)}; it is missing from image 2, where it was at {m(img, obj)}."
-        if before:
-            return f"{shift}Image 1 has the {object_words(before)} where image 2 has {m(img, obj)}."
-        return f"{shift}In image 2, {m(img, obj)} differs."
-    if task in ("object_tracking", "multi_view"):
-        verb = "moves through the frames" if task == "object_tracking" else "is seen from another view"
-        return f"The marked object in image 1 is {m(1, imgs[0]['objects'][0])}. It {verb}. In image {img} it is {m(img, obj)}."
-    if task == "region":
-        region = meta.get("regions", [{}])[meta.get("region_index", 1) - 1]
-        shown = f"the {_identity(region)}" if "shape" in region else "an object"
-        return f"Image {meta.get('region_index', 1) + 1} shows {shown}. In image 1 it is {m(1, obj)}."
-    if task == "refer_grounding":
-        return f"Image 1 shows the {object_words(imgs[0]['objects'][0])}. In image 2 it is {m(img, obj)}."
-    if task == "group_grounding":
-        return f"It is in image {img}: {meta.get('expression', 'the object')} is {m(img, obj)}."
-    if task == "reasoning":
-        return f"Image 1 shows {m(1, imgs[0]['objects'][0])}. The answer is {m(img, obj)}, because {_BECAUSE.get(meta.get('rule', ''), _FITS)}."
-    if task == "correspondence":
-        marked = meta.get("marked", imgs[0]["objects"][0])
-        return f"The marked object in image 1 is {m(1, marked)}, a {marked['shape']}. In image 2 the object of the same shape is {m(img, obj)}."
-    return _reasoning(task, sc, img, obj, m)
 
 
 # ---------------------------------------------------------------------------------------- real VLMs
