@@ -89,3 +89,34 @@ def test_shipped_base_indexes_images_on_unseen_multi_image_items(shipped, tmp_pa
     replies = [json.loads(line)["response"] for line in (tmp_path / "eval_describe" / "predictions.jsonl").read_text().splitlines()]
     described = caption_scores(load_bench_items(bench), replies)
     assert described["objects"] >= 40.0, described
+
+
+@pytest.mark.slow
+def test_gpu_base_script_trains_scores_and_ships_a_base(tmp_path):
+    """bench/gpu_base.sh (the one GPU run that trains a larger base) on the smoke profile, on the CPU: the world
+    drawn, the base trained from the profile's params (not a shipped one), scored on both tests, shipped
+    intact, and a report whose figures are the evaluation's."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    script = ROOT / "bench" / "gpu_base.sh"
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    run = subprocess.run(["bash", str(script), str(out), "--profile", "smoke", "--set", "base_model.max_steps=3"], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((out / "gpu_base.json").read_text())
+    assert report["profile"] == "smoke" and report["overrides"] == {"base_model.max_steps": 3, "base_model.shipped": ""}
+    assert report["device"].startswith("cpu") and report["date"] and report["base"]["preset"] == "nano"
+    assert set(report["seconds"]) == {"data", "base_model", "evaluation"} and report["seconds"]["base_model"] > 0
+    assert not report["base"]["reused"]  # trained here, not taken from a shipped folder
+    meta = _check_shipped(out / "checkpoint")  # intact: its checksum holds
+    assert meta["sha256"] == report["base"]["sha256"] and meta["metrics"]["single_image_acc@0.5"] == report["scores"]["single"]
+    assert meta["metrics"]["mig_bench_avg_acc@0.5"] == report["scores"]["avg"]
+    runs = Path(os.environ["MIRG_RUNS_DIR"]) / "smoke" / "eval"
+    multi = json.loads((runs / "base" / "scores.json").read_text())
+    assert report["scores"]["n_records"] == multi["n_records"] > 0 and report["scores"]["tasks"] == {t: v["acc"] for t, v in multi["tasks"].items()}
+    assert report["targets"]["single"] == {"target": 70.0, "met": report["scores"]["single"] >= 70.0}
+    assert report["shipped_embedded_base"]["single"] == json.loads((ROOT / "checkpoints/embedded-base/mirg.json").read_text())["metrics"]["single_image_acc@0.5"]
