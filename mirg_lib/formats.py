@@ -249,6 +249,9 @@ def _load_json_list(path: Path) -> list[Any]:
     return records
 
 
+load_json_records = _load_json_list  # the name the benchmark readers use (mirg_lib.benchmarks)
+
+
 def _need(path: Path, i: int, rec: Any, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(rec, dict):
         raise RecordError(path, i, None, f"expected an object, got {type(rec).__name__}")

@@ -1,0 +1,316 @@
+"""The evaluation layer's benchmarks (mirg_lib/benchmarks): the letter a reply chose, multiple-choice scoring, and
+the readers of BLINK's and MMIU's published layouts, with made-up images and malformed records."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mirg_lib import benchmarks
+from mirg_lib.benchmarks import blink, mmiu
+from mirg_lib.benchmarks.choice import ChoiceItem, answer_text, extract_letter, score_choices
+from mirg_lib.formats import MissingImageError, RecordError
+
+OPTIONS = ["red", "blue", "green", "yellow"]
+
+
+# ----------------------------------------------------------------------------------------------- the letter
+
+
+@pytest.mark.parametrize(
+    ("reply", "letter"),
+    [
+        ("B", "B"),
+        ("(b)", "B"),
+        ("  C. ", "C"),
+        ("[D]", "D"),
+        ("The answer is (C).", "C"),
+        ("Answer: D", "D"),
+        ("answer:C", "C"),
+        ("Final Answer - B", "B"),
+        ("The correct option is (D)", "D"),
+        ("I choose option C.", "C"),
+        ("(A) red, because it is on the left", "A"),
+        ("A. red", "A"),
+        ("It must be (B), the blue one.", "B"),
+        ("blue", "B"),
+        ("Yellow.", "D"),
+        ("the answer is B. Wait, no: the answer is C", "C"),  # the last statement is the final one
+        ("Answer: (A)\n\nExplanation: (B) is wrong", "A"),  # an explicit statement beats a stray letter
+        # after a <think> block: the <answer> block, else what follows the thought
+        ("<think>A looks right, or maybe (B)</think><answer>C</answer>", "C"),
+        ("<think>(A) or (B)?</think>\nThe answer is D", "D"),
+        ("<think>(A) or (B)?</think><answer>The answer is (B)</answer>", "B"),
+        ("<answer>(B)", "B"),  # an answer block cut off before it closed
+    ],
+)
+def test_the_letter_a_reply_chose(reply, letter):
+    assert extract_letter(reply, OPTIONS) == letter
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Options (A) and (B) both fit",  # two letters: undecidable
+        "(A) or (C)",
+        "the answer is a red cube",  # the article is no letter
+        "answer is Blue",  # nor the first letter of a word
+        "The answer is E",  # no option E among four
+        "<think>it is clearly (A)",  # a thought cut off before any answer
+        "<think>(A)</think>",  # nothing after the thought
+        "<answer>The answer is blue and green</answer>",
+        "",
+        "   ",
+        "I cannot tell from these images.",
+    ],
+)
+def test_undecidable_replies_get_no_letter(reply):
+    assert extract_letter(reply, OPTIONS) is None
+
+
+def test_non_text_replies_get_no_letter():
+    assert extract_letter(None, OPTIONS) is None
+    assert extract_letter(3, OPTIONS) is None
+    assert answer_text(b"B") == ""
+
+
+def test_only_the_items_options_are_letters():
+    assert extract_letter("C", ["yes", "no"]) is None
+    assert extract_letter("B", ["yes", "no"]) == "B"
+    assert extract_letter("no", ["yes", "no"]) == "B"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ABCDEabcde()[]<>/:. \nanswerthinkoptionchoose")), max_size=200))
+def test_any_text_gets_a_letter_or_none_never_an_error(text):
+    assert extract_letter(text, OPTIONS) in (None, "A", "B", "C", "D")
+
+
+@pytest.mark.parametrize("junk", ["(" * 200_000, "answer " * 40_000, "<think>" * 30_000 + "</think>" * 30_000, "A" * 200_000, "answer is (" * 30_000])
+def test_long_broken_replies_are_read_in_linear_time(junk):
+    t = time.perf_counter()
+    extract_letter(junk, OPTIONS)
+    extract_letter(junk + " (B)", OPTIONS)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_scores_average_over_subtasks_and_count_the_undecidable_apart():
+    items = [
+        ChoiceItem("c/0", "Counting", ["a.png"], "How many?", ["1", "2", "3"], "A"),
+        ChoiceItem("c/1", "Counting", ["a.png"], "How many?", ["1", "2", "3"], "B"),
+        ChoiceItem("c/2", "Counting", ["a.png"], "How many?", ["1", "2", "3"], "C"),
+        ChoiceItem("j/0", "Jigsaw", ["a.png", "b.png"], "Which piece?", ["left", "right"], "B"),
+    ]
+    res = score_choices(items, ["(A)", "The answer is A", "(A) or (C)", "<think>...</think><answer>B</answer>"])
+    assert res["subtasks"]["Counting"] == {"n": 3, "right": 1, "undecidable": 1, "acc": pytest.approx(100 / 3)}
+    assert res["subtasks"]["Jigsaw"] == {"n": 1, "right": 1, "undecidable": 0, "acc": 100.0}
+    assert res["avg"] == pytest.approx((100 / 3 + 100) / 2)  # per subtask, then averaged: not 2 of 4 items
+    assert res["undecidable"] == 1 and res["n"] == 4 and res["judge"] is None
+    assert res["letters"] == ["A", "A", None, "B"]
+    with pytest.raises(ValueError, match="4 items but 3 replies"):
+        score_choices(items, ["A", "B", "C"])
+
+
+def test_an_items_prompt_lists_its_options_by_letter():
+    it = ChoiceItem("x", "Counting", ["a.png"], "How many cubes?", ["one", "two"], "B")
+    assert it.prompt_text() == "How many cubes?\n(A) one\n(B) two\nAnswer with the option's letter."
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+
+def _png(color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _blink_rows(n_images=(2, 1)):
+    rows = []
+    for i, n in enumerate(n_images):
+        row = {
+            "idx": f"val_Counting_{i + 1}",
+            "question": "How many blue cubes are in the images?",
+            "sub_task": "Counting",
+            "choices": ["1", "2", "3", "4"],
+            "answer": "(C)",
+            "prompt": "How many blue cubes are in the images?\nSelect from the following choices.\n(A) 1\n(B) 2\n(C) 3\n(D) 4",
+            "explanation": "",
+        }
+        for k in range(1, 5):
+            row[f"image_{k}"] = {"bytes": _png((10 * k, 20 * i, 30)), "path": f"{i}_{k}.png"} if k <= n else None
+        rows.append(row)
+    return rows
+
+
+def _write_parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_blink_reads_the_published_parquet_with_its_embedded_images(tmp_path):
+    _write_parquet(tmp_path / "BLINK" / "Counting" / "val-00000-of-00001.parquet", _blink_rows((2, 1)))
+    name, items = benchmarks.read(tmp_path / "BLINK", cache=tmp_path / "cache")
+    assert name == "blink" and [it.id for it in items] == ["Counting/val_Counting_1", "Counting/val_Counting_2"]
+    first = items[0]
+    assert first.subtask == "Counting" and first.answer == "C" and first.choices == ["1", "2", "3", "4"]
+    assert len(first.images) == 2 and len(items[1].images) == 1  # the null image_3/image_4 are no images
+    with Image.open(first.images[1]) as im:
+        assert im.size == (8, 6) and im.getpixel((0, 0)) == (20, 0, 30)  # the bytes of image_2, written as a file
+    assert first.question == "How many blue cubes are in the images?" and first.extra["prompt"].endswith("(D) 4")
+    again = blink.read(tmp_path / "BLINK", cache=tmp_path / "cache")  # cached images are reused, same files
+    assert [it.images for it in again] == [it.images for it in items]
+
+
+def test_blink_reads_json_with_image_paths_and_takes_the_subtask_from_its_folder(tmp_path):
+    folder = tmp_path / "Jigsaw"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png())
+    (folder / "b.png").write_bytes(_png((0, 0, 255)))
+    rec = {"idx": 7, "prompt": "Which piece fits?", "choices": ["left", "right"], "answer": "(B)", "image_1": "a.png", "image_2": "b.png"}
+    (folder / "val.json").write_text(json.dumps([rec]))
+    (it,) = blink.read(folder / "val.json")
+    assert (it.id, it.subtask, it.answer, it.question) == ("Jigsaw/7", "Jigsaw", "B", "Which piece fits?")
+    assert it.images == [str(folder / "a.png"), str(folder / "b.png")]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"answer": "(E)"}, "answer", "expected the right option's letter"),
+        ({"answer": "C"}, None, None),  # a bare letter is read too
+        ({"choices": ["only one"]}, "choices", "expected 2-26 option texts"),
+        ({"choices": "1,2,3"}, "choices", "expected list"),
+        ({"idx": None}, "idx", "missing"),
+        ({"image_1": None, "image_2": None}, "image_1", "a BLINK item has 1-4 images"),
+        ({"image_2": {"bytes": b"not an image", "path": "x.png"}}, "image_2", "not an image"),
+        ({"image_2": 5}, "image_2", "expected an image path"),
+        ({"question": "", "prompt": None}, "question", "missing"),
+    ],
+)
+def test_blink_refuses_a_malformed_record_naming_file_index_and_field(tmp_path, change, field, problem):
+    rows = _blink_rows((2, 2))
+    path = tmp_path / "Counting" / "val.parquet"
+    if isinstance(change.get("choices"), str) or isinstance(change.get("image_2"), int):
+        # a value of another type cannot share a parquet column: the same rows as JSON, images as paths
+        path = tmp_path / "Counting" / "val.json"
+        path.parent.mkdir(parents=True)
+        (path.parent / "a.png").write_bytes(_png())
+        for r in rows:
+            r.update({"image_1": "a.png", "image_2": "a.png"})
+        rows[1].update(change)
+        path.write_text(json.dumps(rows))
+    else:
+        rows[1].update(change)
+        _write_parquet(path, rows)
+    if field is None:
+        assert [it.answer for it in blink.read(path, cache=tmp_path / "c")] == ["C", "C"]
+        return
+    with pytest.raises(RecordError) as e:
+        blink.read(path, cache=tmp_path / "c")
+    assert (e.value.file, e.value.index, e.value.field) == (str(path), 1, field)
+    assert problem in str(e.value)
+
+
+def test_blink_refuses_a_missing_image_file_and_a_repeated_item(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    rec = {"idx": 1, "question": "q", "sub_task": "IQ_Test", "choices": ["x", "y"], "answer": "(A)", "image_1": "a.png", "image_2": "gone.png"}
+    (tmp_path / "val.json").write_text(json.dumps([rec]))
+    with pytest.raises(MissingImageError, match=r"index 0: image not found: .*gone.png"):
+        blink.read(tmp_path / "val.json")
+    rec["image_2"] = "a.png"
+    (tmp_path / "val.json").write_text(json.dumps([rec, rec]))
+    with pytest.raises(ValueError, match="'IQ_Test/1' appears twice"):
+        blink.read(tmp_path / "val.json")
+
+
+def _mmiu_release(tmp_path, records):
+    (tmp_path / "Low-level-semantic" / "forensic").mkdir(parents=True)
+    for name in ("1.jpg", "2.jpg"):
+        Image.new("RGB", (5, 5), (1, 2, 3)).save(tmp_path / "Low-level-semantic" / "forensic" / name)
+    (tmp_path / "all.json").write_text(json.dumps(records))
+    return tmp_path / "all.json"
+
+
+def _mmiu_record(**change):
+    rec = {
+        "task": "forensic_detection_blink",
+        "visual_input_component": "natural image",
+        "source": "blink",
+        "options": "A: the first image\nB: the second image",
+        "question": "Which image is the real photograph?",
+        "context": "Select from the following choices.\nA: the first image\nB: the second image",
+        "input_image_path": ["./Low-level-semantic/forensic/1.jpg", "./Low-level-semantic/forensic/2.jpg"],
+        "output": "B",
+    }
+    rec.update(change)
+    return rec
+
+
+def test_mmiu_reads_the_published_all_json(tmp_path):
+    path = _mmiu_release(tmp_path, [_mmiu_record(), _mmiu_record(options=["A: yes", "B: no", "C: cannot tell"], output="C: cannot tell")])
+    name, items = benchmarks.read(path)
+    assert name == "mmiu" and len(items) == 2
+    first, second = items
+    assert first.subtask == "forensic_detection_blink" and first.choices == ["the first image", "the second image"] and first.answer == "B"
+    assert first.images == [str(tmp_path / "Low-level-semantic/forensic/1.jpg"), str(tmp_path / "Low-level-semantic/forensic/2.jpg")]
+    assert first.extra == {"visual_input_component": "natural image", "source": "blink"}
+    assert second.choices == ["yes", "no", "cannot tell"] and second.answer == "C"
+    assert first.id != second.id
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"output": "D"}, "output", "expected the right option's letter (A-B)"),
+        ({"output": ""}, "output", "empty"),
+        ({"context": "Select one.\nB: x\nA: y"}, "context", "lines 'A: ...', 'B: ...' in order"),
+        ({"input_image_path": []}, "input_image_path", "empty"),
+        ({"input_image_path": "one.jpg"}, "input_image_path", "expected list"),
+        ({"task": 3}, "task", "expected str"),
+        ({"question": None}, "question", "missing"),
+    ],
+)
+def test_mmiu_refuses_a_malformed_record_naming_file_index_and_field(tmp_path, change, field, problem):
+    path = _mmiu_release(tmp_path, [_mmiu_record(), _mmiu_record(**change)])
+    with pytest.raises(RecordError) as e:
+        mmiu.read(path)
+    assert (e.value.file, e.value.index, e.value.field) == (str(path), 1, field)
+    assert problem in str(e.value)
+
+
+def test_mmiu_refuses_a_missing_image(tmp_path):
+    path = _mmiu_release(tmp_path, [_mmiu_record(input_image_path=["./Low-level-semantic/forensic/9.jpg"])])
+    with pytest.raises(MissingImageError, match="index 0: image not found"):
+        mmiu.read(path)
+
+
+def test_a_file_of_another_layout_is_not_guessed(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps([{"foo": 1}]))
+    with pytest.raises(ValueError, match=r"cannot tell which benchmark its records are \(fields \['foo'\]\)"):
+        benchmarks.detect(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
+        benchmarks.read(tmp_path / "x.json", "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordError, match="no benchmark file"):
+        benchmarks.read(tmp_path / "empty")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RecordError, match="not a readable parquet file"):
+        benchmarks.read(tmp_path / "bad.parquet", "blink")
+
+
+def test_a_read_benchmark_is_scored_by_its_protocol(tmp_path):
+    path = _mmiu_release(tmp_path, [_mmiu_record(), _mmiu_record(task="jigsaw", output="A")])
+    name, items = benchmarks.read(path)
+    res = benchmarks.score(name, items, ["<answer>B</answer>", "I choose (B)"])
+    assert res["benchmark"] == "mmiu" and res["subtasks"]["forensic_detection_blink"]["acc"] == 100.0
+    assert res["subtasks"]["jigsaw"]["acc"] == 0.0 and res["avg"] == 50.0 and res["undecidable"] == 0
