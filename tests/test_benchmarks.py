@@ -314,3 +314,126 @@ def test_a_read_benchmark_is_scored_by_its_protocol(tmp_path):
     res = benchmarks.score(name, items, ["<answer>B</answer>", "I choose (B)"])
     assert res["benchmark"] == "mmiu" and res["subtasks"]["forensic_detection_blink"]["acc"] == 100.0
     assert res["subtasks"]["jigsaw"]["acc"] == 0.0 and res["avg"] == 50.0 and res["undecidable"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- grounding
+
+
+def _image(path, size=(256, 128)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 90, 90)).save(path)
+    return path
+
+
+def _grounding_items(tmp_path):
+    from mirg_lib.benchmarks import refl4
+
+    _image(tmp_path / "images" / "a.jpg")
+    rec = {"id": 11, "caption": "the dark grey square in the upper left", "bbox": [32, 16, 96, 48], "file_name": "a.jpg", "width": 256, "height": 128, "split": "val"}
+    (tmp_path / "ref-l4-val.json").write_text(json.dumps([rec, {**rec, "id": 12}, {**rec, "id": 13}, {**rec, "id": 14, "split": "test"}]))
+    return refl4.read(tmp_path / "ref-l4-val.json", image_root=tmp_path / "images")
+
+
+def test_grounding_scores_literal_replies_in_each_coordinate_convention(tmp_path):
+    from mirg_lib.benchmarks.grounding import score_grounding
+
+    items = _grounding_items(tmp_path)
+    assert items[0].answer == (0.125, 0.125, 0.5, 0.5)  # xywh pixels of a 256x128 image, relative
+    replies = [
+        "<|box_start|>(125,125),(500,500)<|box_end|>",  # Qwen2-VL's 0-1000 box tokens: IoU 1
+        "<think>left half?</think><answer>[0.125, 0.125, 0.3125, 0.5]</answer>",  # 0-1 relative: IoU exactly 0.5
+        "I do not see it.",  # unreadable: IoU 0, counted apart
+        "<think>(1,1),(2,2)</think><answer>(125,125),(500,500)</answer>",  # the answer block, not the thought
+    ]
+    res = score_grounding(items, replies)
+    assert res["ious"] == [1.0, 0.5, 0.0, 1.0]
+    assert res["all"] == {"n": 4, "acc@0.5": 75.0, "acc@0.75": 50.0, "acc@0.9": 50.0, "macc": 52.5, "miou": 62.5, "unreadable": 1}
+    assert res["subtasks"]["val"]["n"] == 3 and res["subtasks"]["test"]["acc@0.9"] == 100.0
+    # Qwen2.5-VL answers in pixels of the image as it saw it: read as 'abs' with that size, or wrongly as 0-1000
+    pixels = ['```json\n{"bbox_2d": [64, 32, 256, 128], "label": "square"}\n```'] * 4
+    assert score_grounding(items, pixels, frame="abs", seen_sizes=[(512, 256)] * 4)["all"]["acc@0.5"] == 100.0
+    assert score_grounding(items, pixels)["all"]["acc@0.5"] == 0.0
+    with pytest.raises(ValueError, match="4 items but 1 replies"):
+        score_grounding(items, ["x"])
+
+
+def test_ref_l4_reads_its_split_file_and_refuses_bad_boxes(tmp_path):
+    from mirg_lib.benchmarks import refl4
+
+    items = _grounding_items(tmp_path)
+    assert [it.id for it in items] == ["val/11", "val/12", "val/13", "test/14"] and items[0].images == [str(tmp_path / "images" / "a.jpg")]
+    assert items[0].extra == {"id": 11, "split": "val"} and items[0].box.size == (256, 128)
+    path = tmp_path / "ref-l4-test.json"
+    good = {"caption": "x", "bbox": [32, 16, 96, 48], "file_name": "a.jpg"}  # no width/height: read from the image
+    path.write_text(json.dumps([good]))
+    assert refl4.read(path, image_root=tmp_path / "images")[0].answer == (0.125, 0.125, 0.5, 0.5)
+    for bad, field, problem in [
+        ({"bbox": [32, 16, 250, 120]}, "bbox", "lies outside its 256x128 image"),  # xyxy given where xywh is meant
+        ({"bbox": [32, 16, 0, 48]}, "bbox", "not a box of positive size"),
+        ({"bbox": [32, 16, 96]}, "bbox", "expected 4 numbers [x, y, w, h]"),
+        ({"bbox": [32, 16, "96", 48]}, "bbox", "expected 4 finite numbers"),
+        ({"caption": ""}, "caption", "empty"),
+        ({"width": -3, "height": 128}, "width", "expected a positive integer"),
+    ]:
+        path.write_text(json.dumps([good, {**good, **bad}]))
+        with pytest.raises(RecordError) as e:
+            refl4.read(path, image_root=tmp_path / "images")
+        assert (e.value.index, e.value.field) == (1, field) and problem in str(e.value), str(e.value)
+    path.write_text(json.dumps([{**good, "file_name": "b.jpg"}]))
+    with pytest.raises(MissingImageError, match="b.jpg"):
+        refl4.read(path, image_root=tmp_path / "images")
+
+
+def test_lisa_grounding_reads_both_published_layouts(tmp_path):
+    from mirg_lib.benchmarks import lisa
+
+    _image(tmp_path / "img" / "1.jpg")
+    recs = [
+        {"image": "img/1.jpg", "problem": "what keeps the papers from flying away?", "solution": [32, 16, 128, 64], "normal_caption": "the stone"},
+        {"image_path": "img/1.jpg", "instruction": "the thing one sits on", "boxes": [[0, 0, 128, 128]]},
+        {"image_path": "img/1.jpg", "instruction": "the thing one sits on", "boxes": [0, 64, 256, 128]},
+    ]
+    (tmp_path / "lisa_test.json").write_text(json.dumps(recs))
+    name, items = benchmarks.read(tmp_path / "lisa_test.json")
+    assert name == "lisa" and [it.answer for it in items] == [(0.125, 0.125, 0.5, 0.5), (0.0, 0.0, 0.5, 1.0), (0.0, 0.5, 1.0, 1.0)]
+    assert items[0].question == "what keeps the papers from flying away?" and items[0].extra == {"normal_caption": "the stone"}
+    (tmp_path / "bad.json").write_text(json.dumps([recs[0], {**recs[1], "boxes": [[0, 0, 8, 8], [1, 1, 9, 9]]}]))
+    with pytest.raises(RecordError, match=r"index 1, field 'boxes': expected one box, got 2"):
+        lisa.read(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps([{**recs[0], "solution": [32, 16, 16, 64]}]))
+    with pytest.raises(RecordError, match=r"index 0, field 'solution': not a box of positive size"):
+        lisa.read(tmp_path / "bad.json")
+
+
+def test_revos_grounding_sends_the_frames_and_finds_the_target_in_its_frame(tmp_path):
+    from mirg_lib.benchmarks import revos
+
+    for k in range(3):
+        _image(tmp_path / "v1" / f"{k}.jpg")
+    rec = {"video_id": "v1", "frames": ["v1/0.jpg", "v1/1.jpg", "v1/2.jpg"], "question": "the cat that jumps", "bbox_list": [None, [32, 16, 128, 64], []]}
+    (tmp_path / "revos.json").write_text(json.dumps([rec]))
+    name, (it,) = benchmarks.read(tmp_path / "revos.json")
+    assert name == "revos" and it.target_image == 2 and len(it.images) == 3 and it.answer == (0.125, 0.125, 0.5, 0.5)
+    for bad, problem in [
+        ({"bbox_list": [None, None, None]}, "target's box in exactly one frame, got boxes in 0"),
+        ({"bbox_list": [[0, 0, 9, 9], [32, 16, 128, 64], None]}, "exactly one frame, got boxes in 2"),
+        ({"bbox_list": [None, [32, 16, 128, 64]]}, "one entry per frame (3), got 2"),
+    ]:
+        (tmp_path / "revos.json").write_text(json.dumps([{**rec, **bad}]))
+        with pytest.raises(RecordError, match=r"index 0, field 'bbox_list'") as e:
+            revos.read(tmp_path / "revos.json")
+        assert problem in str(e.value)
+
+
+def test_each_benchmark_is_told_apart_by_its_fields(tmp_path):
+    cases = {
+        "blink": {"idx": 1, "image_1": "a.png", "choices": ["x", "y"], "answer": "(A)"},
+        "mmiu": {"task": "t", "input_image_path": ["a.png"], "output": "A"},
+        "ref_l4": {"caption": "x", "bbox": [0, 0, 1, 1], "file_name": "a.png"},
+        "lisa": {"image": "a.png", "problem": "x", "solution": [0, 0, 1, 1]},
+        "revos": {"video_id": "v", "frames": ["a.png"], "question": "x", "bbox_list": [[0, 0, 1, 1]]},
+    }
+    for name, rec in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps([rec]))
+        assert benchmarks.detect(tmp_path / f"{name}.json") == name
+    assert set(cases) == set(benchmarks.MODULES) == set(benchmarks.KINDS)

@@ -4,7 +4,9 @@ A benchmark module has ``NAME``, ``looks_like(record)`` (whether a record of a l
 published layout), ``read(path, image_root=None, cache=None)`` (the items of a local copy, a malformed record
 refused with its file, index and field) and its items' kind, which says how replies are scored:
 
-* ``choice`` (:mod:`.choice`): multiple-choice accuracy per subtask, averaged over subtasks (BLINK, MMIU).
+* ``choice`` (:mod:`.choice`): multiple-choice accuracy per subtask, averaged over subtasks (BLINK, MMIU);
+* ``grounding`` (:mod:`.grounding`): one box per item, Acc@0.5 (0.75, 0.9, mAcc) and mIoU (Ref-L4,
+  LISA-Grounding, ReVOS-Grounding).
 
 Adding a benchmark is adding its module to :data:`MODULES`; the stages and the CLI go through :func:`read`,
 :func:`detect` and :func:`score`.
@@ -16,12 +18,13 @@ import os
 from types import ModuleType
 from typing import Any
 
-from . import blink, mmiu
+from . import blink, lisa, mmiu, refl4, revos
 from ._rows import read_rows
 from .choice import ChoiceItem, score_choices
+from .grounding import GroundingItem, score_grounding
 
-MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu)}
-KINDS = {"blink": "choice", "mmiu": "choice"}
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos)}
+KINDS = {"blink": "choice", "mmiu": "choice", "ref_l4": "grounding", "lisa": "grounding", "revos": "grounding"}
 
 
 def get(name: str) -> ModuleType:
@@ -50,12 +53,17 @@ def read(path: str | os.PathLike, name: str | None = None, image_root: str | os.
     return name, get(name).read(path, image_root=image_root, cache=cache)
 
 
-def score(name: str, items: list[Any], replies: list[object]) -> dict[str, Any]:
-    """Score ``replies`` (one per item, in order) by benchmark ``name``'s protocol."""
+def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dict[str, Any]:
+    """Score ``replies`` (one per item, in order) by benchmark ``name``'s protocol; ``how``: a grounding
+    benchmark's ``frame``, ``seen_sizes`` and ``protocol`` (:func:`.grounding.score_grounding`)."""
     kind = KINDS[get(name).NAME]
     if kind == "choice":
+        if how:
+            raise ValueError(f"benchmark {name!r} (multiple choice) takes no {', '.join(sorted(how))}")
         return {"benchmark": name, **score_choices(items, replies)}
+    if kind == "grounding":
+        return {"benchmark": name, **score_grounding(items, replies, **how)}
     raise ValueError(f"benchmark {name!r}: no scorer for kind {kind!r}")
 
 
-__all__ = ["KINDS", "MODULES", "ChoiceItem", "detect", "get", "read", "score"]
+__all__ = ["KINDS", "MODULES", "ChoiceItem", "GroundingItem", "detect", "get", "read", "score"]
