@@ -1,7 +1,9 @@
 """Command line: ``python -m mirg_lib <command>``.
 
 * ``score --benchmark FILE.json --predictions FILE.jsonl [--protocol migician|lenient]``
-  prints the scores as one JSON object (format in docs/scoring.md).
+  prints the scores as one JSON object (format in docs/scoring.md). ``--benchmark-kind`` (blink, mmiu,
+  ref_l4, lisa, revos; default: told from the file's fields, MIG-Bench first) scores a local copy of another
+  benchmark, a file or its published folder, by that benchmark's protocol (``mirg_lib.benchmarks``).
 * ``gt-predictions --benchmark FILE.json --out FILE.jsonl [--shift 0.4]`` writes predictions that
   answer with the ground truth (optionally shifted right by a fraction of the box width): the
   scorer's self-check.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .formats import RecordError
 
@@ -52,6 +55,22 @@ def run_launched_spec(spec_file: str) -> None:
         raise ValueError(f"{spec_file}: unknown stage {spec.get('stage')!r}; launchable: sft, grpo")
 
 
+def _benchmark_kind(path: str) -> str:
+    """MIG-Bench when the file's first record has MIG-Bench's fields, else the benchmark its fields name."""
+    from . import benchmarks
+    from .benchmarks._rows import read_rows
+    from .formats import MIG_FIELDS
+
+    p = Path(path)
+    if p.is_dir():  # a published folder holds files of its own besides the benchmark's: never guessed
+        raise RecordError(p, None, None, f"is a directory, not a file (to score a benchmark's published folder, name it: --benchmark-kind {'|'.join(benchmarks.MODULES)})")
+    if p.is_file() and p.suffix == ".json":
+        rows = read_rows(p)
+        if rows and isinstance(rows[0].value, dict) and set(MIG_FIELDS[:4]) <= set(rows[0].value):
+            return "mig_bench"
+    return benchmarks.detect(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mirg_lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -61,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--predictions", required=True)
     sp.add_argument("--protocol", default="migician", choices=["migician", "lenient"])
     sp.add_argument("--threshold", type=float, default=0.5)
+    sp.add_argument("--benchmark-kind", default=None, help="mig_bench, blink, mmiu, ref_l4, lisa, revos (default: told from the file)")
+    sp.add_argument("--image-root", default=None, help="another benchmark's images' folder (default: beside its file)")
+    sp.add_argument("--frame", default="auto", choices=["auto", "rel1", "rel1000", "abs"], help="a grounding benchmark's reply boxes' frame")
 
     gp = sub.add_parser("gt-predictions", help="write ground-truth predictions (scorer self-check)")
     gp.add_argument("--benchmark", required=True)
@@ -99,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "score":
+            from . import benchmarks
             from .scoring import score_files
 
-            print(json.dumps(score_files(args.benchmark, args.predictions, args.protocol, args.threshold), indent=1))
+            kind = args.benchmark_kind or _benchmark_kind(args.benchmark)
+            if kind == "mig_bench":
+                print(json.dumps(score_files(args.benchmark, args.predictions, args.protocol, args.threshold), indent=1))
+            else:
+                res = benchmarks.score_files(args.benchmark, args.predictions, kind, args.image_root, args.frame, args.protocol)
+                for per_item in ("ious", "letters"):  # too long to print
+                    res.pop(per_item, None)
+                print(json.dumps(res, indent=1))
         elif args.cmd == "gt-predictions":
             from .formats import load_mig_bench
             from .io import write_jsonl

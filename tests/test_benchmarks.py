@@ -437,3 +437,63 @@ def test_each_benchmark_is_told_apart_by_its_fields(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps([rec]))
         assert benchmarks.detect(tmp_path / f"{name}.json") == name
     assert set(cases) == set(benchmarks.MODULES) == set(benchmarks.KINDS)
+
+
+def test_the_score_command_scores_a_local_copy_by_its_benchmarks_protocol(tmp_path):
+    import subprocess
+    import sys
+
+    path = _mmiu_release(tmp_path, [_mmiu_record(), _mmiu_record(task="jigsaw", output="A"), _mmiu_record(task="jigsaw", output="B")])
+    items = mmiu.read(path)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("\n".join(json.dumps(r) for r in [{"id": items[0].id, "response": "<answer>B</answer>"}, {"index": 1, "response": "(A) or (B)"}]))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mirg_lib", "score", "--benchmark", str(path), "--predictions", str(preds), *args], capture_output=True, text=True)
+
+    out = cli()  # told from its fields
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["benchmark"] == "mmiu" and res["missing"] == 1 and res["undecidable"] == 2  # item 2 has no prediction
+    assert res["subtasks"]["forensic_detection_blink"]["acc"] == 100.0 and res["subtasks"]["jigsaw"]["acc"] == 0.0 and res["avg"] == 50.0
+    assert json.loads(cli("--benchmark-kind", "mmiu").stdout) == res
+    wrong = cli("--benchmark-kind", "blink")
+    assert wrong.returncode == 2 and "error:" in wrong.stderr and "field 'idx': missing" in wrong.stderr
+    preds.write_text(json.dumps({"id": "nope", "response": "A"}))
+    bad = cli()
+    assert bad.returncode == 2 and "line 1, field 'id': no item 'nope'" in bad.stderr
+
+
+def test_the_score_command_scores_grounding_replies_in_pixels(tmp_path):
+    from mirg_lib import __main__ as cli
+
+    items = _grounding_items(tmp_path)
+    preds = tmp_path / "p.jsonl"
+    rows = [{"id": it.id, "response": '{"bbox_2d": [64, 32, 256, 128]}', "image_size": [512, 256]} for it in items]
+    preds.write_text("\n".join(json.dumps(r) for r in rows))
+    res = benchmarks.score_files(tmp_path / "ref-l4-val.json", preds, image_root=tmp_path / "images", frame="abs")
+    assert res["benchmark"] == "ref_l4" and res["all"]["acc@0.5"] == 100.0 and res["missing"] == 0
+    assert cli.main(["score", "--benchmark", str(tmp_path / "ref-l4-val.json"), "--predictions", str(preds), "--image-root", str(tmp_path / "images"), "--frame", "abs"]) == 0
+    with pytest.raises(ValueError, match="multiple choice: its replies have no frame"):
+        path = _mmiu_release(tmp_path / "m", [_mmiu_record()])
+        (tmp_path / "q.jsonl").write_text(json.dumps({"index": 0, "response": "A"}))
+        benchmarks.score_files(path, tmp_path / "q.jsonl", frame="abs")
+
+
+def test_the_score_command_still_scores_mig_bench_by_default(real_mig_file, tmp_path):
+    from mirg_lib.__main__ import _benchmark_kind
+
+    assert _benchmark_kind(str(real_mig_file)) == "mig_bench"
+
+
+def test_the_score_command_reads_a_published_folder_when_told_its_benchmark(tmp_path):
+    from mirg_lib import __main__ as cli
+
+    _write_parquet(tmp_path / "BLINK" / "Counting" / "val-00000-of-00001.parquet", _blink_rows((2, 1)))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": "Counting/val_Counting_1", "response": "The answer is (C)."}))
+    with pytest.raises(RecordError, match="is a directory, not a file .*--benchmark-kind blink"):
+        cli._benchmark_kind(str(tmp_path / "BLINK"))
+    res = benchmarks.score_files(tmp_path / "BLINK", preds, "blink")
+    assert res["subtasks"]["Counting"] == {"n": 2, "right": 1, "undecidable": 1, "acc": 50.0} and res["missing"] == 1
+    assert cli.main(["score", "--benchmark", str(tmp_path / "BLINK"), "--predictions", str(preds), "--benchmark-kind", "blink"]) == 0

@@ -36,7 +36,8 @@ def get(name: str) -> ModuleType:
 
 
 def detect(path: str | os.PathLike) -> str:
-    """Which benchmark a local file (or folder) is, from its first record's field names."""
+    """Which benchmark a local file (or folder) is, from its first record's field names (the CLI names a
+    folder's benchmark instead: a published folder may hold other files)."""
     rows = read_rows(path)
     if not rows:
         raise ValueError(f"{path}: no records to tell its benchmark by")
@@ -67,3 +68,63 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
 
 
 __all__ = ["KINDS", "MODULES", "ChoiceItem", "GroundingItem", "detect", "get", "read", "score"]
+
+
+def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
+    """The replies of a predictions file (JSON Lines: ``response``, and ``id``, the item's id as its reader
+    names it, or ``index``, its position in the reader's order; a grounding reply in pixels may carry the
+    ``image_size`` it was made at), in the order of ``items``: None where an item has no prediction. A bad
+    line is a RecordError naming the file, the line and the field; so is an unknown or repeated item."""
+    from pathlib import Path
+
+    from ..formats import RecordError, decode_json, read_text
+
+    path = Path(path)
+    where = {it.id: i for i, it in enumerate(items)}
+    replies: list[str | None] = [None] * len(items)
+    sizes: list[tuple[int, int] | None] = [None] * len(items)
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        row, _ = decode_json(path, line.strip(), 0, line=n)
+
+        def bad(field: str | None, problem: str, n: int = n) -> RecordError:
+            return RecordError(path, None, field, problem, line=n)
+
+        if not isinstance(row, dict):
+            raise bad(None, f"expected a JSON object, got {type(row).__name__}")
+        if "id" in row:
+            if row["id"] not in where:
+                raise bad("id", f"no item {row['id']!r:.80} in the benchmark")
+            i = where[row["id"]]
+        else:
+            i = row.get("index")
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(items):
+                raise bad("index", f"expected the item's id, or its position 0-{len(items) - 1}, got {i!r:.40}")
+        if not isinstance(row.get("response"), str):
+            raise bad("response", f"expected the raw reply as a string, got {type(row.get('response')).__name__}")
+        if replies[i] is not None:
+            raise bad("id" if "id" in row else "index", f"a second prediction for item {items[i].id!r}")
+        size = row.get("image_size")
+        if size is not None:
+            if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+                raise bad("image_size", f"expected [width, height] in pixels, got {size!r:.40}")
+            sizes[i] = (size[0], size[1])
+        replies[i] = row["response"]
+    return replies, sizes
+
+
+def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, name: str | None = None, image_root: str | os.PathLike | None = None, frame: str = "auto", protocol: str = "migician") -> dict[str, Any]:
+    """Score a predictions file against a local copy of a benchmark (``name``, else detected from its
+    fields): what ``python -m mirg_lib score --benchmark-kind`` prints. An item without a prediction is wrong
+    and counted in ``missing``."""
+    name, items = read(benchmark, name, image_root)
+    replies, sizes = load_replies(predictions, items)
+    how: dict[str, Any] = {}
+    if KINDS[name] == "grounding":
+        how = {"frame": frame, "seen_sizes": sizes, "protocol": protocol}
+    elif frame != "auto" or any(sizes):
+        raise ValueError(f"benchmark {name!r} is multiple choice: its replies have no frame or image size")
+    res = score(name, items, [r if r is not None else "" for r in replies], **how)
+    res["missing"] = sum(r is None for r in replies)
+    return res
