@@ -432,9 +432,10 @@ def test_each_benchmark_is_told_apart_by_its_fields(tmp_path):
         "ref_l4": {"caption": "x", "bbox": [0, 0, 1, 1], "file_name": "a.png"},
         "lisa": {"image": "a.png", "problem": "x", "solution": [0, 0, 1, 1]},
         "revos": {"video_id": "v", "frames": ["a.png"], "question": "x", "bbox_list": [[0, 0, 1, 1]]},
+        "odinw": {"images": [], "annotations": [], "categories": []},  # a COCO file: one object, not a list
     }
     for name, rec in cases.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps([rec]))
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec if name == "odinw" else [rec]))
         assert benchmarks.detect(tmp_path / f"{name}.json") == name
     assert set(cases) == set(benchmarks.MODULES) == set(benchmarks.KINDS)
 
@@ -497,3 +498,75 @@ def test_the_score_command_reads_a_published_folder_when_told_its_benchmark(tmp_
     res = benchmarks.score_files(tmp_path / "BLINK", preds, "blink")
     assert res["subtasks"]["Counting"] == {"n": 2, "right": 1, "undecidable": 1, "acc": 50.0} and res["missing"] == 1
     assert cli.main(["score", "--benchmark", str(tmp_path / "BLINK"), "--predictions", str(preds), "--benchmark-kind", "blink"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def _odinw(tmp_path, annotations=None, images=None):
+    folder = tmp_path / "odinw" / "OxfordPets" / "by-breed" / "test"
+    _image(folder / "1.jpg", (100, 100))
+    _image(folder / "2.jpg", (200, 100))
+    data = {
+        "images": images or [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100}, {"id": 2, "file_name": "2.jpg", "width": 200, "height": 100}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}],
+        "annotations": annotations
+        or [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 50, 50], "area": 2500, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [100, 0, 100, 100], "area": 10000, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+    }
+    (folder / "annotations_without_background.json").write_text(json.dumps(data))
+    return tmp_path / "odinw", folder / "annotations_without_background.json"
+
+
+def test_odinw_scores_by_coco_ap_as_computed_by_hand(tmp_path):
+    from mirg_lib.benchmarks.detection import score_detection
+
+    root, _ = _odinw(tmp_path)
+    name, items = benchmarks.read(root, "odinw")
+    assert name == "odinw" and [(it.id, it.category, len(it.boxes)) for it in items] == [("OxfordPets/1/1", "cat", 2), ("OxfordPets/2/2", "dog", 1), ("OxfordPets/2/3", "bird", 1)]
+    assert items[0].question == "Locate every cat in the image."
+    replies = [
+        "<answer>(0,0),(500,500)</answer>",  # one of the two cats, in 0-1000: recall 1/2 at precision 1
+        '[{"bbox_2d": [0.5, 0, 1, 1]}, {"bbox_2d": [0, 0, 0.1, 0.1]}]',  # the dog (0-1 relative), then a miss: precision 1 at recall 1
+        "There is no bird.",  # no box: AP 0
+    ]
+    res = score_detection(items, replies)
+    sub = res["subtasks"]["OxfordPets"]
+    # COCO's 101-point interpolated AP at every IoU threshold: cat 51/101 (precision 1 up to recall 0.5), dog 1, bird 0
+    assert sub["map"] == pytest.approx(100 * (51 / 101 + 1 + 0) / 3) and sub["ap50"] == pytest.approx(sub["map"])
+    assert sub["detections"] == 3 and sub["unreadable"] == 1 and res["avg"] == sub["map"] and res["unreadable"] == 1
+    # the same boxes in pixels of images the model saw at twice the size, read as 'abs'
+    pixels = ["(0,0),(100,100)", "[200, 0, 400, 200] and [0, 0, 20, 20]", "none"]
+    seen = [(200, 200), (400, 200), (400, 200)]
+    assert score_detection(items, pixels, frame="abs", seen_sizes=seen)["avg"] == pytest.approx(sub["map"])
+    assert score_detection(items, ["", "", ""])["avg"] == 0.0
+
+
+def test_odinw_refuses_a_malformed_coco_file_naming_the_entry(tmp_path):
+    from mirg_lib.benchmarks import odinw
+
+    good = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50]}]
+    for anns, images, index, field, problem in [
+        ([{**good[0], "bbox": [0, 0, 150, 50]}], None, 0, "annotations.bbox", "lies outside its 100x100 image"),
+        ([good[0], {**good[0], "image_id": 7}], None, 1, "annotations.image_id", "no image 7"),
+        ([{**good[0], "category_id": 9}], None, 0, "annotations.category_id", "no category 9"),
+        ([{**good[0], "bbox": None}], None, 0, "annotations.bbox", "missing"),
+        (good, [{"id": 1, "file_name": "1.jpg", "width": 0, "height": 100}], 0, "images.width", "expected a positive size"),
+        (good, [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100}, {"id": 1, "file_name": "2.jpg", "width": 1, "height": 1}], 1, "images.id", "appears twice"),
+    ]:
+        root, file = _odinw(tmp_path, anns, images)
+        with pytest.raises(RecordError) as e:
+            odinw.read(root)
+        assert (e.value.file, e.value.index, e.value.field) == (str(file), index, field) and problem in str(e.value), str(e.value)
+
+
+def test_odinw_names_a_subset_by_its_folder(tmp_path):
+    from mirg_lib.benchmarks import odinw
+
+    _, file = _odinw(tmp_path)
+    assert {it.subtask for it in odinw.read(file)} == {"OxfordPets"}  # the file alone: the nearest folder that is no split
+    assert benchmarks.detect(file) == "odinw"

@@ -6,7 +6,8 @@ refused with its file, index and field) and its items' kind, which says how repl
 
 * ``choice`` (:mod:`.choice`): multiple-choice accuracy per subtask, averaged over subtasks (BLINK, MMIU);
 * ``grounding`` (:mod:`.grounding`): one box per item, Acc@0.5 (0.75, 0.9, mAcc) and mIoU (Ref-L4,
-  LISA-Grounding, ReVOS-Grounding).
+  LISA-Grounding, ReVOS-Grounding);
+* ``detection`` (:mod:`.detection`): every box of a category, COCO mAP by pycocotools (ODinW).
 
 Adding a benchmark is adding its module to :data:`MODULES`; the stages and the CLI go through :func:`read`,
 :func:`detect` and :func:`score`.
@@ -18,13 +19,14 @@ import os
 from types import ModuleType
 from typing import Any
 
-from . import blink, lisa, mmiu, refl4, revos
+from . import blink, lisa, mmiu, odinw, refl4, revos
 from ._rows import read_rows
 from .choice import ChoiceItem, score_choices
+from .detection import DetectionItem, score_detection
 from .grounding import GroundingItem, score_grounding
 
-MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos)}
-KINDS = {"blink": "choice", "mmiu": "choice", "ref_l4": "grounding", "lisa": "grounding", "revos": "grounding"}
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos, odinw)}
+KINDS = {"blink": "choice", "mmiu": "choice", "ref_l4": "grounding", "lisa": "grounding", "revos": "grounding", "odinw": "detection"}
 
 
 def get(name: str) -> ModuleType:
@@ -64,10 +66,13 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
         return {"benchmark": name, **score_choices(items, replies)}
     if kind == "grounding":
         return {"benchmark": name, **score_grounding(items, replies, **how)}
+    if kind == "detection":
+        how.pop("protocol", None)  # every box is read, in any notation
+        return {"benchmark": name, **score_detection(items, replies, **how)}
     raise ValueError(f"benchmark {name!r}: no scorer for kind {kind!r}")
 
 
-__all__ = ["KINDS", "MODULES", "ChoiceItem", "GroundingItem", "detect", "get", "read", "score"]
+__all__ = ["KINDS", "MODULES", "ChoiceItem", "DetectionItem", "GroundingItem", "detect", "get", "read", "score"]
 
 
 def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
@@ -121,7 +126,7 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
     name, items = read(benchmark, name, image_root)
     replies, sizes = load_replies(predictions, items)
     how: dict[str, Any] = {}
-    if KINDS[name] == "grounding":
+    if KINDS[name] in ("grounding", "detection"):
         how = {"frame": frame, "seen_sizes": sizes, "protocol": protocol}
     elif frame != "auto" or any(sizes):
         raise ValueError(f"benchmark {name!r} is multiple choice: its replies have no frame or image size")

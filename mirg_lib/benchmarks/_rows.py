@@ -59,6 +59,10 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
                 if line.strip():
                     value, _ = decode_json(f, line.strip(), 0, line=n)
                     rows.append(Row(f, len(rows), value, line=n))
+        elif read_text(f).lstrip().startswith("{"):  # one object: a COCO-style file (ODinW, MC-Bench) is one record
+            text = read_text(f)
+            value, _ = decode_json(f, text, len(text) - len(text.lstrip()))
+            rows.append(Row(f, 0, value))
         else:
             rows += [Row(f, i, v) for i, v in enumerate(load_json_records(f))]
     return rows
