@@ -2,8 +2,8 @@
 
 * ``score --benchmark FILE.json --predictions FILE.jsonl [--protocol migician|lenient]``
   prints the scores as one JSON object (format in docs/scoring.md). ``--benchmark-kind`` (blink, mmiu,
-  ref_l4, lisa, revos; default: told from the file's fields, MIG-Bench first) scores a local copy of another
-  benchmark, a file or its published folder, by that benchmark's protocol (``mirg_lib.benchmarks``).
+  ref_l4, lisa, revos, odinw, mc_bench; default: told from the file's fields, MIG-Bench first) scores a local
+  copy of another benchmark, a file or its published folder, by that benchmark's protocol (``mirg_lib.benchmarks``).
 * ``gt-predictions --benchmark FILE.json --out FILE.jsonl [--shift 0.4]`` writes predictions that
   answer with the ground truth (optionally shifted right by a fraction of the box width): the
   scorer's self-check.
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--predictions", required=True)
     sp.add_argument("--protocol", default="migician", choices=["migician", "lenient"])
     sp.add_argument("--threshold", type=float, default=0.5)
-    sp.add_argument("--benchmark-kind", default=None, help="mig_bench, blink, mmiu, ref_l4, lisa, revos (default: told from the file)")
+    sp.add_argument("--benchmark-kind", default=None, help="mig_bench, blink, mmiu, ref_l4, lisa, revos, odinw, mc_bench (default: told from the file)")
     sp.add_argument("--image-root", default=None, help="another benchmark's images' folder (default: beside its file)")
     sp.add_argument("--frame", default="auto", choices=["auto", "rel1", "rel1000", "abs"], help="a grounding benchmark's reply boxes' frame")
 

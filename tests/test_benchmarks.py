@@ -433,9 +433,10 @@ def test_each_benchmark_is_told_apart_by_its_fields(tmp_path):
         "lisa": {"image": "a.png", "problem": "x", "solution": [0, 0, 1, 1]},
         "revos": {"video_id": "v", "frames": ["a.png"], "question": "x", "bbox_list": [[0, 0, 1, 1]]},
         "odinw": {"images": [], "annotations": [], "categories": []},  # a COCO file: one object, not a list
+        "mc_bench": {"descriptions": [], "images": [], "annotations": [], "categories": []},
     }
     for name, rec in cases.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(rec if name == "odinw" else [rec]))
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec if name in ("odinw", "mc_bench") else [rec]))
         assert benchmarks.detect(tmp_path / f"{name}.json") == name
     assert set(cases) == set(benchmarks.MODULES) == set(benchmarks.KINDS)
 
@@ -570,3 +571,78 @@ def test_odinw_names_a_subset_by_its_folder(tmp_path):
     _, file = _odinw(tmp_path)
     assert {it.subtask for it in odinw.read(file)} == {"OxfordPets"}  # the file alone: the nearest folder that is no split
     assert benchmarks.detect(file) == "odinw"
+
+
+# ----------------------------------------------------------------------------------------------- MC-Bench
+
+
+def _mc_bench(tmp_path, **change):
+    for k in range(6):
+        _image(tmp_path / "D1" / f"{k}.jpg", (100, 100))
+    data = {
+        "info": {"version": "0.2"},
+        "descriptions": [
+            {"id": 0, "images_id": [0, 1], "text": "The cups of the same colour", "positive_sample": True, "text_style": "Comparison"},
+            {"id": 1, "images_id": [2, 3], "text": "The dog wearing a hat", "positive_sample": False, "text_style": "Referring"},
+            {"id": 2, "images_id": [4, 5], "text": "The people doing the same thing", "positive_sample": True, "text_style": "Reasoning"},
+        ],
+        "images": [{"id": k, "text_id": k // 2, "inter_img_id": k % 2, "file_name": f"D1/{k}.jpg", "height": 100, "width": 100} for k in range(6)],
+        "annotations": [
+            {"id": 1, "image_id": 0, "text_id": 0, "category_id": 1, "area": 2500, "bbox": [0, 0, 50, 50], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "text_id": 0, "category_id": 1, "area": 2500, "bbox": [50, 50, 50, 50], "iscrowd": 0},
+            {"id": 3, "image_id": 4, "text_id": 2, "category_id": 1, "area": 400, "bbox": [0, 0, 20, 20], "iscrowd": 0},
+            {"id": 4, "image_id": 4, "text_id": 2, "category_id": 2, "area": 2500, "bbox": [50, 0, 50, 50], "iscrowd": 0},
+            {"id": 5, "image_id": 5, "text_id": 2, "category_id": 2, "area": 2500, "bbox": [0, 50, 50, 50], "iscrowd": 0},
+        ],
+        "categories": [{"id": g, "name": f"group {g}"} for g in range(1, 8)],
+    }
+    data.update(change)
+    (tmp_path / "mc-bench_v0.2_val.json").write_text(json.dumps(data))
+    return tmp_path / "mc-bench_v0.2_val.json"
+
+
+def test_mc_bench_scores_weighted_ap50_and_image_accuracy_as_its_official_code(tmp_path):
+    from mirg_lib.benchmarks.mcbench import placed_boxes, score_mc_bench
+
+    name, items = benchmarks.read(_mc_bench(tmp_path))
+    assert name == "mc_bench" and [it.id for it in items] == ["mc_bench/0", "mc_bench/1", "mc_bench/2"]
+    assert items[1].positive is False and items[1].truth == [[], []] and items[2].subtask == "Reasoning"
+    assert [g for g, _ in items[2].truth[0]] == [1, 2] and items[2].images[1].endswith("D1/5.jpg")
+    assert placed_boxes("Image 2: (500,500),(1000,1000). In image 1 (0,0),(500,500)", [(100, 100)] * 2) == [[(0.0, 0.0, 50.0, 50.0)], [(50.0, 50.0, 100.0, 100.0)]]
+    assert placed_boxes("(0,0),(500,500)", [(100, 100)] * 2) == [[(0.0, 0.0, 50.0, 50.0)], []]  # no image named: image 1
+    replies = [
+        "<answer>Image 1: (0,0),(500,500); image 2: (500,500),(1000,1000)</answer>",  # both cups
+        "No such dog in either image.",  # a negative sample answered with no box: right at image level
+        "Image 1: (500,0),(1000,500). Image 2: (0,500),(500,1000)",  # group 2's two people, not group 1's
+    ]
+    res = score_mc_bench(items, replies)
+    # group 1: 3 boxes, 2 found (sample 3's reply is given group 2, the one it matches), AP50 = 67/101 (recall 2/3);
+    # group 2: both found, AP50 1; weighted by their 3 and 2 ground-truth boxes
+    assert res["all"]["ap50"] == pytest.approx(100 * (3 / 5 * 67 / 101 + 2 / 5 * 1.0))
+    assert res["all"]["accuracy"] == 100.0  # every image has a box exactly where the ground truth has one
+    assert res["all"]["detections"] == 4 and res["unreadable"] == 1
+    assert set(res["subtasks"]) == {"Comparison", "Referring", "Reasoning"} and res["subtasks"]["Referring"]["accuracy"] == 100.0
+    # a box on the negative sample: image level wrong there; AP50 as before (every box scores 1.0, and this
+    # false positive comes after the true ones)
+    worse = score_mc_bench(items, [replies[0], "Image 2: (0,0),(300,300)", replies[2]])
+    assert worse["all"]["accuracy"] == pytest.approx(200 / 3) and worse["subtasks"]["Referring"]["accuracy"] == 0.0
+    assert worse["all"]["ap50"] == pytest.approx(res["all"]["ap50"]) and worse["all"]["detections"] == 5
+    with pytest.raises(ValueError, match="3 items but 1 replies"):
+        score_mc_bench(items, ["x"])
+
+
+def test_mc_bench_refuses_a_malformed_file_naming_the_entry(tmp_path):
+    from mirg_lib.benchmarks import mcbench
+
+    base = json.loads(_mc_bench(tmp_path).read_text())
+    for change, index, field, problem in [
+        ({"descriptions": [{**base["descriptions"][0], "images_id": [0]}]}, 0, "descriptions.images_id", "ids of its two images"),
+        ({"descriptions": [{**base["descriptions"][0], "images_id": [0, 99]}]}, 0, "descriptions.images_id", "ids of its two images"),
+        ({"descriptions": [{**base["descriptions"][0], "text": " "}]}, 0, "descriptions.text", "empty"),
+        ({"annotations": [{**base["annotations"][0], "category_id": 9}]}, 0, "annotations.category_id", "no group 9"),
+        ({"annotations": [base["annotations"][0], {**base["annotations"][1], "bbox": [90, 90, 50, 50]}]}, 1, "annotations.bbox", "lies outside"),
+    ]:
+        path = _mc_bench(tmp_path, **change)
+        with pytest.raises(RecordError) as e:
+            mcbench.read(path)
+        assert (e.value.file, e.value.index, e.value.field) == (str(path), index, field) and problem in str(e.value), str(e.value)

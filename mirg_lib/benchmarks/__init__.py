@@ -7,7 +7,9 @@ refused with its file, index and field) and its items' kind, which says how repl
 * ``choice`` (:mod:`.choice`): multiple-choice accuracy per subtask, averaged over subtasks (BLINK, MMIU);
 * ``grounding`` (:mod:`.grounding`): one box per item, Acc@0.5 (0.75, 0.9, mAcc) and mIoU (Ref-L4,
   LISA-Grounding, ReVOS-Grounding);
-* ``detection`` (:mod:`.detection`): every box of a category, COCO mAP by pycocotools (ODinW).
+* ``detection`` (:mod:`.detection`): every box of a category, COCO mAP by pycocotools (ODinW);
+* ``multi_context`` (:mod:`.mcbench`): every box a text names across two images, weighted AP50 and
+  image-level accuracy (MC-Bench).
 
 Adding a benchmark is adding its module to :data:`MODULES`; the stages and the CLI go through :func:`read`,
 :func:`detect` and :func:`score`.
@@ -19,14 +21,22 @@ import os
 from types import ModuleType
 from typing import Any
 
-from . import blink, lisa, mmiu, odinw, refl4, revos
+from . import blink, lisa, mcbench, mmiu, odinw, refl4, revos
 from ._rows import read_rows
 from .choice import ChoiceItem, score_choices
 from .detection import DetectionItem, score_detection
 from .grounding import GroundingItem, score_grounding
 
-MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos, odinw)}
-KINDS = {"blink": "choice", "mmiu": "choice", "ref_l4": "grounding", "lisa": "grounding", "revos": "grounding", "odinw": "detection"}
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos, odinw, mcbench)}
+KINDS = {
+    "blink": "choice",
+    "mmiu": "choice",
+    "ref_l4": "grounding",
+    "lisa": "grounding",
+    "revos": "grounding",
+    "odinw": "detection",
+    "mc_bench": "multi_context",
+}
 
 
 def get(name: str) -> ModuleType:
@@ -66,9 +76,10 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
         return {"benchmark": name, **score_choices(items, replies)}
     if kind == "grounding":
         return {"benchmark": name, **score_grounding(items, replies, **how)}
-    if kind == "detection":
+    if kind in ("detection", "multi_context"):
         how.pop("protocol", None)  # every box is read, in any notation
-        return {"benchmark": name, **score_detection(items, replies, **how)}
+        scorer = score_detection if kind == "detection" else mcbench.score_mc_bench
+        return {"benchmark": name, **scorer(items, replies, **how)}
     raise ValueError(f"benchmark {name!r}: no scorer for kind {kind!r}")
 
 
@@ -126,7 +137,11 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
     name, items = read(benchmark, name, image_root)
     replies, sizes = load_replies(predictions, items)
     how: dict[str, Any] = {}
-    if KINDS[name] in ("grounding", "detection"):
+    if KINDS[name] == "multi_context":
+        if frame == "abs" or any(sizes):
+            raise ValueError(f"benchmark {name!r}: replies in pixels of the images as seen are not read yet (one size per image); give 0-1 or 0-1000 boxes")
+        how = {"frame": frame}
+    elif KINDS[name] != "choice":
         how = {"frame": frame, "seen_sizes": sizes, "protocol": protocol}
     elif frame != "auto" or any(sizes):
         raise ValueError(f"benchmark {name!r} is multiple choice: its replies have no frame or image size")

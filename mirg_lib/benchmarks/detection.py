@@ -39,30 +39,32 @@ class DetectionItem:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def box_pixels(values: tuple[float, ...], size: tuple[int, int], frame: str = "auto", seen_size: tuple[int, int] | None = None) -> tuple[float, float, float, float] | None:
+    """Four numbers a reply wrote as ``(x1, y1, x2, y2)`` pixels of an image of ``size``, or None when they are
+    not finite, inverted or of no size (the module's docstring has the frames)."""
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        return None
+    if frame == "auto":
+        use = Frame.REL1 if max(abs(v) for v in values) <= 1 else Frame.REL1000
+    else:
+        use = Frame.parse(frame)
+    if use is Frame.ABS and seen_size is None:
+        raise ValueError("frame 'abs' needs the size each image was seen at")
+    try:
+        box = Box(*values, frame=use, size=seen_size if use is Frame.ABS else None).to(Frame.ABS, size)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return box.coords if box.is_proper else None
+
+
 def reply_boxes(reply: object, size: tuple[int, int], frame: str = "auto", seen_size: tuple[int, int] | None = None) -> list[tuple[float, float, float, float]]:
-    """Every box of ``reply`` as ``(x1, y1, x2, y2)`` pixels of an image of ``size`` (never raises; boxes that are
-    not finite, inverted or of no size are dropped)."""
+    """Every box of ``reply`` as ``(x1, y1, x2, y2)`` pixels of an image of ``size``; any reply gets a list,
+    never an error (boxes that are not finite, inverted or of no size are dropped)."""
     if not isinstance(reply, str):
         return []
     _, region = answer_region(reply)
-    out = []
-    for fb in find_boxes(region)[:MAX_BOXES]:
-        vals = fb.values
-        if not all(math.isfinite(v) for v in vals):
-            continue
-        if frame == "auto":
-            use = Frame.REL1 if max(abs(v) for v in vals) <= 1 else Frame.REL1000
-        else:
-            use = Frame.parse(frame)
-        if use is Frame.ABS and seen_size is None:
-            raise ValueError("frame 'abs' needs the size each image was seen at")
-        try:
-            box = Box(*vals, frame=use, size=seen_size if use is Frame.ABS else None).to(Frame.ABS, size)
-        except (ValueError, ZeroDivisionError, OverflowError):
-            continue
-        if box.is_proper:
-            out.append(box.coords)
-    return out
+    found = (box_pixels(fb.values, size, frame, seen_size) for fb in find_boxes(region)[:MAX_BOXES])
+    return [b for b in found if b is not None]
 
 
 def coco_ap(images: dict[int, tuple[int, int]], truths: list[tuple[int, int, tuple[float, float, float, float]]], categories: dict[int, str], detections: list[tuple[int, int, tuple[float, float, float, float]]]) -> dict[str, Any]:
