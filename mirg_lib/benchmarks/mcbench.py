@@ -33,8 +33,10 @@ from typing import Any
 from ..boxes import Box, Frame, iou_xyxy
 from ..formats import RecordError
 from ..parsing import IMAGE_NUM_RE, answer_region, find_boxes, parse_response
-from . import coco
 from ._rows import Row, image_file
+from .coco import field_of, section, xywh_box
+from .coco import images as coco_images
+from .coco import load as load_coco
 from .detection import MAX_BOXES, box_pixels, coco_ap
 
 NAME = "mc_bench"
@@ -67,27 +69,27 @@ def read(path: str | os.PathLike, image_root: str | os.PathLike | None = None, c
     path = Path(path)
     cache = Path(cache) if cache is not None else runs_dir() / "benchmarks" / "mc_bench_images"
     root = Path(image_root) if image_root is not None else path.parent
-    data = coco.load(path)
-    imgs = coco.images(path, data)
-    groups = {coco.field_of(path, "categories", i, e, "id", int) for i, e in enumerate(coco.section(path, data, "categories"))}
+    data = load_coco(path)
+    imgs = coco_images(path, data)
+    groups = {field_of(path, "categories", i, e, "id", int) for i, e in enumerate(section(path, data, "categories"))}
     truth: dict[int, list[tuple[int, Box]]] = {}
-    for i, e in enumerate(coco.section(path, data, "annotations")):
-        iid = coco.field_of(path, "annotations", i, e, "image_id", int)
+    for i, e in enumerate(section(path, data, "annotations")):
+        iid = field_of(path, "annotations", i, e, "image_id", int)
         if iid not in imgs:
             raise RecordError(path, i, "annotations.image_id", f"no image {iid} in 'images'")
-        group = coco.field_of(path, "annotations", i, e, "category_id", int)
+        group = field_of(path, "annotations", i, e, "category_id", int)
         if group not in groups:
             raise RecordError(path, i, "annotations.category_id", f"no group {group} in 'categories'")
         size = (imgs[iid]["width"], imgs[iid]["height"])
-        truth.setdefault(iid, []).append((group, Box(*coco.xywh_box(path, i, e, size), Frame.ABS, size)))
+        truth.setdefault(iid, []).append((group, Box(*xywh_box(path, i, e, size), Frame.ABS, size)))
     positions = {iid: k for k, iid in enumerate(imgs)}
     items = []
-    for i, d in enumerate(coco.section(path, data, "descriptions")):
-        did = coco.field_of(path, "descriptions", i, d, "id", int)
-        pair = coco.field_of(path, "descriptions", i, d, "images_id", list)
+    for i, d in enumerate(section(path, data, "descriptions")):
+        did = field_of(path, "descriptions", i, d, "id", int)
+        pair = field_of(path, "descriptions", i, d, "images_id", list)
         if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v in imgs for v in pair):
             raise RecordError(path, i, "descriptions.images_id", f"expected the ids of its two images, got {pair!r:.60}")
-        text = coco.field_of(path, "descriptions", i, d, "text", str).strip()
+        text = field_of(path, "descriptions", i, d, "text", str).strip()
         if not text:
             raise RecordError(path, i, "descriptions.text", "empty")
         style = d.get("text_style") if isinstance(d.get("text_style"), str) else "all"

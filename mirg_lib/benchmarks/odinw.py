@@ -20,8 +20,10 @@ from typing import Any
 
 from ..boxes import Box, Frame
 from ..formats import RecordError
-from . import coco
 from ._rows import Row, files_of, image_file
+from .coco import field_of, section, xywh_box
+from .coco import images as coco_images
+from .coco import load as load_coco
 from .detection import DetectionItem
 
 NAME = "odinw"
@@ -45,21 +47,21 @@ def subset_name(file: Path, given: Path) -> str:
 
 
 def read_file(path: Path, subset: str, image_root: Path | None, cache: Path) -> list[DetectionItem]:
-    data = coco.load(path)
-    imgs = coco.images(path, data)
+    data = load_coco(path)
+    imgs = coco_images(path, data)
     cats: dict[int, str] = {}
-    for i, e in enumerate(coco.section(path, data, "categories")):
-        cats[coco.field_of(path, "categories", i, e, "id", int)] = coco.field_of(path, "categories", i, e, "name", str)
+    for i, e in enumerate(section(path, data, "categories")):
+        cats[field_of(path, "categories", i, e, "id", int)] = field_of(path, "categories", i, e, "name", str)
     truths: dict[tuple[int, int], list[Box]] = {}
-    for i, e in enumerate(coco.section(path, data, "annotations")):
-        iid = coco.field_of(path, "annotations", i, e, "image_id", int)
-        cid = coco.field_of(path, "annotations", i, e, "category_id", int)
+    for i, e in enumerate(section(path, data, "annotations")):
+        iid = field_of(path, "annotations", i, e, "image_id", int)
+        cid = field_of(path, "annotations", i, e, "category_id", int)
         if iid not in imgs:
             raise RecordError(path, i, "annotations.image_id", f"no image {iid} in 'images'")
         if cid not in cats:
             raise RecordError(path, i, "annotations.category_id", f"no category {cid} in 'categories'")
         size = (imgs[iid]["width"], imgs[iid]["height"])
-        truths.setdefault((iid, cid), []).append(Box(*coco.xywh_box(path, i, e, size), Frame.ABS, size))
+        truths.setdefault((iid, cid), []).append(Box(*xywh_box(path, i, e, size), Frame.ABS, size))
     root = image_root if image_root is not None else path.parent
     items = []
     positions = {iid: k for k, iid in enumerate(imgs)}
