@@ -82,3 +82,62 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
         write_jsonl(out_dir / "predictions.jsonl", rows)
         write_json(out_dir / "scores.json", scores)
     return scores
+
+
+def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, name: str | None = None, image_root: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:
+    """Generate greedily for every item of a local copy of one of the papers' other benchmarks
+    (:mod:`mirg_lib.benchmarks`: ``name``, else told from its fields), with ``cfg.prompt``'s recipe, and score
+    the replies by that benchmark's protocol; ``predictions.jsonl`` (``id``, ``response``, and ``image_size``
+    with ``cfg.frame: abs``) and ``scores.json`` go to ``out_dir``. ``stamp`` as for :func:`evaluate_checkpoint`."""
+    import torch
+
+    from . import benchmarks
+    from .models import load_model, load_processor
+
+    if stamp is not None and out_dir is not None:
+        done = Path(out_dir) / "scores.json"
+        if done.is_file() and (Path(out_dir) / "predictions.jsonl").is_file():
+            old = json.loads(done.read_text())
+            if old.get("stamp") == stamp:
+                return old
+    name, items = benchmarks.read(benchmark, name, image_root)
+    kind = benchmarks.KINDS[name]
+    if cfg.frame == "abs" and kind == "multi_context":
+        raise ValueError(f"benchmark {name!r}: replies in pixels of the images as seen are not read yet; use eval.frame auto or rel1000")
+    if model is None and items:
+        device = "cuda" if torch.cuda.is_available() else None
+        model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
+    if processor is None and items:
+        processor = load_processor(model_path)
+    t0 = time.perf_counter()
+    rows, sizes = [], []
+    for start in tqdm(range(0, len(items), cfg.batch_size), desc=f"evaluating {name}", mininterval=5):
+        chunk = items[start : start + cfg.batch_size]
+        msgs = [user_turn(len(it.images), benchmarks.prompt_text(it, cfg.prompt, cfg.box_notation)) for it in chunk]
+        imgs = [[Image.open(p).convert("RGB") for p in it.images] for it in chunk]
+        replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        for it, reply, ims in zip(chunk, replies, imgs, strict=True):
+            row: dict[str, Any] = {"id": it.id, "response": reply}
+            size = None
+            if cfg.frame == "abs" and kind in ("grounding", "detection"):  # Qwen2.5-VL: pixels of the image as it saw it
+                size = seen_size(processor, ims[getattr(it, "target_image", 1) - 1])
+                row["image_size"] = list(size)
+            rows.append(row)
+            sizes.append(size)
+    seconds = time.perf_counter() - t0
+    how: dict[str, Any] = {}
+    if kind in ("grounding", "detection"):
+        how = {"frame": cfg.frame, "seen_sizes": sizes}
+        if kind == "grounding":
+            how["protocol"] = cfg.protocol
+    elif kind == "multi_context":
+        how = {"frame": cfg.frame}
+    scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)
+    scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items))
+    if stamp is not None:
+        scores["stamp"] = stamp
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_jsonl(out_dir / "predictions.jsonl", rows)
+        write_json(out_dir / "scores.json", scores)
+    return scores

@@ -25,6 +25,12 @@ MIRG_SUFFIX = (
     "<bbox_id>[N-M]</bbox_id><|object_ref_start|>object<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|> "
     "(image N, object M), then output the final answer in <answer> </answer> tags as the target's bbox_id and box."
 )
+# A multiple-choice question (BLINK, MMIU) asked with a reasoning recipe's prompt: Zhang et al.'s instruction,
+# the answer an option's letter instead of a box (mirg_lib.benchmarks)
+CHOICE_REASONING_SUFFIX = (
+    " First output the thinking process in <think> </think> tags and then output the final answer, the option's "
+    "letter, in <answer> </answer> tags."
+)
 # Migician's evaluation code appends this to every question (its typo `<|box_start|>` twice kept)
 MIGICIAN_SUFFIX = "Format:<|box_start|>(x1,y1),(x2,y2)<|box_start|>. Don't generate addtional words."
 

@@ -646,3 +646,35 @@ def test_mc_bench_refuses_a_malformed_file_naming_the_entry(tmp_path):
         with pytest.raises(RecordError) as e:
             mcbench.read(path)
         assert (e.value.file, e.value.index, e.value.field) == (str(path), index, field) and problem in str(e.value), str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ the eval stage
+
+
+def test_a_benchmark_prompt_follows_the_recipe():
+    from mirg_lib.benchmarks import prompt_text
+    from mirg_lib.benchmarks.grounding import GroundingItem
+    from mirg_lib.boxes import Box
+
+    choice = ChoiceItem("x", "Counting", ["a.png"], "How many cubes?", ["one", "two"], "B")
+    assert prompt_text(choice) == choice.prompt_text()
+    assert prompt_text(choice, "zhang").endswith("the option's letter, in <answer> </answer> tags.") and "JSON" not in prompt_text(choice, "zhang")
+    ground = GroundingItem("g", "val", ["a.png"], "Find the object this describes: the red cup", Box(0, 0, 1, 1))
+    assert prompt_text(ground, "zhang", "tokens").endswith("Output the bounding box as <|box_start|>(x1,y1),(x2,y2)<|box_end|>.")
+    assert prompt_text(ground) == "Find the object this describes: the red cup"
+
+
+def test_the_eval_stage_scores_a_checkpoint_on_another_benchmark(tmp_path, nano_checkpoint, monkeypatch):
+    from mirg_lib.evaluation import EvalConfig, evaluate_benchmark
+
+    items = _grounding_items(tmp_path)
+    cfg = EvalConfig(prompt="zhang", box_notation="tokens", max_new_tokens=8, batch_size=3)
+    out = tmp_path / "eval_refl4"
+    res = evaluate_benchmark(nano_checkpoint, tmp_path / "ref-l4-val.json", cfg, out, image_root=tmp_path / "images", stamp="s1")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [it.id for it in items] and all(isinstance(r["response"], str) for r in rows)
+    assert res["benchmark"] == "ref_l4" and res["all"]["n"] == 4 and res["n_items"] == 4 and res["prompt"] == "zhang"
+    again = benchmarks.score_files(tmp_path / "ref-l4-val.json", out / "predictions.jsonl", image_root=tmp_path / "images")
+    assert again["all"] == res["all"] and again["missing"] == 0  # the written predictions score the same from the CLI
+    monkeypatch.setattr("mirg_lib.models.load_model", lambda *a, **k: pytest.fail("scores with the same stamp are reused"))
+    assert evaluate_benchmark(nano_checkpoint, tmp_path / "ref-l4-val.json", cfg, out, image_root=tmp_path / "images", stamp="s1") == json.loads((out / "scores.json").read_text())

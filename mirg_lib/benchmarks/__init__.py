@@ -66,6 +66,21 @@ def read(path: str | os.PathLike, name: str | None = None, image_root: str | os.
     return name, get(name).read(path, image_root=image_root, cache=cache)
 
 
+def prompt_text(item: Any, style: str = "plain", notation: str = "json") -> str:
+    """What a model is asked for ``item`` with a recipe's prompt (``plain``, ``zhang``, ``mirg``): a
+    multiple-choice question with its lettered options (a reasoning recipe asks for the letter in
+    ``<answer>``); a grounding, detection or MC-Bench question with the recipe's box instruction
+    (:func:`mirg_lib.prompts.with_suffix`)."""
+    from ..prompts import CHOICE_REASONING_SUFFIX, with_suffix
+
+    if isinstance(item, ChoiceItem):
+        return item.prompt_text() + (CHOICE_REASONING_SUFFIX if style in ("zhang", "mirg") else "")
+    question = item.question
+    if isinstance(item, mcbench.MCBenchItem):
+        question = f"{question.rstrip('.')}. Box every instance this describes in the two images, saying which image each box is in."
+    return with_suffix(question, style, notation)
+
+
 def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dict[str, Any]:
     """Score ``replies`` (one per item, in order) by benchmark ``name``'s protocol; ``how``: a grounding
     benchmark's ``frame``, ``seen_sizes`` and ``protocol`` (:func:`.grounding.score_grounding`)."""

@@ -39,7 +39,8 @@ def parse(row: Row, root: Path, cache: Path) -> GroundingItem:
     subtask = split if isinstance(split, str) and split else row.file.stem
     ident = row.value.get("id", row.index)
     extra = {k: v for k, v in row.value.items() if k not in FIELDS}
-    return GroundingItem(f"{subtask}/{ident}", subtask, [image], caption, box, 1, extra)
+    extra["caption"] = caption
+    return GroundingItem(f"{subtask}/{ident}", subtask, [image], f"Find the object this describes: {caption}", box, 1, extra)
 
 
 def read(path: str | os.PathLike, image_root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> list[GroundingItem]:
