@@ -1,0 +1,191 @@
+"""The papers' other benchmarks drawn by the embedded world, each in its published layout, so that the
+readers and scorers of :mod:`mirg_lib.benchmarks` run end to end without a download.
+
+Every analogue asks one of its benchmark's question types of the world's objects, and every item is
+well-posed (one right answer, checked as it is drawn):
+
+* ``blink/Counting/val.json`` (BLINK's fields, images as paths): how many objects of a colour and shape there
+  are across 2-3 images; four numbers to choose from;
+* ``blink/Visual_Similarity/val.json``: which of two images shows the same objects as the first (moved and
+  re-lit) rather than other ones;
+* ``ref_l4/ref-l4-val.json`` (Ref-L4's fields, xywh boxes): one image, a long expression (every attribute
+  and where in the image) naming one object;
+* ``revos/revos.json`` (ReVOS-Grounding's fields): 3-4 frames of a scene, an object that appears in one
+  frame only, boxed in that frame;
+* ``odinw/Shapes/test/annotations.json`` (a COCO file, ODinW's layout): every object of an image is an
+  instance of its shape category.
+
+Deterministic in ``seed``: the same seed writes the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .objects import BACKGROUNDS, SHAPES, Obj, random_identity
+from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
+
+ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "revos", "odinw")
+_TRIES = 200
+
+
+@dataclass
+class Drawn:
+    """One drawn item: its images and the record (image fields filled in by the writer)."""
+
+    images: list[Image.Image]
+    record: dict[str, Any]
+
+
+def _where(box: tuple[float, ...], size: int) -> str:
+    cx, cy = (box[0] + box[2]) / 2 / size, (box[1] + box[3]) / 2 / size
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
+    return "in the centre" if (row, col) == ("middle", "centre") else f"in the {row} {col} of the image"
+
+
+def draw_counting(rng: random.Random, k: WorldKnobs) -> Drawn:
+    n = rng.randint(2, 3)
+    scenes = [_scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))], first_oid=10 * i) for i in range(n)]
+    probe = rng.choice([o for s in scenes for o in s])
+    count = sum(1 for s in scenes for o in s if (o.colour, o.shape) == (probe.colour, probe.shape))
+    wrong = sorted({max(0, count + d) for d in (-2, -1, 1, 2, 3)} - {count})
+    choices = sorted([count, *rng.sample(wrong, 3)])
+    answer = "ABCD"[choices.index(count)]
+    q = f"How many {probe.colour} {probe.shape}s are there in the {n} images together?"
+    prompt = q + "\nSelect from the following choices.\n" + "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(choices))
+    return Drawn([_draw(rng, k, s) for s in scenes], {"question": q, "sub_task": "Counting", "choices": [str(c) for c in choices], "answer": f"({answer})", "prompt": prompt, "count": count})
+
+
+def draw_similarity(rng: random.Random, k: WorldKnobs) -> Drawn:
+    idents = [random_identity(rng) for _ in range(_n_objects(rng, k))]
+    first = _scene(rng, k, idents)
+    same = _scene(rng, k, idents, first_oid=10)  # the same objects, placed anew
+    others = [random_identity(rng, set(idents)) for _ in idents]
+    other = _scene(rng, k, others, first_oid=20)
+    if {o.identity for o in other} & {o.identity for o in first}:
+        raise WorldError("the other image shares an object")
+    similar_second = rng.random() < 0.5
+    pair = (same, other) if similar_second else (other, same)
+    q = "Given the first image, which of the other two images shows the same objects?"
+    choices = ["the second image", "the third image"]
+    answer = "A" if similar_second else "B"
+    prompt = q + "\nSelect from the following choices.\n(A) the second image\n(B) the third image"
+    return Drawn([_draw(rng, k, first), _draw(rng, k, pair[0], brightness=0.9), _draw(rng, k, pair[1], brightness=0.9)],
+                 {"question": q, "sub_task": "Visual_Similarity", "choices": choices, "answer": f"({answer})", "prompt": prompt})
+
+
+def draw_long_expression(rng: random.Random, k: WorldKnobs) -> Drawn:
+    scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
+    target = rng.choice(scene)
+    others = [o for o in scene if o is not target]
+    referring_expression(rng, target, others, 0.0)  # raises unless some description singles it out
+    if any(o.identity == target.identity for o in others):
+        raise WorldError("the full description fits two objects")
+    x1, y1, x2, y2 = target.box
+    caption = f"the {target.describe()} {_where(target.box, k.image_size)}, next to {len(others)} other shapes"
+    return Drawn([_draw(rng, k, scene)], {"caption": caption, "bbox": [x1, y1, x2 - x1, y2 - y1], "width": k.image_size, "height": k.image_size, "split": "val"})
+
+
+def draw_single_frame_object(rng: random.Random, k: WorldKnobs) -> Drawn:
+    n = rng.randint(3, 4)
+    base = [random_identity(rng) for _ in range(max(2, _n_objects(rng, k) - 1))]
+    target = random_identity(rng, set(base))
+    kk = rng.randrange(n)
+    frames: list[list[Obj]] = [_scene(rng, k, base + ([target] if i == kk else []), first_oid=0) for i in range(n)]
+    if sum(1 for f in frames for o in f if o.identity == target) != 1:
+        raise WorldError("the target in more than one frame")
+    tobj = next(o for o in frames[kk] if o.identity == target)
+    q = f"The frames show one scene over time. Find the {tobj.describe()}, which appears in one frame only."
+    boxes = [list(tobj.box) if i == kk else None for i in range(n)]
+    bg = rng.choice(BACKGROUNDS)  # one scene: one background in every frame
+    images = [_draw(rng, k, f, bg=bg) for f in frames]
+    return Drawn(images, {"question": q, "bbox_list": boxes, "frame": kk + 1})
+
+
+def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
+    scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
+    return Drawn([_draw(rng, k, scene)], {"objects": [(o.shape, o.box) for o in scene]})
+
+
+DRAWERS = {
+    "blink_counting": draw_counting,
+    "blink_similarity": draw_similarity,
+    "ref_l4": draw_long_expression,
+    "revos": draw_single_frame_object,
+    "odinw": draw_detection,
+}
+
+
+def draw(name: str, seed: int, knobs: WorldKnobs) -> Drawn:
+    """A well-posed item of analogue ``name``; deterministic in ``seed``."""
+    rng = random.Random(seed)
+    last = None
+    for _ in range(_TRIES):
+        try:
+            return DRAWERS[name](rng, knobs)
+        except WorldError as e:
+            last = e
+    raise RuntimeError(f"could not draw a well-posed {name} item in {_TRIES} tries (last: {last})")
+
+
+def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -> dict[str, Path]:
+    """Draw ``n_per`` items of every analogue into ``out`` in the published layouts; returns each
+    benchmark's file or folder, as :func:`mirg_lib.benchmarks.read` takes it."""
+    out = Path(out)
+    paths: dict[str, Path] = {}
+    for a, name in enumerate(ANALOGUES):
+        items = [draw(name, seed * 1_000_003 + a * 10_007 + i, knobs) for i in range(n_per)]
+        if name.startswith("blink_"):
+            folder = out / "blink" / items[0].record["sub_task"]
+            folder.mkdir(parents=True, exist_ok=True)
+            recs = []
+            for i, d in enumerate(items):
+                rec = {"idx": f"val_{d.record['sub_task']}_{i + 1}", **{k: v for k, v in d.record.items() if k != "count"}}
+                for j, im in enumerate(d.images, 1):
+                    im.save(folder / f"{i}_{j}.png")
+                    rec[f"image_{j}"] = f"{i}_{j}.png"
+                recs.append(rec)
+            (folder / "val.json").write_text(json.dumps(recs, indent=1))
+            paths["blink"] = out / "blink"
+        elif name == "ref_l4":
+            folder = out / "ref_l4"
+            (folder / "images").mkdir(parents=True, exist_ok=True)
+            recs = []
+            for i, d in enumerate(items):
+                d.images[0].save(folder / "images" / f"{i}.png")
+                recs.append({"id": i, "file_name": f"images/{i}.png", **d.record})
+            (folder / "ref-l4-val.json").write_text(json.dumps(recs, indent=1))
+            paths["ref_l4"] = folder / "ref-l4-val.json"
+        elif name == "revos":
+            folder = out / "revos"
+            recs = []
+            for i, d in enumerate(items):
+                (folder / f"video_{i}").mkdir(parents=True, exist_ok=True)
+                frames = []
+                for j, im in enumerate(d.images):
+                    im.save(folder / f"video_{i}" / f"{j:05d}.png")
+                    frames.append(f"video_{i}/{j:05d}.png")
+                recs.append({"video_id": f"video_{i}", "frames": frames, "question": d.record["question"], "bbox_list": d.record["bbox_list"]})
+            (folder / "revos.json").write_text(json.dumps(recs, indent=1))
+            paths["revos"] = folder / "revos.json"
+        else:
+            folder = out / "odinw" / "Shapes" / "test"
+            folder.mkdir(parents=True, exist_ok=True)
+            cats = {s: c for c, s in enumerate(SHAPES, 1)}
+            images, anns = [], []
+            for i, d in enumerate(items):
+                d.images[0].save(folder / f"{i}.png")
+                images.append({"id": i, "file_name": f"{i}.png", "width": d.images[0].width, "height": d.images[0].height})
+                for shape, (x1, y1, x2, y2) in d.record["objects"]:
+                    anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[shape], "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            coco = {"images": images, "annotations": anns, "categories": [{"id": c, "name": s} for s, c in cats.items()]}
+            (folder / "annotations.json").write_text(json.dumps(coco, indent=1))
+            paths["odinw"] = out / "odinw"
+    return paths

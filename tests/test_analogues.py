@@ -1,0 +1,63 @@
+"""The papers' other benchmarks drawn by the embedded world (mirg_lib/world/analogues.py): well-posed items in
+the published layouts, read back by mirg_lib.benchmarks' readers, and scored 100 when answered right."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mirg_lib import benchmarks
+from mirg_lib.boxes import Box, Frame, format_box_tokens
+from mirg_lib.world.analogues import ANALOGUES, draw, write_analogues
+from mirg_lib.world.tasks import WorldKnobs
+
+KNOBS = WorldKnobs(image_size=112, objects_per_image=(3, 5), object_grid=14)
+
+
+@pytest.mark.parametrize("name", ANALOGUES)
+def test_every_analogue_is_deterministic_in_its_seed(name):
+    a, b = draw(name, 7, KNOBS), draw(name, 7, KNOBS)
+    assert a.record == b.record and [im.tobytes() for im in a.images] == [im.tobytes() for im in b.images]
+    assert [im.tobytes() for im in draw(name, 8, KNOBS).images] != [im.tobytes() for im in a.images]
+
+
+def test_counting_items_have_one_right_count_among_distinct_choices():
+    for seed in range(40):
+        d = draw("blink_counting", seed, KNOBS)
+        choices = [int(c) for c in d.record["choices"]]
+        assert len(set(choices)) == 4 and choices == sorted(choices) and min(choices) >= 0
+        assert choices["ABCD".index(d.record["answer"][1])] == d.record["count"] >= 1
+        assert 2 <= len(d.images) <= 3
+
+
+def test_the_long_expression_and_the_single_frame_object_name_one_object():
+    rng = random.Random(0)
+    for seed in rng.sample(range(10_000), 30):
+        d = draw("ref_l4", seed, KNOBS)
+        x, y, w, h = d.record["bbox"]
+        assert w > 0 and h > 0 and x + w <= 112 and y + h <= 112 and len(d.record["caption"].split()) >= 8
+        r = draw("revos", seed, KNOBS).record
+        assert sum(b is not None for b in r["bbox_list"]) == 1 and 3 <= len(r["bbox_list"]) <= 4
+
+
+def test_written_analogues_read_back_and_score_100_when_answered_right(tmp_path):
+    paths = write_analogues(tmp_path, 6, 0, KNOBS)
+    assert set(paths) == {"blink", "ref_l4", "revos", "odinw"}
+    _, blink = benchmarks.read(paths["blink"], "blink")
+    assert {it.subtask for it in blink} == {"Counting", "Visual_Similarity"} and len(blink) == 12
+    res = benchmarks.score("blink", blink, [f"<answer>{it.answer}</answer>" for it in blink])
+    assert res["avg"] == 100.0 and res["undecidable"] == 0
+    assert benchmarks.score("blink", blink, ["(Z)"] * len(blink))["avg"] == 0.0
+    for name in ("ref_l4", "revos"):
+        got, items = benchmarks.read(paths[name])
+        assert got == name and len(items) == 6
+        right = [format_box_tokens(Box(*it.answer, frame=Frame.REL1).to(Frame.REL1000).rounded()) for it in items]
+        assert benchmarks.score(name, items, right)["all"]["acc@0.5"] == 100.0
+    name, odinw = benchmarks.read(paths["odinw"], "odinw")
+    replies = [" ".join(format_box_tokens(Box(*b.coords, frame=Frame.ABS, size=it.size).to(Frame.REL1000).rounded()) for b in it.boxes) for it in odinw]
+    res = benchmarks.score("odinw", odinw, replies)
+    assert res["subtasks"]["Shapes"]["ap50"] == pytest.approx(100.0) and res["avg"] > 90
+    again = tmp_path / "again"
+    write_analogues(again, 6, 0, KNOBS)
+    assert (again / "ref_l4" / "ref-l4-val.json").read_bytes() == (tmp_path / "ref_l4" / "ref-l4-val.json").read_bytes()
