@@ -104,6 +104,7 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "rejection": ("mirg_lib.rejection", "RejectionConfig", "04_rejection_sampling"),
     "grpo": ("mirg_lib.grpo", "GRPOStageConfig", "05_grpo"),
     "eval": ("mirg_lib.evaluation", "EvalConfig", "06_evaluation"),
+    "benchmarks": ("mirg_lib.benchmarks", "BenchmarksConfig", "06_evaluation, the papers' other benchmarks"),
     "ablations": ("mirg_lib.ablations", "AblationsConfig", "07_ablations"),
     "launch": ("mirg_lib.launch", "LaunchConfig", "03 and 05, on several processes"),
 }

@@ -268,15 +268,69 @@ def scored_row(params: Params, label: str, stage: str, path: Path, prompt: str |
     return model_row(label, stage, s, single, **files, **extra)
 
 
-def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores") -> list[dict[str, Any]]:
+def benchmark_sets(params: Params) -> dict[str, tuple[Path, Path | None]]:
+    """The papers' other benchmarks this profile scores (section ``benchmarks``): name -> (its file or folder,
+    its image folder or None). The embedded analogues are drawn first into ``runs/<profile>/benchmarks/``
+    (reused when drawn from the same world and size); a local copy in ``benchmarks.files`` takes the place
+    of the analogue of its name."""
+    from .benchmarks import BenchmarksConfig
+    from .io import atomic_dir
+    from .world import DataConfig
+    from .world.analogues import write_analogues
+
+    cfg = stage_config(BenchmarksConfig, params, "benchmarks")
+    sets: dict[str, tuple[Path, Path | None]] = {}
+    if cfg.analogue_items:
+        data = stage_config(DataConfig, params, "data")
+        out = stage_dir(params.profile, "benchmarks")
+        stamp = {"items": cfg.analogue_items, "seed": data.seed, "world": config_hash(data.knobs())}
+        manifest = out / "manifest.json"
+        if not (manifest.is_file() and json.loads(manifest.read_text()).get("stamp") == stamp):
+            with stage(params.profile, "benchmark analogues"), atomic_dir(out) as tmp:
+                paths = write_analogues(tmp, cfg.analogue_items, data.seed, data.knobs())
+                (tmp / "manifest.json").write_text(json.dumps({"stamp": stamp, "paths": {k: str(v.relative_to(tmp)) for k, v in paths.items()}}, indent=1))
+        rel = json.loads(manifest.read_text())["paths"]
+        sets.update({name: (out / p, None) for name, p in rel.items()})
+    for name, path in cfg.files.items():
+        root = cfg.image_roots.get(name)
+        sets[name] = (Path(path), Path(root) if root else None)
+    return sets
+
+
+def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | None = None) -> dict[str, Any]:
+    """Score the model at ``path`` on every benchmark of :func:`benchmark_sets` into ``eval/<name>_<benchmark>``
+    (reused when made from the same model, eval config and benchmark files); benchmark -> its headline
+    (:func:`mirg_lib.benchmarks.headline`)."""
+    from .benchmarks import headline
+    from .config import digest
+    from .evaluation import EvalConfig, evaluate_benchmark
+    from .trainers import model_identity
+
+    cfg = stage_config(EvalConfig, params, "eval")
+    if prompt is not None:
+        cfg.prompt = prompt  # type: ignore[assignment]
+    out = {}
+    for bench, (file, root) in benchmark_sets(params).items():
+        stamp = digest({"model": model_identity(path), "eval": config_hash(cfg), "bench": str(file), "mtime": file.stat().st_mtime_ns})
+        with stage(params.profile, f"evaluate {name} on {bench}"):
+            scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp)
+        out[bench] = headline(scores)
+    return out
+
+
+def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores", benchmarks: bool = False) -> list[dict[str, Any]]:
     """Score each model (label -> stage folder) with :func:`scored_row` and write the rows to
-    ``runs/<profile>/results/<results>.json`` (None: write nothing)."""
+    ``runs/<profile>/results/<results>.json`` (None: write nothing); with ``benchmarks`` each row also carries
+    its scores on the papers' other benchmarks (:func:`evaluate_benchmarks`)."""
     import time
 
     from .results import write_results
 
     t0 = time.perf_counter()
     rows = [scored_row(params, label, stage, model_path(params, stage), stage_prompt(stage)) for label, stage in models.items()]
+    if benchmarks:
+        for row, stage_name in zip(rows, models.values(), strict=True):
+            row["benchmarks"] = evaluate_benchmarks(params, model_path(params, stage_name), stage_name, stage_prompt(stage_name))
     if results:
         write_results(params.profile, results, rows, wall_s=round(time.perf_counter() - t0, 1))
     return rows

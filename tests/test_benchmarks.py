@@ -678,3 +678,24 @@ def test_the_eval_stage_scores_a_checkpoint_on_another_benchmark(tmp_path, nano_
     assert again["all"] == res["all"] and again["missing"] == 0  # the written predictions score the same from the CLI
     monkeypatch.setattr("mirg_lib.models.load_model", lambda *a, **k: pytest.fail("scores with the same stamp are reused"))
     assert evaluate_benchmark(nano_checkpoint, tmp_path / "ref-l4-val.json", cfg, out, image_root=tmp_path / "images", stamp="s1") == json.loads((out / "scores.json").read_text())
+
+
+def test_the_pipeline_draws_the_analogues_once_and_scores_a_model_on_each(tmp_path, nano_checkpoint):
+    from mirg_lib import pipeline
+    from mirg_lib.config import load_params
+
+    params = load_params("smoke", {"benchmarks.analogue_items": 2, "eval.max_new_tokens": 6})
+    sets = pipeline.benchmark_sets(params)
+    assert set(sets) == {"blink", "ref_l4", "revos", "odinw"} and all(root is None for _, root in sets.values())
+    stamp = {k: p.stat().st_mtime_ns for k, (p, _) in sets.items()}
+    assert {k: p.stat().st_mtime_ns for k, (p, _) in pipeline.benchmark_sets(params).items()} == stamp  # drawn once
+    mmiu_file = _mmiu_release(tmp_path / "mmiu", [_mmiu_record(input_image_path=["./Low-level-semantic/forensic/1.jpg"])])
+    Image.new("RGB", (56, 56), (1, 2, 3)).save(tmp_path / "mmiu" / "Low-level-semantic" / "forensic" / "1.jpg")  # a size the processor takes
+    params = load_params("smoke", {"benchmarks.analogue_items": 2, "eval.max_new_tokens": 6, "benchmarks.files": {"mmiu": str(mmiu_file)}})
+    heads = pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano")
+    assert set(heads) == {"blink", "ref_l4", "revos", "odinw", "mmiu"}
+    assert heads["blink"]["metric"] == "accuracy" and heads["blink"]["n"] == 4 and set(heads["blink"]["subtasks"]) == {"Counting", "Visual_Similarity"}
+    assert heads["ref_l4"]["metric"] == "acc@0.5" and heads["ref_l4"]["n"] == 2 and heads["odinw"]["metric"] == "mAP"
+    assert heads["mmiu"]["n"] == 1 and 0 <= heads["mmiu"]["score"] <= 100
+    with pytest.raises(Exception, match="unknown benchmark"):
+        pipeline.benchmark_sets(load_params("smoke", {"benchmarks.files": {"blinky": "x"}}))

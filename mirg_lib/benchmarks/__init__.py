@@ -18,6 +18,7 @@ Adding a benchmark is adding its module to :data:`MODULES`; the stages and the C
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -163,3 +164,39 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
     res = score(name, items, [r if r is not None else "" for r in replies], **how)
     res["missing"] = sum(r is None for r in replies)
     return res
+
+
+@dataclass
+class BenchmarksConfig:
+    """Section ``benchmarks`` of the params: the papers' other benchmarks, scored in notebook 06 beside MIG-Bench."""
+
+    analogue_items: int = field(default=0, metadata={"help": "items per embedded analogue drawn by the world (BLINK-, Ref-L4-, ReVOS-, ODinW-like); 0: none"})
+    files: dict[str, str] = field(default_factory=dict, metadata={"help": "local copies laid out as published: benchmark (blink, mmiu, ref_l4, lisa, revos, odinw, mc_bench) -> file or folder"})
+    image_roots: dict[str, str] = field(default_factory=dict, metadata={"help": "a local copy's image folder, where its images are not beside its file"})
+
+    def __post_init__(self) -> None:
+        if self.analogue_items < 0:
+            raise ValueError(f"benchmarks.analogue_items must be >= 0, got {self.analogue_items}")
+        for key in ("files", "image_roots"):
+            unknown = sorted(set(getattr(self, key)) - set(MODULES))
+            if unknown:
+                raise ValueError(f"benchmarks.{key}: unknown benchmark(s) {unknown}; expected some of {sorted(MODULES)}")
+
+
+def headline(scores: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's scores in brief, as a result row carries them: its headline metric over all items, the
+    same per subtask, the number of items and of unreadable replies."""
+    kind = KINDS[scores["benchmark"]]
+    if kind == "choice":
+        per = {t: s["acc"] for t, s in scores["subtasks"].items()}
+        return {"metric": "accuracy", "score": scores["avg"], "subtasks": per, "n": scores["n"], "unreadable": scores["undecidable"]}
+    if kind == "grounding":
+        per = {t: s["acc@0.5"] for t, s in scores["subtasks"].items()}
+        a = scores["all"] or {}
+        return {"metric": "acc@0.5", "score": a.get("acc@0.5"), "miou": a.get("miou"), "subtasks": per, "n": a.get("n", 0), "unreadable": a.get("unreadable", 0)}
+    if kind == "detection":
+        per = {t: s["map"] for t, s in scores["subtasks"].items()}
+        return {"metric": "mAP", "score": scores["avg"], "ap50": scores["avg_ap50"], "subtasks": per, "n": scores["n"], "unreadable": scores["unreadable"]}
+    a = scores["all"] or {}
+    per = {t: s["ap50"] for t, s in scores["subtasks"].items()}
+    return {"metric": "ap50", "score": a.get("ap50"), "accuracy": a.get("accuracy"), "subtasks": per, "n": a.get("n", 0), "unreadable": scores["unreadable"]}
