@@ -43,6 +43,11 @@ OPTIONS = ["red", "blue", "green", "yellow"]
         ("Yellow.", "D"),
         ("the answer is B. Wait, no: the answer is C", "C"),  # the last statement is the final one
         ("Answer: (A)\n\nExplanation: (B) is wrong", "A"),  # an explicit statement beats a stray letter
+        ("The answer is B because the cube is closer.", "B"),
+        ("Answer: A\n\nExplanation: the red one is nearer.", "A"),
+        ("The answer is C\n\nBecause it is round.", "C"),
+        ("The answer is **C**", "C"),  # markdown emphasis
+        ("A. red\nB. blue\nC. green\nD. yellow\nThe answer is C", "C"),
         # after a <think> block: the <answer> block, else what follows the thought
         ("<think>A looks right, or maybe (B)</think><answer>C</answer>", "C"),
         ("<think>(A) or (B)?</think>\nThe answer is D", "D"),
@@ -68,6 +73,8 @@ def test_the_letter_a_reply_chose(reply, letter):
         "",
         "   ",
         "I cannot tell from these images.",
+        "A. red\nB. blue\nC. green\nD. yellow",  # the options repeated, none chosen
+        "Answer: I think it is hard to tell",  # 'I' the pronoun, not option I (there are only four here anyway)
     ],
 )
 def test_undecidable_replies_get_no_letter(reply):
@@ -86,8 +93,11 @@ def test_only_the_items_options_are_letters():
     assert extract_letter("no", ["yes", "no"]) == "B"
 
 
+_PIECES = [*"ABCDEIabcde()[]<>/:.* \n", "answer", "<think>", "</think>", "<answer>", "</answer>", "option", "choose", " is "]
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ABCDEabcde()[]<>/:. \nanswerthinkoptionchoose")), max_size=200))
+@given(st.lists(st.sampled_from(_PIECES), max_size=400).map("".join))
 def test_any_text_gets_a_letter_or_none_never_an_error(text):
     assert extract_letter(text, OPTIONS) in (None, "A", "B", "C", "D")
 
@@ -362,7 +372,8 @@ def test_ref_l4_reads_its_split_file_and_refuses_bad_boxes(tmp_path):
 
     items = _grounding_items(tmp_path)
     assert [it.id for it in items] == ["val/11", "val/12", "val/13", "test/14"] and items[0].images == [str(tmp_path / "images" / "a.jpg")]
-    assert items[0].extra == {"id": 11, "split": "val"} and items[0].box.size == (256, 128)
+    assert items[0].extra == {"id": 11, "split": "val", "caption": "the dark grey square in the upper left"} and items[0].box.size == (256, 128)
+    assert items[0].question == "Find the object this describes: the dark grey square in the upper left"
     path = tmp_path / "ref-l4-test.json"
     good = {"caption": "x", "bbox": [32, 16, 96, 48], "file_name": "a.jpg"}  # no width/height: read from the image
     path.write_text(json.dumps([good]))
@@ -374,6 +385,9 @@ def test_ref_l4_reads_its_split_file_and_refuses_bad_boxes(tmp_path):
         ({"bbox": [32, 16, "96", 48]}, "bbox", "expected 4 finite numbers"),
         ({"caption": ""}, "caption", "empty"),
         ({"width": -3, "height": 128}, "width", "expected a positive integer"),
+        ({"width": True, "height": 128}, "width", "expected a positive integer"),
+        ({"width": 256, "height": 10**30}, "height", "expected a positive integer of at most"),
+        ({"bbox": [300, 10, 0.4, 5]}, "bbox", "lies outside its 256x128 image"),  # wholly outside: not clipped into an inverted box
     ]:
         path.write_text(json.dumps([good, {**good, **bad}]))
         with pytest.raises(RecordError) as e:
@@ -699,3 +713,77 @@ def test_the_pipeline_draws_the_analogues_once_and_scores_a_model_on_each(tmp_pa
     assert heads["mmiu"]["n"] == 1 and 0 <= heads["mmiu"]["score"] <= 100
     with pytest.raises(Exception, match="unknown benchmark"):
         pipeline.benchmark_sets(load_params("smoke", {"benchmarks.files": {"blinky": "x"}}))
+
+
+
+def test_the_pronoun_i_is_not_option_i_and_a_letter_i_still_is():
+    nine = list("abcdefghi")
+    assert extract_letter("Answer: I think it is hard to tell", nine) is None
+    assert extract_letter("The answer is I.", nine) == "I"
+
+
+def test_review_cases_for_readers_and_predictions(tmp_path):
+    from mirg_lib.benchmarks import lisa
+
+    # LISA files of one folder keep their ids apart; a repeated Ref-L4 id is refused
+    _image(tmp_path / "l" / "img" / "1.jpg")
+    rec = {"image": "img/1.jpg", "problem": "x", "solution": [32, 16, 128, 64]}
+    (tmp_path / "l" / "a.json").write_text(json.dumps([rec]))
+    (tmp_path / "l" / "b.json").write_text(json.dumps([rec]))
+    assert [it.id for it in lisa.read(tmp_path / "l")] == ["a/0", "b/0"]
+    items = _grounding_items(tmp_path)
+    (tmp_path / "dup.json").write_text(json.dumps([{"id": 1, "caption": "x", "bbox": [0, 0, 8, 8], "file_name": "a.jpg"}] * 2))
+    with pytest.raises(ValueError, match="two ref_l4 items share the id 'dup/1'"):
+        benchmarks.read(tmp_path / "dup.json", image_root=tmp_path / "images")
+    # predictions: an id that is no string, a reply holding a line separator, pixels without their size
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": [items[0].id], "response": "x"}))
+    with pytest.raises(RecordError, match="line 1, field 'id'"):
+        benchmarks.load_replies(preds, items)
+    preds.write_text(json.dumps({"id": items[0].id, "response": "a\u2028b"}, ensure_ascii=False))
+    assert benchmarks.load_replies(preds, items)[0][0] == "a\u2028b"
+    preds.write_text(json.dumps({"id": items[0].id, "response": "[0, 0, 10, 10]"}))
+    with pytest.raises(RecordError, match="line 1, field 'image_size': a reply in pixels"):
+        benchmarks.score_files(tmp_path / "ref-l4-val.json", preds, image_root=tmp_path / "images", frame="abs")
+    # BLINK: an unbalanced answer, and a subtask name that would leave the image cache
+    rows = _blink_rows((1,))
+    rows[0]["answer"] = "(A"
+    _write_parquet(tmp_path / "b1" / "val.parquet", rows)
+    with pytest.raises(RecordError, match="field 'answer'"):
+        blink.read(tmp_path / "b1" / "val.parquet", cache=tmp_path / "c")
+    rows[0].update(answer="(A)", sub_task="../../escape")
+    _write_parquet(tmp_path / "b2" / "val.parquet", rows)
+    (it,) = blink.read(tmp_path / "b2" / "val.parquet", cache=tmp_path / "c")
+    assert it.images[0].startswith(str(tmp_path / "c")) and ".." not in it.images[0]
+
+
+def test_odinw_reads_the_test_split_of_a_published_folder_and_refuses_two_files_of_a_subset(tmp_path):
+    from mirg_lib.benchmarks import odinw
+
+    root, file = _odinw(tmp_path)
+    train = file.parent.parent / "train"
+    train.mkdir()
+    (train / "annotations_without_background.json").write_text(file.read_text())
+    assert {it.id for it in odinw.read(root)} == {"OxfordPets/1/1", "OxfordPets/2/2", "OxfordPets/2/3"}  # test only
+    other = file.parent / "again.json"
+    other.write_text(file.read_text())
+    with pytest.raises(RecordError, match="a second annotation file for subset 'OxfordPets'"):
+        odinw.read(root)
+
+
+def test_mc_bench_reads_the_answers_trajectory_not_the_reasonings(tmp_path):
+    from mirg_lib.benchmarks.mcbench import placed_boxes
+
+    reply = ("<think><bbox_id>[1-1]</bbox_id><|object_ref_start|>a cup<|object_ref_end|><|box_start|>(100,100),(200,200)<|box_end|></think>"
+             "<answer><bbox_id>[2-1]</bbox_id><|object_ref_start|>the cup<|object_ref_end|><|box_start|>(500,500),(1000,1000)<|box_end|></answer>")
+    assert placed_boxes(reply, [(100, 100)] * 2) == [[], [(50.0, 50.0, 100.0, 100.0)]]
+    base = json.loads(_mc_bench(tmp_path).read_text())
+    from mirg_lib.benchmarks import mcbench
+
+    for change, field in [
+        ({"descriptions": [{**base["descriptions"][0], "positive_sample": "false"}]}, "descriptions.positive_sample"),
+        ({"descriptions": [base["descriptions"][0], {**base["descriptions"][1], "images_id": [1, 2]}]}, "descriptions.images_id"),
+        ({"descriptions": [base["descriptions"][0], {**base["descriptions"][1], "id": 0}]}, "descriptions.id"),
+    ]:
+        with pytest.raises(RecordError, match=field.replace(".", r"\.")):
+            mcbench.read(_mc_bench(tmp_path, **change))

@@ -64,7 +64,13 @@ def detect(path: str | os.PathLike) -> str:
 def read(path: str | os.PathLike, name: str | None = None, image_root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> tuple[str, list[Any]]:
     """The benchmark's name (``name``, else :func:`detect`) and the items of its local copy at ``path``."""
     name = name or detect(path)
-    return name, get(name).read(path, image_root=image_root, cache=cache)
+    items = get(name).read(path, image_root=image_root, cache=cache)
+    seen: set[str] = set()
+    for it in items:  # a prediction names its item by id: two items of one id would share a reply
+        if it.id in seen:
+            raise ValueError(f"{path}: two {name} items share the id {it.id!r} (a repeated record id, or two files of one name)")
+        seen.add(it.id)
+    return name, items
 
 
 def prompt_text(item: Any, style: str = "plain", notation: str = "json") -> str:
@@ -102,11 +108,12 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
 __all__ = ["KINDS", "MODULES", "ChoiceItem", "DetectionItem", "GroundingItem", "detect", "get", "read", "score"]
 
 
-def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
+def load_replies(path: str | os.PathLike, items: list[Any], need_size: bool = False) -> tuple[list[str | None], list[tuple[int, int] | None]]:
     """The replies of a predictions file (JSON Lines: ``response``, and ``id``, the item's id as its reader
     names it, or ``index``, its position in the reader's order; a grounding reply in pixels may carry the
-    ``image_size`` it was made at), in the order of ``items``: None where an item has no prediction. A bad
-    line is a RecordError naming the file, the line and the field; so is an unknown or repeated item."""
+    ``image_size`` it was made at, which ``need_size`` requires), in the order of ``items``: None where an
+    item has no prediction. A bad line is a RecordError naming the file, the line and the field; so is an
+    unknown or repeated item."""
     from pathlib import Path
 
     from ..formats import RecordError, decode_json, read_text
@@ -115,7 +122,8 @@ def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | 
     where = {it.id: i for i, it in enumerate(items)}
     replies: list[str | None] = [None] * len(items)
     sizes: list[tuple[int, int] | None] = [None] * len(items)
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path).split("\n"), 1):  # a reply may hold U+2028 and the like: JSON Lines end at "\n" only
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         row, _ = decode_json(path, line.strip(), 0, line=n)
@@ -126,7 +134,7 @@ def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | 
         if not isinstance(row, dict):
             raise bad(None, f"expected a JSON object, got {type(row).__name__}")
         if "id" in row:
-            if row["id"] not in where:
+            if not isinstance(row["id"], str) or row["id"] not in where:
                 raise bad("id", f"no item {row['id']!r:.80} in the benchmark")
             i = where[row["id"]]
         else:
@@ -142,6 +150,8 @@ def load_replies(path: str | os.PathLike, items: list[Any]) -> tuple[list[str | 
             if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
                 raise bad("image_size", f"expected [width, height] in pixels, got {size!r:.40}")
             sizes[i] = (size[0], size[1])
+        elif need_size:
+            raise bad("image_size", "a reply in pixels (frame abs) needs the [width, height] of the image as the model saw it")
         replies[i] = row["response"]
     return replies, sizes
 
@@ -151,7 +161,7 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
     fields): what ``python -m mirg_lib score --benchmark-kind`` prints. An item without a prediction is wrong
     and counted in ``missing``."""
     name, items = read(benchmark, name, image_root)
-    replies, sizes = load_replies(predictions, items)
+    replies, sizes = load_replies(predictions, items, need_size=frame == "abs" and KINDS[name] in ("grounding", "detection"))
     how: dict[str, Any] = {}
     if KINDS[name] == "multi_context":
         if frame == "abs" or any(sizes):

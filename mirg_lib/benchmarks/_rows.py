@@ -55,7 +55,8 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
             rows += [Row(f, i, v) for i, v in enumerate(_parquet(f))]
         elif f.suffix == ".jsonl":
             text = read_text(f)
-            for n, line in enumerate(text.splitlines(), 1):
+            for n, line in enumerate(text.split("\n"), 1):  # JSON Lines end at "\n" only
+                line = line.removesuffix("\r")
                 if line.strip():
                     value, _ = decode_json(f, line.strip(), 0, line=n)
                     rows.append(Row(f, len(rows), value, line=n))

@@ -25,7 +25,7 @@ NAME = "blink"
 FIELDS = ("idx", "question", "sub_task", "image_1", "image_2", "image_3", "image_4", "choices", "answer", "prompt", "explanation")
 # Zhang et al.'s Table 6: the BLINK subtasks they report (config names as published)
 PAPER_SUBTASKS = ("Counting", "Forensic_Detection", "IQ_Test", "Jigsaw", "Multi-view_Reasoning", "Visual_Similarity", "Visual_Correspondence")
-_ANSWER = re.compile(r"\s*\(?\s*([A-Z])\s*\)?\s*")
+_ANSWER = re.compile(r"\s*(?:\(\s*([A-Z])\s*\)|([A-Z]))\s*")
 
 
 def looks_like(record: Any) -> bool:
@@ -36,9 +36,10 @@ def looks_like(record: Any) -> bool:
 def _answer(row: Row, choices: list[str]) -> str:
     raw = need(row, "answer", str)
     m = _ANSWER.fullmatch(raw)
-    if not m or m.group(1) not in LETTERS[: len(choices)]:
+    letter = (m.group(1) or m.group(2)) if m else None
+    if letter is None or letter not in LETTERS[: len(choices)]:
         raise row.error("answer", f"expected the right option's letter as '(A)' .. '({LETTERS[len(choices) - 1]})', got {raw!r:.40}")
-    return m.group(1)
+    return letter
 
 
 def parse(row: Row, root: Path, cache: Path) -> ChoiceItem:
@@ -51,14 +52,14 @@ def parse(row: Row, root: Path, cache: Path) -> ChoiceItem:
     if not isinstance(question, str) or not question.strip():
         raise row.error("question", "missing (neither 'question' nor 'prompt' holds the question)")
     subtask = row.value.get("sub_task") or row.file.parent.name
-    if not isinstance(subtask, str):
-        raise row.error("sub_task", f"expected str, got {type(subtask).__name__}")
+    if not isinstance(subtask, str) or not subtask.strip():
+        raise row.error("sub_task", f"expected a subtask name, got {subtask!r:.40}")
     images = []
     for k in range(1, 5):
         value = row.value.get(f"image_{k}")
         if value is None:
             continue
-        images.append(image_file(row, f"image_{k}", value, root, cache / subtask))
+        images.append(image_file(row, f"image_{k}", value, root, cache / re.sub(r"[^A-Za-z0-9_-]", "_", subtask)))  # never outside the cache
     if not images:
         raise row.error("image_1", "missing (a BLINK item has 1-4 images)")
     extra = {k: v for k, v in row.value.items() if k not in FIELDS and not k.startswith("image_")}

@@ -7,7 +7,8 @@ A reply's letter is read in this order, the first rule that decides winning:
 2. **an explicit statement**: "answer is (B)", "Answer: B", "the correct option is B", "I choose B". The
    last one counts (a model that restates its answer means the final one).
 3. **a lone option letter**: the text is one letter ("B", "(B)", "B."), starts with one ("B. The red
-   cube", "(B) ...") and names no other in parentheses, or holds exactly one distinct parenthesised letter; or it is one option's text
+   cube", "(B) ...") and names no other in parentheses or at a line's start (a reply that lists the options
+   answers none), or holds exactly one distinct parenthesised letter; or it is one option's text
    exactly (case and surrounding punctuation ignored).
 
 Letters beyond the item's options are not letters of it. A reply none of these decide, or one whose lone
@@ -29,14 +30,16 @@ LETTERS = string.ascii_uppercase
 
 # "answer is B", "answer: (B)", "final answer - B", "the correct option is B", "choose B": the letter alone,
 # not the first letter of a word ("answer is Blue" names none), the words in any case, the letter a capital
-# ("the answer is a red cube" names none); a bare "option (A)" is not a statement ("options (A) and (B)")
+# ("the answer is a red cube" names none) and not a word of a sentence ("Answer: I think ..." names none, "the
+# answer is B because ..." names B); a bare "option (A)" is not a statement ("options (A) and (B)")
 _EXPLICIT = re.compile(
     r"(?:(?i:answer)|(?i:correct|right|best)\s++(?i:option|choice))(?:\s++(?i:is|would\s++be|should\s++be|will\s++be))?\s*+[:\-=]?\s*+"
-    r"(?:(?i:option|choice)\s++)?[\(\[]?\s*+([A-Z])\s*+[\)\]]?(?![A-Za-z0-9])"
+    r"(?:(?i:option|choice)\s++)?[\(\[]?\s*+([A-Z])(?:\s*+[\)\]])?(?![A-Za-z0-9])(?!(?<=I)\s++[a-z])"
     r"|\b(?i:choose|select|pick)\s++(?:(?i:option)\s++)?[\(\[]?([A-Z])[\)\]]?(?![A-Za-z0-9])"
 )
 _ALONE = re.compile(r"\s*+[\(\[]?\s*+([A-Z])\s*+[\)\]]?\s*+[.:]?\s*+", re.I)  # "b" alone is a letter too
 _LEADING = re.compile(r"\s*+(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])[.:)])(?:\s|$)")
+_OPTION_LINE = re.compile(r"^[ \t]*+(?:\(([A-Z])\)|([A-Z])[.:)])", re.M)  # a line that starts as an option does
 _PAREN = re.compile(r"\(([A-Z])\)")
 _STRIP = " \t\r\n.,;:!\"'`*()[]"
 
@@ -84,7 +87,7 @@ def extract_letter(reply: object, choices: list[str]) -> str | None:
     """The option ``reply`` chose among ``choices`` (their letters A, B, ... in order), or None when it is
     undecidable (the module's docstring has the rules)."""
     valid = LETTERS[: len(choices)]
-    text = answer_text(reply)
+    text = answer_text(reply).replace("*", "")  # markdown emphasis: "the answer is **C**"
     if not text.strip():
         return None
     explicit = [next(g for g in m.groups() if g) for m in _EXPLICIT.finditer(text)]
@@ -98,7 +101,8 @@ def extract_letter(reply: object, choices: list[str]) -> str | None:
     lead = _LEADING.match(text)
     if lead:
         letter = next(g for g in lead.groups() if g)
-        if letter in valid and parens <= {letter}:  # "(A) or (C)" leads with no answer
+        listed = {next(g for g in m.groups() if g) for m in _OPTION_LINE.finditer(text)} & set(valid)
+        if letter in valid and parens <= {letter} and listed <= {letter}:  # "(A) or (C)", "A. red\nB. blue": no answer
             return letter
     if len(parens) == 1:
         return parens.pop()

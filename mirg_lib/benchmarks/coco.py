@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..formats import RecordError, decode_json, read_text
+from ..scoring import MAX_IMAGE_SIDE
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -49,8 +50,8 @@ def images(path: Path, data: dict[str, Any]) -> dict[int, dict[str, Any]]:
         iid = field_of(path, "images", i, e, "id", int)
         field_of(path, "images", i, e, "file_name", str)
         for side in ("width", "height"):
-            if field_of(path, "images", i, e, side, int) <= 0:
-                raise RecordError(path, i, f"images.{side}", f"expected a positive size, got {e[side]}")
+            if not 0 < field_of(path, "images", i, e, side, int) <= MAX_IMAGE_SIDE:
+                raise RecordError(path, i, f"images.{side}", f"expected a positive size of at most {MAX_IMAGE_SIDE} pixels, got {e[side]}")
         if iid in out:
             raise RecordError(path, i, "images.id", f"image id {iid} appears twice")
         out[iid] = e
@@ -70,6 +71,7 @@ def xywh_box(path: Path, i: int, entry: dict[str, Any], size: tuple[int, int]) -
     W, H = size
     if w <= 0 or h <= 0:
         raise RecordError(path, i, "annotations.bbox", f"not a box of positive size ({raw})")
-    if x < -0.01 * W or y < -0.01 * H or x + w > 1.01 * W or y + h > 1.01 * H:
+    box = (max(0.0, x), max(0.0, y), min(float(W), x + w), min(float(H), y + h))
+    if x < -0.01 * W or y < -0.01 * H or x + w > 1.01 * W or y + h > 1.01 * H or box[2] <= box[0] or box[3] <= box[1]:
         raise RecordError(path, i, "annotations.bbox", f"lies outside its {W}x{H} image ({raw})")
-    return (max(0.0, x), max(0.0, y), min(float(W), x + w), min(float(H), y + h))
+    return box

@@ -71,9 +71,10 @@ def pixel_box(row: Row, name: str, value: Any, size: tuple[int, int], layout: st
     w, h = size
     if x2 <= x1 or y2 <= y1:
         raise row.error(name, f"not a box of positive size ({layout} {vals})")
-    if x1 < -0.01 * w or y1 < -0.01 * h or x2 > 1.01 * w or y2 > 1.01 * h:
+    clipped = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+    if x1 < -0.01 * w or y1 < -0.01 * h or x2 > 1.01 * w or y2 > 1.01 * h or clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         raise row.error(name, f"lies outside its {w}x{h} image ({layout} {vals}); is it in another layout or frame?")
-    return Box(max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2), Frame.ABS, size)
+    return Box(*clipped, Frame.ABS, size)
 
 
 def reply_box(reply: object, frame: str = "auto", seen_size: tuple[int, int] | None = None, protocol: str = "migician") -> tuple[float, float, float, float] | None:

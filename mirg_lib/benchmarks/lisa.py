@@ -36,7 +36,7 @@ def parse(row: Row, root: Path, cache: Path) -> GroundingItem:
         raw = raw[0]
     box = pixel_box(row, box_key, raw, image_size(row, image_key, image), "xyxy")
     extra = {k: v for k, v in row.value.items() if k not in (image_key, text_key, box_key)}
-    return GroundingItem(f"lisa/{row.index}", "lisa", [image], question, box, 1, extra)
+    return GroundingItem(f"{row.file.stem}/{row.index}", "lisa", [image], question, box, 1, extra)
 
 
 def read(path: str | os.PathLike, image_root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> list[GroundingItem]:

@@ -84,19 +84,32 @@ def read(path: str | os.PathLike, image_root: str | os.PathLike | None = None, c
         truth.setdefault(iid, []).append((group, Box(*xywh_box(path, i, e, size), Frame.ABS, size)))
     positions = {iid: k for k, iid in enumerate(imgs)}
     items = []
+    used: set[int] = set()
+    seen: set[int] = set()
     for i, d in enumerate(section(path, data, "descriptions")):
         did = field_of(path, "descriptions", i, d, "id", int)
         pair = field_of(path, "descriptions", i, d, "images_id", list)
         if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v in imgs for v in pair):
             raise RecordError(path, i, "descriptions.images_id", f"expected the ids of its two images, got {pair!r:.60}")
+        if pair[0] == pair[1] or any(v in used for v in pair):
+            raise RecordError(path, i, "descriptions.images_id", f"images {pair} are not two images of this sample alone (each image belongs to one sample)")
+        used.update(pair)
+        if did in seen:
+            raise RecordError(path, i, "descriptions.id", f"description id {did} appears twice")
+        seen.add(did)
         text = field_of(path, "descriptions", i, d, "text", str).strip()
         if not text:
             raise RecordError(path, i, "descriptions.text", "empty")
-        style = d.get("text_style") if isinstance(d.get("text_style"), str) else "all"
+        style = d.get("text_style", "all")
+        if not isinstance(style, str) or not style.strip():
+            raise RecordError(path, i, "descriptions.text_style", f"expected a non-empty string, got {style!r:.40}")
+        positive = d.get("positive_sample", True)
+        if not isinstance(positive, bool):
+            raise RecordError(path, i, "descriptions.positive_sample", f"expected true or false, got {positive!r:.40}")
         files = [image_file(Row(path, positions[iid], imgs[iid]), "images.file_name", imgs[iid]["file_name"], root, cache) for iid in pair]
         extra = {k: v for k, v in d.items() if k not in ("id", "images_id", "text", "text_style", "positive_sample")}
         items.append(MCBenchItem(f"mc_bench/{did}", style, files, text, list(pair), [(imgs[v]["width"], imgs[v]["height"]) for v in pair],
-                                 [list(truth.get(iid, [])) for iid in pair], bool(d.get("positive_sample", True)), extra))
+                                 [list(truth.get(iid, [])) for iid in pair], positive, extra))
     return items
 
 
@@ -105,11 +118,11 @@ def placed_boxes(reply: object, sizes: list[tuple[int, int]], frame: str = "auto
     out: list[list[tuple[float, float, float, float]]] = [[] for _ in sizes]
     if not isinstance(reply, str):
         return out
-    traj = [o for o in parse_response(reply).trajectory if o.box is not None]
+    _, region = answer_region(reply)
+    traj = [o for o in parse_response(region).trajectory if o.box is not None]  # the answer's, not the reasoning's
     if traj:
-        found = [(o.image, o.box) for o in traj]
+        found = [(o.image, o.box) for o in traj[:MAX_BOXES]]
     else:
-        _, region = answer_region(reply)
         names = [(m.start(), int(m.group(1) or m.group(2))) for m in IMAGE_NUM_RE.finditer(region)]
         found, k = [], 0
         for fb in find_boxes(region)[:MAX_BOXES]:

@@ -33,10 +33,10 @@ def looks_like(record: Any) -> bool:
 
 def options_of(row: Row) -> list[str]:
     """The options' texts in letter order: the ``options`` list, else the "A: ..." lines of ``context``."""
-    given = row.value.get("options")
-    if isinstance(given, list) and given:
-        if not all(isinstance(o, str) for o in given):
-            raise row.error("options", f"expected option texts, got {given!r:.80}")
+    given = row.value.get("options")  # MMIU's own release writes it as one string, like ``context``: read from that
+    if isinstance(given, list):
+        if len(given) < 2 or not all(isinstance(o, str) and o.strip() for o in given):
+            raise row.error("options", f"expected at least two option texts, got {given!r:.80}")
         return [_OPTION.match(o).group(2) if _OPTION.match(o) else o for o in given]
     context = need(row, "context", str)
     found = [m for m in map(_OPTION.match, context.splitlines()) if m]

@@ -4,8 +4,10 @@ Oxford Pets, Pascal VOC, Wildfire Smoke, Open Poetry Vision, Vector.
 The published layout: per subset (and variant), a COCO JSON per split (``test/annotations_without_background.json``
 or ``_annotations.coco.json``) with ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations``
 (``image_id``, ``category_id``, absolute ``[x, y, w, h]`` ``bbox``) and ``categories`` (``id``, ``name``);
-images beside it (or under ``image_root``). Given a folder, every COCO JSON under it is one subset, named by
-its first folder below the given one; given a file, by the nearest folder above it that is no split name.
+images beside it (or under ``image_root``). Given a folder, every COCO JSON under it is one subset (only those
+of ``test`` folders where there are any: ODinW is scored on its test split), named by its first folder below
+the given one, and two files of one subset are refused; given a file, it is named by the nearest folder above
+it that is no split name.
 
 One item per image and category present in it: "Locate every <category> in the image.", answered with all
 its boxes. Scored by COCO mAP (0.5:0.95) and AP50 per subset with pycocotools, averaged over subsets
@@ -79,9 +81,16 @@ def read(path: str | os.PathLike, image_root: str | os.PathLike | None = None, c
 
     given = Path(path)
     cache = Path(cache) if cache is not None else runs_dir() / "benchmarks" / "odinw_images"
+    files = [f for f in files_of(given) if f.suffix == ".json"]
+    if given.is_dir() and any("test" in f.relative_to(given).parts for f in files):
+        files = [f for f in files if "test" in f.relative_to(given).parts]  # the published splits: ODinW is scored on test
+    by_subset: dict[str, Path] = {}
+    for f in files:
+        name = subset_name(f, given)
+        if name in by_subset:
+            raise RecordError(f, None, None, f"a second annotation file for subset {name!r} (the first: {by_subset[name]}); point at one split of each subset")
+        by_subset[name] = f
     items: list[DetectionItem] = []
-    for f in files_of(given):
-        if f.suffix != ".json":
-            continue
-        items += read_file(f, subset_name(f, given), Path(image_root) if image_root is not None else None, cache)
+    for name, f in by_subset.items():
+        items += read_file(f, name, Path(image_root) if image_root is not None else None, cache)
     return items

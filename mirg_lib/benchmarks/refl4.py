@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..scoring import MAX_IMAGE_SIDE
 from ._rows import Row, image_file, need, read_rows
 from .grounding import GroundingItem, image_size, pixel_box
 
@@ -30,10 +31,11 @@ def parse(row: Row, root: Path, cache: Path) -> GroundingItem:
     w, h = row.value.get("width"), row.value.get("height")
     if w is None or h is None:
         size = image_size(row, "file_name", image)
-    elif all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
-        size = (w, h)
     else:
-        raise row.error("width" if not (isinstance(w, int) and w > 0) else "height", f"expected a positive integer, got {(w, h)!r:.40}")
+        for side, v in (("width", w), ("height", h)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_IMAGE_SIDE:
+                raise row.error(side, f"expected a positive integer of at most {MAX_IMAGE_SIDE} pixels, got {v!r:.40}")
+        size = (w, h)
     box = pixel_box(row, "bbox", need(row, "bbox", list), size, "xywh")
     split = row.value.get("split")
     subtask = split if isinstance(split, str) and split else row.file.stem
