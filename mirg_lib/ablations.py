@@ -393,6 +393,45 @@ def _md(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# Zhang et al.'s other benchmarks (Tables 4-7): Qwen2.5-VL-7B, + SFT (answer-only), Ours (CoT-SFT + GRPO), on the
+# real benchmarks; the row a benchmark's headline is compared with
+PAPER_OTHER = {
+    "ref_l4": ("T4, Ref-L4 val, Acc@0.5", 58.57, 68.92, 74.78),
+    "lisa": ("T4, LISA val, Acc@0.5", 56.63, 55.10, 62.76),
+    "revos": ("T4, ReVOS, Acc@0.5", 30.07, 46.33, 49.16),
+    "odinw": ("T5, ODinW five subsets, AVG", 46.91, 49.82, 54.15),
+    "blink": ("T6, BLINK seven subsets, AVG", 58.07, 56.56, 61.18),
+    "mmiu": ("T7, MMIU semantic relations, AVG", 56.8, 57.7, 59.4),
+    "mc_bench": ("v2 abstract: + 6.37 over the base", None, None, None),
+}
+
+
+def other_benchmarks_table(scores: dict[str, Any]) -> list[str]:
+    """Markdown lines: each of the papers' other benchmarks that notebook 06 scored (a ``benchmarks`` entry of
+    ``scores.json``'s rows) beside Zhang et al.'s numbers on the real one; none scored, no lines."""
+    rows = [r for r in scores["rows"] if r.get("benchmarks")]
+    names = [b for b in PAPER_OTHER if any(b in r["benchmarks"] for r in rows)]
+    if not names:
+        return []
+    prov = scores["provenance"]
+    out = []
+    for b in names:
+        where, base, sft, ours = PAPER_OTHER[b]
+        entry: dict[str, Any] = {"benchmark": b, "paper (real benchmark)": where, "paper: base / + SFT / ours": "-" if base is None else f"{base} / {sft} / {ours}"}
+        first = next(r["benchmarks"][b] for r in rows if b in r["benchmarks"])
+        entry["metric here"] = first["metric"]
+        for r in rows:
+            h = r["benchmarks"].get(b)
+            entry[r["model"]] = None if h is None or h["score"] is None else round(h["score"], 1)
+        entry["items"] = first["n"]
+        entry["unreadable (last row)"] = rows[-1]["benchmarks"].get(b, {}).get("unreadable")
+        out.append(entry)
+    head = (f"**Zhang et al.'s other benchmarks** (Tables 4-7), scored by notebook 06 on {prov['date'][:10]} ({prov['device']}, "
+            f"commit {prov['commit'][:7]}, wall time {prov.get('wall_s', 0):.0f} s with MIG-Bench), seed 0. Here the benchmarks are the "
+            "embedded world's analogues (`benchmarks.analogue_items`), so only the direction of a change compares with the paper's.")
+    return ["", head, ""] + _md(out)
+
+
 def report(profile: str, folder: str | Path | None = None) -> str:
     """The README's results: each paper table beside this run's numbers, and the claims with their verdicts,
     as Markdown, from ``ablations.json`` and ``claims.json`` (in ``folder``; default: the profile's
@@ -413,6 +452,9 @@ def report(profile: str, folder: str | Path | None = None) -> str:
         rows = paper_table(data["rows"], table)
         if rows:
             lines += ["", f"**{table}**", ""] + _md(rows)
+    scores_file = folder / "scores.json"
+    if scores_file.is_file():
+        lines += other_benchmarks_table(load_results(scores_file))
     claims_file = folder / "claims.json"
     if claims_file.is_file():
         claims = json.loads(claims_file.read_text())["claims"]

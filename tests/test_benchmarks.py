@@ -787,3 +787,15 @@ def test_mc_bench_reads_the_answers_trajectory_not_the_reasonings(tmp_path):
     ]:
         with pytest.raises(RecordError, match=field.replace(".", r"\.")):
             mcbench.read(_mc_bench(tmp_path, **change))
+
+
+def test_the_readme_table_sets_the_papers_other_benchmarks_beside_the_measured_rows():
+    from mirg_lib.ablations import other_benchmarks_table
+
+    head = {"metric": "acc@0.5", "score": 32.5, "n": 40, "unreadable": 0, "subtasks": {}}
+    scores = {"provenance": {"date": "2026-12-06T05:39:22", "device": "cpu", "commit": "056d457abc", "wall_s": 29.0},
+              "rows": [{"model": "base", "benchmarks": {"ref_l4": {**head, "score": 12.5}}}, {"model": "CoT-SFT", "benchmarks": {"ref_l4": head}}]}
+    lines = other_benchmarks_table(scores)
+    assert "| ref_l4 | T4, Ref-L4 val, Acc@0.5 | 58.57 / 68.92 / 74.78 | acc@0.5 | 12.5 | 32.5 | 40 | 0 |" in lines
+    assert any("commit 056d457" in line for line in lines)
+    assert other_benchmarks_table({"provenance": scores["provenance"], "rows": [{"model": "base"}]}) == []
