@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--benchmark-kind", default=None, help="mig_bench, blink, mmiu, ref_l4, lisa, revos, odinw, mc_bench (default: told from the file)")
     sp.add_argument("--image-root", default=None, help="another benchmark's images' folder (default: beside its file)")
     sp.add_argument("--frame", default="auto", choices=["auto", "rel1", "rel1000", "abs"], help="a grounding benchmark's reply boxes' frame")
+    sp.add_argument("--judge-url", default="", help="an OpenAI-compatible endpoint whose model reads the multiple-choice replies the rules cannot (default: none)")
+    sp.add_argument("--judge-model", default="", help="the judge's model name")
+    sp.add_argument("--judge-key-env", default="", help="the NAME of the environment variable holding the judge's API key")
 
     gp = sub.add_parser("gt-predictions", help="write ground-truth predictions (scorer self-check)")
     gp.add_argument("--benchmark", required=True)
@@ -128,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "mig_bench":
                 print(json.dumps(score_files(args.benchmark, args.predictions, args.protocol, args.threshold), indent=1))
             else:
-                res = benchmarks.score_files(args.benchmark, args.predictions, kind, args.image_root, args.frame, args.protocol)
+                from .benchmarks.judge import make_judge
+
+                judge = make_judge(args.judge_url, args.judge_model, args.judge_key_env)
+                res = benchmarks.score_files(args.benchmark, args.predictions, kind, args.image_root, args.frame, args.protocol, judge)
                 for per_item in ("ious", "letters"):  # too long to print
                     res.pop(per_item, None)
                 print(json.dumps(res, indent=1))

@@ -84,11 +84,12 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     return scores
 
 
-def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, name: str | None = None, image_root: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:
+def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, name: str | None = None, image_root: str | Path | None = None, model=None, processor=None, stamp: str | None = None, judge=None) -> dict[str, Any]:
     """Generate greedily for every item of a local copy of one of the papers' other benchmarks
     (:mod:`mirg_lib.benchmarks`: ``name``, else told from its fields), with ``cfg.prompt``'s recipe, and score
     the replies by that benchmark's protocol; ``predictions.jsonl`` (``id``, ``response``, and ``image_size``
-    with ``cfg.frame: abs``) and ``scores.json`` go to ``out_dir``. ``stamp`` as for :func:`evaluate_checkpoint`."""
+    with ``cfg.frame: abs``) and ``scores.json`` go to ``out_dir``. ``stamp`` as for :func:`evaluate_checkpoint`;
+    ``judge``: a multiple-choice benchmark's LLM judge (:mod:`mirg_lib.benchmarks.judge`, none by default)."""
     import torch
 
     from . import benchmarks
@@ -132,6 +133,8 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
             how["protocol"] = cfg.protocol
     elif kind == "multi_context":
         how = {"frame": cfg.frame}
+    elif judge is not None:
+        how = {"judge": judge}
     scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)
     scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items))
     if stamp is not None:

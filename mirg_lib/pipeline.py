@@ -301,19 +301,22 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
     """Score the model at ``path`` on every benchmark of :func:`benchmark_sets` into ``eval/<name>_<benchmark>``
     (reused when made from the same model, eval config and benchmark files); benchmark -> its headline
     (:func:`mirg_lib.benchmarks.headline`)."""
-    from .benchmarks import headline
+    from .benchmarks import BenchmarksConfig, headline
+    from .benchmarks.judge import make_judge
     from .config import digest
     from .evaluation import EvalConfig, evaluate_benchmark
     from .trainers import model_identity
 
     cfg = stage_config(EvalConfig, params, "eval")
+    bcfg = stage_config(BenchmarksConfig, params, "benchmarks")
+    judge = make_judge(bcfg.judge_base_url, bcfg.judge_model, bcfg.judge_api_key_env)
     if prompt is not None:
         cfg.prompt = prompt  # type: ignore[assignment]
     out = {}
     for bench, (file, root) in benchmark_sets(params).items():
-        stamp = digest({"model": model_identity(path), "eval": config_hash(cfg), "bench": str(file), "mtime": file.stat().st_mtime_ns})
+        stamp = digest({"model": model_identity(path), "eval": config_hash(cfg), "bench": str(file), "mtime": file.stat().st_mtime_ns, "judge": judge and judge.name})
         with stage(params.profile, f"evaluate {name} on {bench}"):
-            scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp)
+            scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp, judge=judge)
         out[bench] = headline(scores)
     return out
 

@@ -514,6 +514,12 @@ class OpenAITeacher:
             out.append(replies[:n_samples])
         return out
 
+    def ask(self, text: str, max_tokens: int | None = None) -> str:
+        """One text-only question, one reply (greedy: temperature 0), e.g. an LLM judge's
+        (:mod:`mirg_lib.benchmarks.judge`)."""
+        body = {"model": self.model, "messages": [{"role": "user", "content": text}], "temperature": 0.0, "max_tokens": max_tokens or self.max_tokens, "n": 1}
+        return self._post(body)[0]
+
     def _hide(self, text: str) -> str:
         """``text`` with the key blanked out (a server may echo what it was sent)."""
         return text.replace(self._key.reveal(), "<hidden>") if self._key else text

@@ -799,3 +799,63 @@ def test_the_readme_table_sets_the_papers_other_benchmarks_beside_the_measured_r
     assert "| ref_l4 | T4, Ref-L4 val, Acc@0.5 | 58.57 / 68.92 / 74.78 | acc@0.5 | 12.5 | 32.5 | 40 | 0 |" in lines
     assert any("commit 056d457" in line for line in lines)
     assert other_benchmarks_table({"provenance": scores["provenance"], "rows": [{"model": "base"}]}) == []
+
+
+# ---------------------------------------------------------------------------------------------- the judge
+
+
+def _judge_server(answers):
+    """An OpenAI-compatible stand-in on loopback answering each request with the next of ``answers``; yields its
+    URL and the prompts it received."""
+    import contextlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+    queue = list(answers)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body["messages"][0]["content"])
+            assert body["temperature"] == 0.0 and body["n"] == 1
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": queue.pop(0)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    @contextlib.contextmanager
+    def run():
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        t.start()
+        try:
+            yield f"http://127.0.0.1:{srv.server_address[1]}/v1", seen
+        finally:
+            srv.shutdown()
+            srv.server_close()
+
+    return run()
+
+
+def test_an_llm_judge_reads_only_the_undecidable_replies_and_is_named(monkeypatch):
+    from mirg_lib.benchmarks.judge import make_judge
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    items = [ChoiceItem(f"c/{i}", "Counting", ["a.png"], "How many?", ["1", "2", "3"], "B") for i in range(3)]
+    replies = ["(B)", "It could be two, I guess", "no idea at all"]
+    with _judge_server(["B", "I cannot tell"]) as (url, seen):
+        judge = make_judge(url, "judge-7b")
+        res = score_choices(items, replies, judge)
+    assert len(seen) == 2 and "Reply: It could be two, I guess" in seen[0] and "(B) 2" in seen[0]  # the rules read the first
+    assert res["letters"] == ["B", "B", None] and res["judged"] == 1 and res["undecidable"] == 1
+    assert res["judge"] == f"judge-7b at {url}" and res["avg"] == pytest.approx(200 / 3)
+    assert make_judge("", "") is None and score_choices(items, replies)["judge"] is None
+    with pytest.raises(ValueError, match="needs the model's name"):
+        make_judge(url, "")

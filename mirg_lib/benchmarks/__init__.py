@@ -90,12 +90,14 @@ def prompt_text(item: Any, style: str = "plain", notation: str = "json") -> str:
 
 def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dict[str, Any]:
     """Score ``replies`` (one per item, in order) by benchmark ``name``'s protocol; ``how``: a grounding
-    benchmark's ``frame``, ``seen_sizes`` and ``protocol`` (:func:`.grounding.score_grounding`)."""
+    benchmark's ``frame``, ``seen_sizes`` and ``protocol`` (:func:`.grounding.score_grounding`), a multiple-choice
+    benchmark's ``judge`` (:mod:`.judge`; other kinds ignore it)."""
     kind = KINDS[get(name).NAME]
+    judge = how.pop("judge", None)
     if kind == "choice":
         if how:
             raise ValueError(f"benchmark {name!r} (multiple choice) takes no {', '.join(sorted(how))}")
-        return {"benchmark": name, **score_choices(items, replies)}
+        return {"benchmark": name, **score_choices(items, replies, judge)}
     if kind == "grounding":
         return {"benchmark": name, **score_grounding(items, replies, **how)}
     if kind in ("detection", "multi_context"):
@@ -156,7 +158,7 @@ def load_replies(path: str | os.PathLike, items: list[Any], need_size: bool = Fa
     return replies, sizes
 
 
-def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, name: str | None = None, image_root: str | os.PathLike | None = None, frame: str = "auto", protocol: str = "migician") -> dict[str, Any]:
+def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, name: str | None = None, image_root: str | os.PathLike | None = None, frame: str = "auto", protocol: str = "migician", judge: Any = None) -> dict[str, Any]:
     """Score a predictions file against a local copy of a benchmark (``name``, else detected from its
     fields): what ``python -m mirg_lib score --benchmark-kind`` prints. An item without a prediction is wrong
     and counted in ``missing``."""
@@ -171,6 +173,8 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
         how = {"frame": frame, "seen_sizes": sizes, "protocol": protocol}
     elif frame != "auto" or any(sizes):
         raise ValueError(f"benchmark {name!r} is multiple choice: its replies have no frame or image size")
+    if judge is not None and KINDS[name] == "choice":
+        how["judge"] = judge
     res = score(name, items, [r if r is not None else "" for r in replies], **how)
     res["missing"] = sum(r is None for r in replies)
     return res
@@ -183,6 +187,9 @@ class BenchmarksConfig:
     analogue_items: int = field(default=0, metadata={"help": "items per embedded analogue drawn by the world (BLINK-, Ref-L4-, ReVOS-, ODinW-like); 0: none"})
     files: dict[str, str] = field(default_factory=dict, metadata={"help": "local copies laid out as published: benchmark (blink, mmiu, ref_l4, lisa, revos, odinw, mc_bench) -> file or folder"})
     image_roots: dict[str, str] = field(default_factory=dict, metadata={"help": "a local copy's image folder, where its images are not beside its file"})
+    judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible endpoint whose model reads the multiple-choice replies the rules cannot ('': no judge, the default)"})
+    judge_model: str = field(default="", metadata={"help": "the judge's model name at that endpoint"})
+    judge_api_key_env: str = field(default="", metadata={"help": "the NAME of the environment variable holding the judge's API key ('' : none)"})
 
     def __post_init__(self) -> None:
         if self.analogue_items < 0:

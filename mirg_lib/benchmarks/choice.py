@@ -111,15 +111,20 @@ def extract_letter(reply: object, choices: list[str]) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def score_choices(items: list[ChoiceItem], replies: list[object]) -> dict[str, Any]:
+def score_choices(items: list[ChoiceItem], replies: list[object], judge: Any = None) -> dict[str, Any]:
     """Accuracy per subtask (a reply is right when its letter is the item's answer; undecidable counts wrong
-    and is counted apart) and their unweighted mean, as BLINK and MMIU report them."""
+    and is counted apart) and their unweighted mean, as BLINK and MMIU report them. ``judge`` (an
+    :class:`~mirg_lib.benchmarks.judge.LetterJudge`, off by default) reads the replies the rules cannot."""
     if len(items) != len(replies):
         raise ValueError(f"{len(items)} items but {len(replies)} replies")
     per: dict[str, dict[str, int]] = {}
     letters = []
+    judged = 0
     for it, reply in zip(items, replies, strict=True):
         letter = extract_letter(reply, it.choices)
+        if letter is None and judge is not None:
+            letter = judge(it, reply)
+            judged += letter is not None
         letters.append(letter)
         s = per.setdefault(it.subtask, {"n": 0, "right": 0, "undecidable": 0})
         s["n"] += 1
@@ -132,6 +137,7 @@ def score_choices(items: list[ChoiceItem], replies: list[object]) -> dict[str, A
         "avg": sum(s["acc"] for s in subtasks.values()) / len(subtasks) if subtasks else None,
         "n": len(items),
         "undecidable": sum(s["undecidable"] for s in subtasks.values()),
-        "judge": None,  # the letters were read by the rules above, no LLM judge
+        "judge": None if judge is None else judge.name,  # None: every letter read by the rules above
+        "judged": judged,  # replies whose letter the judge gave
         "letters": letters,
     }
