@@ -276,14 +276,14 @@ def benchmark_sets(params: Params) -> dict[str, tuple[Path, Path | None]]:
     from .benchmarks import BenchmarksConfig
     from .io import atomic_dir
     from .world import DataConfig
-    from .world.analogues import write_analogues
+    from .world.analogues import ANALOGUES, VERSION, write_analogues
 
     cfg = stage_config(BenchmarksConfig, params, "benchmarks")
     sets: dict[str, tuple[Path, Path | None]] = {}
     if cfg.analogue_items:
         data = stage_config(DataConfig, params, "data")
         out = stage_dir(params.profile, "benchmarks")
-        stamp = {"items": cfg.analogue_items, "seed": data.seed, "world": config_hash(data.knobs())}
+        stamp = {"items": cfg.analogue_items, "seed": data.seed, "world": config_hash(data.knobs()), "analogues": [*ANALOGUES], "version": VERSION}
         manifest = out / "manifest.json"
         if not (manifest.is_file() and json.loads(manifest.read_text()).get("stamp") == stamp):
             with stage(params.profile, "benchmark analogues"), atomic_dir(out) as tmp:

@@ -31,6 +31,15 @@ def test_counting_items_have_one_right_count_among_distinct_choices():
         assert 2 <= len(d.images) <= 3
 
 
+def test_the_reasoning_target_and_the_image_search_have_one_answer():
+    for seed in range(30):
+        r = draw("lisa", seed, KNOBS).record
+        assert r["problem"].startswith("Which object has the same colour as the ") and len(r["solution"]) == 4
+        m = draw("mmiu", seed, KNOBS).record
+        n = m["context"].count("\n")
+        assert m["output"] in "ABCD"[:n] and m["question"].startswith("Which image shows the ")
+
+
 def test_the_long_expression_and_the_single_frame_object_name_one_object():
     rng = random.Random(0)
     for seed in rng.sample(range(10_000), 30):
@@ -43,13 +52,16 @@ def test_the_long_expression_and_the_single_frame_object_name_one_object():
 
 def test_written_analogues_read_back_and_score_100_when_answered_right(tmp_path):
     paths = write_analogues(tmp_path, 6, 0, KNOBS)
-    assert set(paths) == {"blink", "ref_l4", "revos", "odinw"}
+    assert set(paths) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"}
     _, blink = benchmarks.read(paths["blink"], "blink")
     assert {it.subtask for it in blink} == {"Counting", "Visual_Similarity"} and len(blink) == 12
     res = benchmarks.score("blink", blink, [f"<answer>{it.answer}</answer>" for it in blink])
     assert res["avg"] == 100.0 and res["undecidable"] == 0
     assert benchmarks.score("blink", blink, ["(Z)"] * len(blink))["avg"] == 0.0
-    for name in ("ref_l4", "revos"):
+    _, mmiu = benchmarks.read(paths["mmiu"])
+    assert benchmarks.score("mmiu", mmiu, [f"Answer: {it.answer}" for it in mmiu])["avg"] == 100.0
+    assert all(2 <= len(it.choices) == len(it.images) <= 4 for it in mmiu)
+    for name in ("ref_l4", "lisa", "revos"):
         got, items = benchmarks.read(paths[name])
         assert got == name and len(items) == 6
         right = [format_box_tokens(Box(*it.answer, frame=Frame.REL1).to(Frame.REL1000).rounded()) for it in items]

@@ -700,14 +700,14 @@ def test_the_pipeline_draws_the_analogues_once_and_scores_a_model_on_each(tmp_pa
 
     params = load_params("smoke", {"benchmarks.analogue_items": 2, "eval.max_new_tokens": 6})
     sets = pipeline.benchmark_sets(params)
-    assert set(sets) == {"blink", "ref_l4", "revos", "odinw"} and all(root is None for _, root in sets.values())
+    assert set(sets) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"} and all(root is None for _, root in sets.values())
     stamp = {k: p.stat().st_mtime_ns for k, (p, _) in sets.items()}
     assert {k: p.stat().st_mtime_ns for k, (p, _) in pipeline.benchmark_sets(params).items()} == stamp  # drawn once
     mmiu_file = _mmiu_release(tmp_path / "mmiu", [_mmiu_record(input_image_path=["./Low-level-semantic/forensic/1.jpg"])])
     Image.new("RGB", (56, 56), (1, 2, 3)).save(tmp_path / "mmiu" / "Low-level-semantic" / "forensic" / "1.jpg")  # a size the processor takes
     params = load_params("smoke", {"benchmarks.analogue_items": 2, "eval.max_new_tokens": 6, "benchmarks.files": {"mmiu": str(mmiu_file)}})
     heads = pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano")
-    assert set(heads) == {"blink", "ref_l4", "revos", "odinw", "mmiu"}
+    assert set(heads) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"}  # the local MMIU copy in the place of its analogue
     assert heads["blink"]["metric"] == "accuracy" and heads["blink"]["n"] == 4 and set(heads["blink"]["subtasks"]) == {"Counting", "Visual_Similarity"}
     assert heads["ref_l4"]["metric"] == "acc@0.5" and heads["ref_l4"]["n"] == 2 and heads["odinw"]["metric"] == "mAP"
     assert heads["mmiu"]["n"] == 1 and 0 <= heads["mmiu"]["score"] <= 100

@@ -10,6 +10,9 @@ well-posed (one right answer, checked as it is drawn):
   re-lit) rather than other ones;
 * ``ref_l4/ref-l4-val.json`` (Ref-L4's fields, xywh boxes): one image, a long expression (every attribute
   and where in the image) naming one object;
+* ``lisa/lisa_val.json`` (LISA-Grounding's fields, xyxy): an object found by reasoning about another ("the
+  one of the same colour as the small red dotted star, another shape");
+* ``mmiu/all.json`` (MMIU's fields, options in ``context``): which of 2-4 images shows a named object;
 * ``revos/revos.json`` (ReVOS-Grounding's fields): 3-4 frames of a scene, an object that appears in one
   frame only, boxed in that frame;
 * ``odinw/Shapes/test/annotations.json`` (a COCO file, ODinW's layout): every object of an image is an
@@ -31,7 +34,8 @@ from PIL import Image
 from .objects import BACKGROUNDS, SHAPES, Obj, random_identity
 from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
 
-ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "revos", "odinw")
+ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu")
+VERSION = 2  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
 _TRIES = 200
 
 
@@ -109,6 +113,35 @@ def draw_single_frame_object(rng: random.Random, k: WorldKnobs) -> Drawn:
     return Drawn(images, {"question": q, "bbox_list": boxes, "frame": kk + 1})
 
 
+def draw_reasoning_target(rng: random.Random, k: WorldKnobs) -> Drawn:
+    """LISA-like: an object found by reasoning about another ("the one of the same colour, another shape")."""
+    scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
+    anchor = rng.choice(scene)
+    if sum(1 for o in scene if o.identity == anchor.identity) != 1:
+        raise WorldError("the anchor's description fits two objects")
+    fits = [o for o in scene if o is not anchor and o.colour == anchor.colour and o.shape != anchor.shape]
+    if len(fits) != 1:
+        raise WorldError("not exactly one object of the anchor's colour and another shape")
+    t = fits[0]
+    problem = f"Which object has the same colour as the {anchor.describe()} but a different shape? Box it."
+    return Drawn([_draw(rng, k, scene)], {"problem": problem, "solution": list(t.box)})
+
+
+def draw_image_search(rng: random.Random, k: WorldKnobs) -> Drawn:
+    """MMIU-like: which of 2-4 images holds a named object (it is in exactly one)."""
+    n = rng.randint(2, 4)
+    target = random_identity(rng)
+    scenes = [_scene(rng, k, [random_identity(rng, {target}) for _ in range(_n_objects(rng, k) - 1)], first_oid=10 * i) for i in range(n)]
+    kk = rng.randrange(n)
+    scenes[kk] = _scene(rng, k, [o.identity for o in scenes[kk]] + [target], first_oid=10 * kk)
+    if sum(1 for s in scenes for o in s if o.identity == target) != 1:
+        raise WorldError("the object in more than one image")
+    name = Obj(*target, size="small", box=(0, 0, 1, 1)).describe(("colour", "pattern", "shape"))
+    options = [f"the {ordinal} image" for ordinal in ("first", "second", "third", "fourth")[:n]]
+    context = "Select from the following choices.\n" + "\n".join(f"{'ABCD'[i]}: {o}" for i, o in enumerate(options))
+    return Drawn([_draw(rng, k, s) for s in scenes], {"task": "object_search", "question": f"Which image shows the {name}?", "context": context, "output": "ABCD"[kk]})
+
+
 def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
     scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
     return Drawn([_draw(rng, k, scene)], {"objects": [(o.shape, o.box) for o in scene]})
@@ -118,8 +151,10 @@ DRAWERS = {
     "blink_counting": draw_counting,
     "blink_similarity": draw_similarity,
     "ref_l4": draw_long_expression,
+    "lisa": draw_reasoning_target,
     "revos": draw_single_frame_object,
     "odinw": draw_detection,
+    "mmiu": draw_image_search,
 }
 
 
@@ -163,6 +198,27 @@ def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -
                 recs.append({"id": i, "file_name": f"images/{i}.png", **d.record})
             (folder / "ref-l4-val.json").write_text(json.dumps(recs, indent=1))
             paths["ref_l4"] = folder / "ref-l4-val.json"
+        elif name == "lisa":
+            folder = out / "lisa"
+            (folder / "images").mkdir(parents=True, exist_ok=True)
+            recs = []
+            for i, d in enumerate(items):
+                d.images[0].save(folder / "images" / f"{i}.png")
+                recs.append({"image": f"images/{i}.png", **d.record})
+            (folder / "lisa_val.json").write_text(json.dumps(recs, indent=1))
+            paths["lisa"] = folder / "lisa_val.json"
+        elif name == "mmiu":
+            folder = out / "mmiu"
+            recs = []
+            for i, d in enumerate(items):
+                (folder / "object_search").mkdir(parents=True, exist_ok=True)
+                files = []
+                for j, im in enumerate(d.images):
+                    im.save(folder / "object_search" / f"{i}_{j}.png")
+                    files.append(f"./object_search/{i}_{j}.png")
+                recs.append({**d.record, "input_image_path": files, "visual_input_component": "synthetic image", "source": "embedded"})
+            (folder / "all.json").write_text(json.dumps(recs, indent=1))
+            paths["mmiu"] = folder / "all.json"
         elif name == "revos":
             folder = out / "revos"
             recs = []
