@@ -103,8 +103,6 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
                 return old
     name, items = benchmarks.read(benchmark, name, image_root)
     kind = benchmarks.KINDS[name]
-    if cfg.frame == "abs" and kind == "multi_context":
-        raise ValueError(f"benchmark {name!r}: replies in pixels of the images as seen are not read yet; use eval.frame auto or rel1000")
     if model is None and items:
         device = "cuda" if torch.cuda.is_available() else None
         model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
@@ -123,6 +121,9 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
             if cfg.frame == "abs" and kind in ("grounding", "detection"):  # Qwen2.5-VL: pixels of the image as it saw it
                 size = seen_size(processor, ims[getattr(it, "target_image", 1) - 1])
                 row["image_size"] = list(size)
+            elif cfg.frame == "abs" and kind == "multi_context":  # boxes in either image: each image's size as seen
+                size = [seen_size(processor, im) for im in ims]
+                row["image_sizes"] = [list(v) for v in size]
             rows.append(row)
             sizes.append(size)
     seconds = time.perf_counter() - t0
@@ -132,7 +133,7 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
         if kind == "grounding":
             how["protocol"] = cfg.protocol
     elif kind == "multi_context":
-        how = {"frame": cfg.frame}
+        how = {"frame": cfg.frame, "seen_sizes": sizes if cfg.frame == "abs" else None}
     elif judge is not None:
         how = {"judge": judge}
     scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)

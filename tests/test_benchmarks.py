@@ -859,3 +859,34 @@ def test_an_llm_judge_reads_only_the_undecidable_replies_and_is_named(monkeypatc
     assert make_judge("", "") is None and score_choices(items, replies)["judge"] is None
     with pytest.raises(ValueError, match="needs the model's name"):
         make_judge(url, "")
+
+
+def test_mc_bench_replies_in_pixels_carry_each_images_size(tmp_path):
+    path = _mc_bench(tmp_path)
+    _, items = benchmarks.read(path)
+    preds = tmp_path / "p.jsonl"
+    rows = [{"id": "mc_bench/0", "response": "Image 1: [0, 0, 100, 100] Image 2: [100, 100, 200, 200]", "image_sizes": [[200, 200], [200, 200]]},
+            {"id": "mc_bench/1", "response": "none", "image_sizes": [[200, 200], [200, 200]]},
+            {"id": "mc_bench/2", "response": "Image 1: [100, 0, 200, 100]. Image 2: [0, 100, 100, 200]", "image_sizes": [[200, 200], [200, 200]]}]
+    preds.write_text("\n".join(json.dumps(r) for r in rows))
+    res = benchmarks.score_files(path, preds, frame="abs")
+    assert res["all"]["accuracy"] == 100.0 and res["all"]["ap50"] == pytest.approx(100 * (3 / 5 * 67 / 101 + 2 / 5))  # as in 0-1000
+    preds.write_text(json.dumps({**rows[0], "image_sizes": [[200, 200]]}))
+    with pytest.raises(RecordError, match=r"line 1, field 'image_sizes': expected one \[width, height\] per image \(2\)"):
+        benchmarks.score_files(path, preds, frame="abs")
+    preds.write_text(json.dumps({"id": "mc_bench/0", "response": "x"}))
+    with pytest.raises(RecordError, match="field 'image_sizes': a reply in pixels"):
+        benchmarks.score_files(path, preds, frame="abs")
+
+
+def test_the_eval_stage_writes_each_images_seen_size_for_mc_bench_in_pixels(tmp_path, nano_checkpoint):
+    from mirg_lib.evaluation import EvalConfig, evaluate_benchmark
+
+    path = _mc_bench(tmp_path)
+    cfg = EvalConfig(prompt="plain", frame="abs", max_new_tokens=4, batch_size=3)
+    res = evaluate_benchmark(nano_checkpoint, path, cfg, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["image_sizes"]) == 2 and all(w > 0 and h > 0 for w, h in r["image_sizes"]) for r in rows)
+    assert res["benchmark"] == "mc_bench" and res["all"]["n"] == 3
+    again = benchmarks.score_files(path, tmp_path / "out" / "predictions.jsonl", frame="abs")
+    assert again["all"] == res["all"]

@@ -110,11 +110,16 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
 __all__ = ["KINDS", "MODULES", "ChoiceItem", "DetectionItem", "GroundingItem", "detect", "get", "read", "score"]
 
 
-def load_replies(path: str | os.PathLike, items: list[Any], need_size: bool = False) -> tuple[list[str | None], list[tuple[int, int] | None]]:
+def _pixel_size(value: Any) -> tuple[int, int] | None:
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    return (value[0], value[1]) if ok else None
+
+
+def load_replies(path: str | os.PathLike, items: list[Any], need_size: str | None = None) -> tuple[list[str | None], list[Any]]:
     """The replies of a predictions file (JSON Lines: ``response``, and ``id``, the item's id as its reader
     names it, or ``index``, its position in the reader's order; a grounding reply in pixels may carry the
-    ``image_size`` it was made at, which ``need_size`` requires), in the order of ``items``: None where an
-    item has no prediction. A bad line is a RecordError naming the file, the line and the field; so is an
+    ``image_size`` it was made at, an MC-Bench reply the ``image_sizes`` of its images; ``need_size`` names the
+    field every line must have), in the order of ``items``: None where an item has no prediction. A bad line is a RecordError naming the file, the line and the field; so is an
     unknown or repeated item."""
     from pathlib import Path
 
@@ -147,13 +152,18 @@ def load_replies(path: str | os.PathLike, items: list[Any], need_size: bool = Fa
             raise bad("response", f"expected the raw reply as a string, got {type(row.get('response')).__name__}")
         if replies[i] is not None:
             raise bad("id" if "id" in row else "index", f"a second prediction for item {items[i].id!r}")
-        size = row.get("image_size")
-        if size is not None:
-            if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-                raise bad("image_size", f"expected [width, height] in pixels, got {size!r:.40}")
-            sizes[i] = (size[0], size[1])
-        elif need_size:
-            raise bad("image_size", "a reply in pixels (frame abs) needs the [width, height] of the image as the model saw it")
+        if row.get("image_size") is not None:
+            sizes[i] = _pixel_size(row["image_size"])
+            if sizes[i] is None:
+                raise bad("image_size", f"expected [width, height] in pixels, got {row['image_size']!r:.40}")
+        elif row.get("image_sizes") is not None:
+            many = row["image_sizes"]
+            got = [_pixel_size(v) for v in many] if isinstance(many, list) else []
+            if len(got) != len(items[i].images) or None in got:
+                raise bad("image_sizes", f"expected one [width, height] per image ({len(items[i].images)}), got {many!r:.60}")
+            sizes[i] = got
+        if need_size and row.get(need_size) is None:
+            raise bad(need_size, "a reply in pixels (frame abs) needs the size of each image as the model saw it")
         replies[i] = row["response"]
     return replies, sizes
 
@@ -163,12 +173,16 @@ def score_files(benchmark: str | os.PathLike, predictions: str | os.PathLike, na
     fields): what ``python -m mirg_lib score --benchmark-kind`` prints. An item without a prediction is wrong
     and counted in ``missing``."""
     name, items = read(benchmark, name, image_root)
-    replies, sizes = load_replies(predictions, items, need_size=frame == "abs" and KINDS[name] in ("grounding", "detection"))
+    kind = KINDS[name]
+    need = None if frame != "abs" or kind == "choice" else "image_sizes" if kind == "multi_context" else "image_size"
+    replies, sizes = load_replies(predictions, items, need_size=need)
+    if kind in ("grounding", "detection") and any(isinstance(v, list) for v in sizes):
+        raise ValueError(f"benchmark {name!r}: a reply's 'image_size' is one [width, height] (the target image's), not 'image_sizes'")
+    if kind == "multi_context" and any(isinstance(v, tuple) for v in sizes):
+        raise ValueError(f"benchmark {name!r}: a reply's sizes are 'image_sizes', one [width, height] per image")
     how: dict[str, Any] = {}
-    if KINDS[name] == "multi_context":
-        if frame == "abs" or any(sizes):
-            raise ValueError(f"benchmark {name!r}: replies in pixels of the images as seen are not read yet (one size per image); give 0-1 or 0-1000 boxes")
-        how = {"frame": frame}
+    if kind == "multi_context":
+        how = {"frame": frame, "seen_sizes": sizes if frame == "abs" else None}
     elif KINDS[name] != "choice":
         how = {"frame": frame, "seen_sizes": sizes, "protocol": protocol}
     elif frame != "auto" or any(sizes):
