@@ -890,3 +890,17 @@ def test_the_eval_stage_writes_each_images_seen_size_for_mc_bench_in_pixels(tmp_
     assert res["benchmark"] == "mc_bench" and res["all"]["n"] == 3
     again = benchmarks.score_files(path, tmp_path / "out" / "predictions.jsonl", frame="abs")
     assert again["all"] == res["all"]
+
+
+def test_mmiu_reports_each_relation_type_as_the_mean_of_its_tasks(tmp_path):
+    from mirg_lib.benchmarks.mmiu import relation_type
+
+    assert relation_type("Forensic_Detection_Blink") == "low-level semantic" and relation_type("jigsaw_puzzle_solving") == "two-dimensional spatial"
+    assert relation_type("object_search") == "unmapped"
+    recs = [_mmiu_record(task="forensic_detection_blink", output="B"), _mmiu_record(task="forensic_detection_forgerynet", output="A"),
+            _mmiu_record(task="forensic_detection_forgerynet", output="B"), _mmiu_record(task="jigsaw_puzzle_solving", output="A")]
+    name, items = benchmarks.read(_mmiu_release(tmp_path, recs))
+    res = benchmarks.score(name, items, ["B", "A", "A", "(B)"])
+    # low-level: forensic_detection_blink 100, forgerynet 50 -> 75 (the mean of its tasks, not of its 3 items)
+    assert res["types"] == {"low-level semantic": 75.0, "two-dimensional spatial": 0.0}
+    assert benchmarks.headline(res)["types"] == res["types"]

@@ -97,7 +97,10 @@ def score(name: str, items: list[Any], replies: list[object], **how: Any) -> dic
     if kind == "choice":
         if how:
             raise ValueError(f"benchmark {name!r} (multiple choice) takes no {', '.join(sorted(how))}")
-        return {"benchmark": name, **score_choices(items, replies, judge)}
+        res = {"benchmark": name, **score_choices(items, replies, judge)}
+        if name == mmiu.NAME:
+            res["types"] = mmiu.type_means(res["subtasks"])
+        return res
     if kind == "grounding":
         return {"benchmark": name, **score_grounding(items, replies, **how)}
     if kind in ("detection", "multi_context"):
@@ -220,7 +223,8 @@ def headline(scores: dict[str, Any]) -> dict[str, Any]:
     kind = KINDS[scores["benchmark"]]
     if kind == "choice":
         per = {t: s["acc"] for t, s in scores["subtasks"].items()}
-        return {"metric": "accuracy", "score": scores["avg"], "subtasks": per, "n": scores["n"], "unreadable": scores["undecidable"]}
+        out = {"metric": "accuracy", "score": scores["avg"], "subtasks": per, "n": scores["n"], "unreadable": scores["undecidable"]}
+        return {**out, "types": scores["types"]} if "types" in scores else out
     if kind == "grounding":
         per = {t: s["acc@0.5"] for t, s in scores["subtasks"].items()}
         a = scores["all"] or {}

@@ -6,8 +6,9 @@ The published layout (``all.json`` of the MMIU release): a JSON list of records 
 option's letter) and more fields kept as they are (``options``, ``visual_input_component``, ``source``,
 ...). When ``options`` is a list of texts it gives the options, else they are read from ``context``.
 
-Scored as MMIU's official code scores it: accuracy per task, averaged over tasks; the letter of a free-form
-reply read by :func:`~mirg_lib.benchmarks.choice.extract_letter` (no LLM judge).
+Scored as MMIU's official code scores it: accuracy per task, averaged over tasks, and per relation type (the
+mean of its tasks', :data:`RELATION_TYPES`); the letter of a free-form reply read by
+:func:`~mirg_lib.benchmarks.choice.extract_letter` (an LLM judge only when asked for).
 """
 
 from __future__ import annotations
@@ -21,6 +22,48 @@ from ._rows import Row, image_file, need, read_rows
 from .choice import LETTERS, ChoiceItem
 
 NAME = "mmiu"
+# MMIU's seven relation types and the release's task names in each (its taxonomy; Zhang et al.'s Tables 7-8 report
+# the first four). Not checked against an official file of the release here: a task it names otherwise, or a new
+# one, falls in "unmapped" and is still scored per task.
+RELATION_TYPES = {
+    "low-level semantic": ("forensic_detection_blink", "forensic_detection_forgerynet", "visual_quality_assessment_ve_lol_l"),
+    "high-level semantic (objective)": (
+        "face_retrieval", "functional_correspondence_blink", "functional_correspondence_funk_point", "handwritten_retrieval",
+        "image2image_retrieval", "person_reid", "semantic_correspondence_blink", "semantic_correspondence_misc210k",
+        "sketch2image_retrieval", "spot_the_similarity", "text2image_retrieval", "vehicle_retrieval", "visual_correspondence_blink",
+        "visual_correspondence_scannet", "visually_grounded_reasoning_marvl", "visually_grounded_reasoning_nlvr2",
+    ),
+    "high-level semantic (subjective)": ("casuality_reasoning_next_qa", "emotion_recognition_expw"),
+    "two-dimensional spatial": (
+        "homography_estimation", "image_captioning_with_spatial_context", "image_spatial_transformation_estimation",
+        "jigsaw_puzzle_solving", "point_tracking", "ravens_progressive_matrices", "single_object_tracking",
+        "icon_question_answering_with_spatial_context",
+    ),
+    "three-dimensional spatial": (
+        "multiview_reasoning", "threed_cad_recognition", "threed_depth_estimation", "threed_indoor_recognition",
+        "threed_object_detection", "threed_object_tracking", "threed_pose_estimation", "threed_question_answering",
+        "threed_scene_reconstruction",
+    ),
+    "continuous temporal": (
+        "next_img_prediction", "meme_vedio_understanding", "temporal_ordering", "action_quality_assessment",
+        "general_action_recognition", "mevis", "temporal_localization", "video_captioning",
+    ),
+    "discrete temporal": ("gui_next_action_prediction", "textual_cloze", "visual_cloze", "visual_coherence", "visual_ordering"),
+}
+_TYPE_OF = {task: kind for kind, tasks in RELATION_TYPES.items() for task in tasks}
+
+
+def relation_type(task: str) -> str:
+    """The relation type of an MMIU task (its name in any case), or "unmapped"."""
+    return _TYPE_OF.get(task.strip().casefold(), "unmapped")
+
+
+def type_means(subtasks: dict[str, dict]) -> dict[str, float]:
+    """Each relation type's accuracy: the mean over its tasks' accuracies, as MMIU reports a type."""
+    by: dict[str, list[float]] = {}
+    for task, s in subtasks.items():
+        by.setdefault(relation_type(task), []).append(s["acc"])
+    return {kind: sum(v) / len(v) for kind, v in sorted(by.items())}
 FIELDS = ("task", "input_image_path", "question", "context", "output", "options")
 _OPTION = re.compile(r"^\s*\(?([A-Z])\s*[\):.]\s*(.*\S)\s*$")
 _ANSWER = re.compile(r"\s*\(?\s*([A-Z])\s*\)?\s*(?:[:.]\s*.*)?", re.S)
