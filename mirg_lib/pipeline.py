@@ -321,6 +321,14 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
     return out
 
 
+def evaluation_models(sft_variants: list[str]) -> dict[str, str]:
+    """Notebook 06's models, label -> stage: the base, the answer-only SFT where notebook 03 trained it
+    (``sft_variants``: :func:`mirg_lib.ablations.sft_variants`; the papers' "+ SFT" rows), the CoT-SFT and the
+    CoT-SFT + GRPO model."""
+    answer = {"answer-only SFT": "sft_answer"} if "answer" in sft_variants else {}
+    return {"base": "base_model", **answer, "CoT-SFT": "sft_zhang", "CoT-SFT + GRPO": "grpo"}
+
+
 def evaluate_models(params: Params, models: dict[str, str], results: str | None = "scores", benchmarks: bool = False) -> list[dict[str, Any]]:
     """Score each model (label -> stage folder) with :func:`scored_row` and write the rows to
     ``runs/<profile>/results/<results>.json`` (None: write nothing); with ``benchmarks`` each row also carries

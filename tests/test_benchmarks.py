@@ -904,3 +904,13 @@ def test_mmiu_reports_each_relation_type_as_the_mean_of_its_tasks(tmp_path):
     # low-level: forensic_detection_blink 100, forgerynet 50 -> 75 (the mean of its tasks, not of its 3 items)
     assert res["types"] == {"low-level semantic": 75.0, "two-dimensional spatial": 0.0}
     assert benchmarks.headline(res)["types"] == res["types"]
+
+
+def test_notebook_06_scores_the_answer_only_sft_where_notebook_03_trained_it():
+    from mirg_lib import ablations, pipeline
+    from mirg_lib.config import load_params
+
+    embedded = ablations.sft_variants(load_params("embedded"))
+    assert list(pipeline.evaluation_models(embedded)) == ["base", "answer-only SFT", "CoT-SFT", "CoT-SFT + GRPO"]
+    smoke = ablations.sft_variants(load_params("smoke", {"ablations.arms": [ablations.MIRG_NO_IMAGE]}))
+    assert list(pipeline.evaluation_models(smoke)) == ["base", "CoT-SFT", "CoT-SFT + GRPO"]
