@@ -427,8 +427,9 @@ def other_benchmarks_table(scores: dict[str, Any]) -> list[str]:
         entry["unreadable (last row)"] = rows[-1]["benchmarks"].get(b, {}).get("unreadable")
         out.append(entry)
     head = (f"**Zhang et al.'s other benchmarks** (Tables 4-7), scored by notebook 06 on {prov['date'][:10]} ({prov['device']}, "
-            f"commit {prov['commit'][:7]}, wall time {prov.get('wall_s', 0):.0f} s with MIG-Bench), seed 0. Here the benchmarks are the "
-            "embedded world's analogues (`benchmarks.analogue_items`), so only the direction of a change compares with the paper's.")
+            f"commit {prov['commit'][:7]}; notebook 06's wall time {prov.get('wall_s', 0):.0f} s, scores made before from the same model and "
+            "files reused), seed 0. Here the benchmarks are the embedded world's analogues (`benchmarks.analogue_items`), so only the "
+            "direction of a change compares with the paper's.")
     return ["", head, ""] + _md(out)
 
 
