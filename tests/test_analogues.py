@@ -31,6 +31,14 @@ def test_counting_items_have_one_right_count_among_distinct_choices():
         assert 2 <= len(d.images) <= 3
 
 
+def test_the_correspondence_letters_four_boxed_objects_one_of_them_the_first_images():
+    for seed in range(20):
+        d = draw("blink_correspondence", seed, KNOBS)
+        assert d.record["choices"] == ["Point A", "Point B", "Point C", "Point D"] and d.record["answer"] in ("(A)", "(B)", "(C)", "(D)")
+        red = [sum(1 for px in im.getdata() if px == (255, 0, 0)) for im in d.images]
+        assert 0 < red[0] < red[1]  # one box in the first image, four boxes and their letters in the second
+
+
 def test_the_reasoning_target_and_the_image_search_have_one_answer():
     for seed in range(30):
         r = draw("lisa", seed, KNOBS).record
@@ -54,7 +62,7 @@ def test_written_analogues_read_back_and_score_100_when_answered_right(tmp_path)
     paths = write_analogues(tmp_path, 6, 0, KNOBS)
     assert set(paths) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"}
     _, blink = benchmarks.read(paths["blink"], "blink")
-    assert {it.subtask for it in blink} == {"Counting", "Visual_Similarity"} and len(blink) == 12
+    assert {it.subtask for it in blink} == {"Counting", "Visual_Similarity", "Visual_Correspondence"} and len(blink) == 18
     res = benchmarks.score("blink", blink, [f"<answer>{it.answer}</answer>" for it in blink])
     assert res["avg"] == 100.0 and res["undecidable"] == 0
     assert benchmarks.score("blink", blink, ["(Z)"] * len(blink))["avg"] == 0.0

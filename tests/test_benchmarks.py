@@ -708,7 +708,7 @@ def test_the_pipeline_draws_the_analogues_once_and_scores_a_model_on_each(tmp_pa
     params = load_params("smoke", {"benchmarks.analogue_items": 2, "eval.max_new_tokens": 6, "benchmarks.files": {"mmiu": str(mmiu_file)}})
     heads = pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano")
     assert set(heads) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"}  # the local MMIU copy in the place of its analogue
-    assert heads["blink"]["metric"] == "accuracy" and heads["blink"]["n"] == 4 and set(heads["blink"]["subtasks"]) == {"Counting", "Visual_Similarity"}
+    assert heads["blink"]["metric"] == "accuracy" and heads["blink"]["n"] == 6 and set(heads["blink"]["subtasks"]) == {"Counting", "Visual_Similarity", "Visual_Correspondence"}
     assert heads["ref_l4"]["metric"] == "acc@0.5" and heads["ref_l4"]["n"] == 2 and heads["odinw"]["metric"] == "mAP"
     assert heads["mmiu"]["n"] == 1 and 0 <= heads["mmiu"]["score"] <= 100
     with pytest.raises(Exception, match="unknown benchmark"):

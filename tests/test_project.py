@@ -84,7 +84,7 @@ def test_every_notebook_runs_headless_in_order_with_smoke_params(tmp_path):
     results = json.loads((runs_dir() / "smoke" / "results" / "scores.json").read_text())
     assert [r["model"] for r in results["rows"]] == ["base", "CoT-SFT", "CoT-SFT + GRPO"]
     for row in results["rows"]:  # the papers' other benchmarks, the embedded analogues of smoke.yaml
-        assert set(row["benchmarks"]) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"} and row["benchmarks"]["blink"]["n"] == 4, row["model"]
+        assert set(row["benchmarks"]) == {"blink", "ref_l4", "lisa", "revos", "odinw", "mmiu"} and row["benchmarks"]["blink"]["n"] == 6, row["model"]
     assert results["rows"][2]["train_log"] == "grpo/train_log.jsonl" and results["provenance"]["wall_s"] > 0
     figures = runs_dir() / "smoke" / "figures"
     assert sorted(p.name for p in figures.glob("*.png")) == [

@@ -8,6 +8,8 @@ well-posed (one right answer, checked as it is drawn):
   are across 2-3 images; four numbers to choose from;
 * ``blink/Visual_Similarity/val.json``: which of two images shows the same objects as the first (moved and
   re-lit) rather than other ones;
+* ``blink/Visual_Correspondence/val.json``: an object boxed in the first image, four boxed and lettered A-D in
+  the second (the same objects placed anew): which letter marks it;
 * ``ref_l4/ref-l4-val.json`` (Ref-L4's fields, xywh boxes): one image, a long expression (every attribute
   and where in the image) naming one object;
 * ``lisa/lisa_val.json`` (LISA-Grounding's fields, xyxy): an object found by reasoning about another ("the
@@ -29,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from .objects import BACKGROUNDS, SHAPES, Obj, random_identity
+from .objects import BACKGROUNDS, MARK_COLOUR, SHAPES, Obj, mark_box, random_identity
 from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
 
-ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu")
-VERSION = 2  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
+ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu", "blink_correspondence")
+VERSION = 3  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
 _TRIES = 200
 
 
@@ -83,6 +85,32 @@ def draw_similarity(rng: random.Random, k: WorldKnobs) -> Drawn:
     prompt = q + "\nSelect from the following choices.\n(A) the second image\n(B) the third image"
     return Drawn([_draw(rng, k, first), _draw(rng, k, pair[0], brightness=0.9), _draw(rng, k, pair[1], brightness=0.9)],
                  {"question": q, "sub_task": "Visual_Similarity", "choices": choices, "answer": f"({answer})", "prompt": prompt})
+
+
+def draw_correspondence(rng: random.Random, k: WorldKnobs) -> Drawn:
+    """BLINK Visual_Correspondence-like: an object boxed in the first image; in the second (the same objects
+    placed anew) four objects boxed and lettered A-D; which letter marks the same object."""
+    idents = []
+    while len(idents) < 4 + rng.randint(0, 1):
+        ident = random_identity(rng, set(idents))
+        idents.append(ident)
+    first = _scene(rng, k, idents)
+    second = _scene(rng, k, idents, first_oid=10)
+    ref = rng.randrange(len(idents))
+    others = rng.sample([i for i in range(len(idents)) if i != ref], 3)
+    order = [ref, *others]
+    rng.shuffle(order)
+    img1, img2 = _draw(rng, k, first), _draw(rng, k, second, brightness=0.9)
+    mark_box(img1, first[ref].box)
+    draw = ImageDraw.Draw(img2)
+    for letter, i in zip("ABCD", order, strict=True):
+        mark_box(img2, second[i].box)
+        x1, y1 = second[i].box[:2]
+        draw.text((max(0, x1 - 1), max(0, y1 - 11)), letter, fill=MARK_COLOUR)
+    answer = "ABCD"[order.index(ref)]
+    q = "An object is boxed in red in the first image. Which boxed point in the second image marks the same object?"
+    prompt = q + "\nSelect from the following choices.\n" + "\n".join(f"({c}) Point {c}" for c in "ABCD")
+    return Drawn([img1, img2], {"question": q, "sub_task": "Visual_Correspondence", "choices": [f"Point {c}" for c in "ABCD"], "answer": f"({answer})", "prompt": prompt})
 
 
 def draw_long_expression(rng: random.Random, k: WorldKnobs) -> Drawn:
@@ -150,6 +178,7 @@ def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
 DRAWERS = {
     "blink_counting": draw_counting,
     "blink_similarity": draw_similarity,
+    "blink_correspondence": draw_correspondence,
     "ref_l4": draw_long_expression,
     "lisa": draw_reasoning_target,
     "revos": draw_single_frame_object,
