@@ -17,8 +17,8 @@ well-posed (one right answer, checked as it is drawn):
 * ``mmiu/all.json`` (MMIU's fields, options in ``context``): which of 2-4 images shows a named object;
 * ``revos/revos.json`` (ReVOS-Grounding's fields): 3-4 frames of a scene, an object that appears in one
   frame only, boxed in that frame;
-* ``odinw/Shapes/test/annotations.json`` (a COCO file, ODinW's layout): every object of an image is an
-  instance of its shape category.
+* ``odinw/{Shapes,Colours}/test/annotations.json`` (COCO files, ODinW's layout of one folder per subset): every
+  object of an image is an instance of its shape category, or of its colour's.
 
 Deterministic in ``seed``: the same seed writes the same files.
 """
@@ -33,11 +33,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .objects import BACKGROUNDS, MARK_COLOUR, SHAPES, Obj, mark_box, random_identity
+from .objects import BACKGROUNDS, COLOURS, MARK_COLOUR, SHAPES, Obj, mark_box, random_identity
 from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
 
 ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu", "blink_correspondence")
-VERSION = 3  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
+VERSION = 4  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
 _TRIES = 200
 
 
@@ -172,7 +172,7 @@ def draw_image_search(rng: random.Random, k: WorldKnobs) -> Drawn:
 
 def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
     scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
-    return Drawn([_draw(rng, k, scene)], {"objects": [(o.shape, o.box) for o in scene]})
+    return Drawn([_draw(rng, k, scene)], {"objects": [(o.shape, o.colour, o.box) for o in scene]})
 
 
 DRAWERS = {
@@ -260,17 +260,19 @@ def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -
                 recs.append({"video_id": f"video_{i}", "frames": frames, "question": d.record["question"], "bbox_list": d.record["bbox_list"]})
             (folder / "revos.json").write_text(json.dumps(recs, indent=1))
             paths["revos"] = folder / "revos.json"
-        else:
-            folder = out / "odinw" / "Shapes" / "test"
-            folder.mkdir(parents=True, exist_ok=True)
-            cats = {s: c for c, s in enumerate(SHAPES, 1)}
-            images, anns = [], []
-            for i, d in enumerate(items):
-                d.images[0].save(folder / f"{i}.png")
-                images.append({"id": i, "file_name": f"{i}.png", "width": d.images[0].width, "height": d.images[0].height})
-                for shape, (x1, y1, x2, y2) in d.record["objects"]:
-                    anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[shape], "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-            coco = {"images": images, "annotations": anns, "categories": [{"id": c, "name": s} for s, c in cats.items()]}
-            (folder / "annotations.json").write_text(json.dumps(coco, indent=1))
+        else:  # two subsets of the same images: every object an instance of its shape, or of its colour
+            for subset, key, names in (("Shapes", 0, SHAPES), ("Colours", 1, tuple(COLOURS))):
+                folder = out / "odinw" / subset / "test"
+                folder.mkdir(parents=True, exist_ok=True)
+                cats = {s: c for c, s in enumerate(names, 1)}
+                images, anns = [], []
+                for i, d in enumerate(items):
+                    d.images[0].save(folder / f"{i}.png")
+                    images.append({"id": i, "file_name": f"{i}.png", "width": d.images[0].width, "height": d.images[0].height})
+                    for obj in d.record["objects"]:
+                        x1, y1, x2, y2 = obj[2]
+                        anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[obj[key]], "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                coco = {"images": images, "annotations": anns, "categories": [{"id": c, "name": s} for s, c in cats.items()]}
+                (folder / "annotations.json").write_text(json.dumps(coco, indent=1))
             paths["odinw"] = out / "odinw"
     return paths
