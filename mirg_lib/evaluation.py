@@ -136,12 +136,14 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
         how = {"frame": cfg.frame, "seen_sizes": sizes if cfg.frame == "abs" else None}
     elif judge is not None:
         how = {"judge": judge}
+    if out_dir is not None:  # the replies first: a judge that fails while scoring loses none of them
+        out_dir = Path(out_dir)
+        (out_dir / "scores.json").unlink(missing_ok=True)
+        write_jsonl(out_dir / "predictions.jsonl", rows)
     scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)
     scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items))
     if stamp is not None:
         scores["stamp"] = stamp
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_jsonl(out_dir / "predictions.jsonl", rows)
         write_json(out_dir / "scores.json", scores)
     return scores

@@ -301,7 +301,7 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
     """Score the model at ``path`` on every benchmark of :func:`benchmark_sets` into ``eval/<name>_<benchmark>``
     (reused when made from the same model, eval config and benchmark files); benchmark -> its headline
     (:func:`mirg_lib.benchmarks.headline`)."""
-    from .benchmarks import BenchmarksConfig, headline
+    from .benchmarks import KINDS, SCORING_VERSION, BenchmarksConfig, headline
     from .benchmarks.judge import make_judge
     from .config import digest
     from .evaluation import EvalConfig, evaluate_benchmark
@@ -312,13 +312,25 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
     judge = make_judge(bcfg.judge_base_url, bcfg.judge_model, bcfg.judge_api_key_env)
     if prompt is not None:
         cfg.prompt = prompt  # type: ignore[assignment]
+    drawn = stage_dir(params.profile, "benchmarks")
     out = {}
     for bench, (file, root) in benchmark_sets(params).items():
-        stamp = digest({"model": model_identity(path), "eval": config_hash(cfg), "bench": str(file), "mtime": file.stat().st_mtime_ns, "judge": judge and judge.name})
+        stamp = digest({
+            "model": model_identity(path), "eval": config_hash(cfg), "scoring": SCORING_VERSION,
+            "bench": files_stamp(file), "images": str(root) if root else None,
+            "judge": judge.name if judge is not None and KINDS[bench] == "choice" else None,  # only a choice benchmark's scores depend on it
+        })
         with stage(params.profile, f"evaluate {name} on {bench}"):
             scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp, judge=judge)
-        out[bench] = headline(scores)
+        out[bench] = {**headline(scores), "data": "analogue" if file.resolve().is_relative_to(drawn.resolve()) else "local copy"}
     return out
+
+
+def files_stamp(path: Path) -> list[tuple[str, int, int]]:
+    """What a benchmark's cached scores are made from: every file of ``path`` (a file, or a folder's files
+    below it) with its size and modification time, so an edited or replaced file anywhere makes new scores."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(str(f.relative_to(path) if path.is_dir() else f.name), (st := f.stat()).st_size, st.st_mtime_ns) for f in files]
 
 
 def evaluation_models(sft_variants: list[str]) -> dict[str, str]:

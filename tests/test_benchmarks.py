@@ -796,7 +796,10 @@ def test_the_readme_table_sets_the_papers_other_benchmarks_beside_the_measured_r
     scores = {"provenance": {"date": "2026-12-06T05:39:22", "device": "cpu", "commit": "056d457abc", "wall_s": 29.0},
               "rows": [{"model": "base", "benchmarks": {"ref_l4": {**head, "score": 12.5}}}, {"model": "CoT-SFT", "benchmarks": {"ref_l4": head}}]}
     lines = other_benchmarks_table(scores)
-    assert "| ref_l4 | T4, Ref-L4 val, Acc@0.5 | 58.57 / 68.92 / 74.78 | acc@0.5 | 12.5 | 32.5 | 40 | 0 |" in lines
+    assert "| ref_l4 | T4, Ref-L4 val, Acc@0.5 | 58.57 / 68.92 / 74.78 | analogue | acc@0.5 | 12.5 | 32.5 | 40 | 0 |" in lines
+    mmiu = {"metric": "accuracy", "score": 40.0, "semantic": 55.0, "n": 9, "unreadable": 0, "subtasks": {}, "data": "local copy"}
+    lines = other_benchmarks_table({**scores, "rows": [{"model": "base", "benchmarks": {"mmiu": mmiu}}]})
+    assert "| mmiu | T7, MMIU semantic relations, AVG | 56.8 / 57.7 / 59.4 | local copy | accuracy (semantic types' tasks) | 55.0 | 9 | 0 |" in lines
     assert any("commit 056d457" in line for line in lines)
     assert other_benchmarks_table({"provenance": scores["provenance"], "rows": [{"model": "base"}]}) == []
 
@@ -914,3 +917,51 @@ def test_notebook_06_scores_the_answer_only_sft_where_notebook_03_trained_it():
     assert list(pipeline.evaluation_models(embedded)) == ["base", "answer-only SFT", "CoT-SFT", "CoT-SFT + GRPO"]
     smoke = ablations.sft_variants(load_params("smoke", {"ablations.arms": [ablations.MIRG_NO_IMAGE]}))
     assert list(pipeline.evaluation_models(smoke)) == ["base", "CoT-SFT", "CoT-SFT + GRPO"]
+
+
+
+def test_cached_benchmark_scores_are_reused_and_remade_when_a_file_changes(tmp_path, nano_checkpoint, monkeypatch):
+    from mirg_lib import pipeline
+    from mirg_lib.config import load_params
+
+    folder = tmp_path / "mmiu"
+    _mmiu_release(folder, [_mmiu_record(input_image_path=["./Low-level-semantic/forensic/1.jpg"])])
+    Image.new("RGB", (56, 56), (1, 2, 3)).save(folder / "Low-level-semantic" / "forensic" / "1.jpg")
+    params = load_params("smoke", {"eval.max_new_tokens": 4, "benchmarks.files": {"mmiu": str(folder)}})
+    first = pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano")
+    assert first["mmiu"]["data"] == "local copy" and first["mmiu"]["n"] == 1
+    calls = []
+    import mirg_lib.models as models
+
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano") == first and calls == []  # reused
+    rec = _mmiu_record(input_image_path=["./Low-level-semantic/forensic/1.jpg"], output="A")
+    (folder / "all.json").write_text(json.dumps([rec, rec]))  # a file inside the folder changes
+    again = pipeline.evaluate_benchmarks(params, nano_checkpoint, "nano")
+    assert calls and again["mmiu"]["n"] == 2
+
+
+def test_a_failing_judge_loses_no_reply(tmp_path, nano_checkpoint, monkeypatch):
+    from mirg_lib.evaluation import EvalConfig, evaluate_benchmark
+
+    path = _mmiu_release(tmp_path, [_mmiu_record(input_image_path=["./Low-level-semantic/forensic/1.jpg"])])
+    Image.new("RGB", (56, 56), (1, 2, 3)).save(tmp_path / "Low-level-semantic" / "forensic" / "1.jpg")
+
+    class Broken:
+        name = "broken"
+
+        def __call__(self, item, reply):
+            raise RuntimeError("the judge's server is down")
+
+    with pytest.raises(RuntimeError, match="server is down"):
+        evaluate_benchmark(nano_checkpoint, path, EvalConfig(prompt="plain", max_new_tokens=4), tmp_path / "out", judge=Broken())
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 1 and not (tmp_path / "out" / "scores.json").exists()
+
+
+def test_mmius_headline_carries_the_semantic_types_mean_the_paper_reports(tmp_path):
+    recs = [_mmiu_record(task="forensic_detection_blink", output="B"), _mmiu_record(task="emotion_recognition_expw", output="A"),
+            _mmiu_record(task="jigsaw_puzzle_solving", output="A")]
+    name, items = benchmarks.read(_mmiu_release(tmp_path, recs))
+    head = benchmarks.headline(benchmarks.score(name, items, ["B", "B", "A"]))
+    assert head["semantic"] == 50.0 and head["score"] == pytest.approx(200 / 3)  # semantic: forensic 100, emotion 0; jigsaw is spatial

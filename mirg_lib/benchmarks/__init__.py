@@ -28,6 +28,7 @@ from .choice import ChoiceItem, score_choices
 from .detection import DetectionItem, score_detection
 from .grounding import GroundingItem, score_grounding
 
+SCORING_VERSION = 2  # part of a cached benchmark score's stamp (pipeline.evaluate_benchmarks): raise it when a reader or scorer changes
 MODULES: dict[str, ModuleType] = {m.NAME: m for m in (blink, mmiu, refl4, lisa, revos, odinw, mcbench)}
 KINDS = {
     "blink": "choice",
@@ -224,7 +225,10 @@ def headline(scores: dict[str, Any]) -> dict[str, Any]:
     if kind == "choice":
         per = {t: s["acc"] for t, s in scores["subtasks"].items()}
         out = {"metric": "accuracy", "score": scores["avg"], "subtasks": per, "n": scores["n"], "unreadable": scores["undecidable"]}
-        return {**out, "types": scores["types"]} if "types" in scores else out
+        if "types" in scores:  # MMIU: each relation type, and the semantic ones' task mean (Zhang et al.'s Table 7 AVG)
+            out["types"] = scores["types"]
+            out["semantic"] = mmiu.semantic_mean(scores["subtasks"])
+        return out
     if kind == "grounding":
         per = {t: s["acc@0.5"] for t, s in scores["subtasks"].items()}
         a = scores["all"] or {}

@@ -58,6 +58,16 @@ def relation_type(task: str) -> str:
     return _TYPE_OF.get(task.strip().casefold(), "unmapped")
 
 
+SEMANTIC = ("low-level semantic", "high-level semantic (objective)", "high-level semantic (subjective)")
+
+
+def semantic_mean(subtasks: dict[str, dict]) -> float | None:
+    """The mean accuracy over the tasks of the three semantic relation types (Zhang et al.'s Table 7 AVG);
+    None without such a task."""
+    accs = [s["acc"] for task, s in subtasks.items() if relation_type(task) in SEMANTIC]
+    return sum(accs) / len(accs) if accs else None
+
+
 def type_means(subtasks: dict[str, dict]) -> dict[str, float]:
     """Each relation type's accuracy: the mean over its tasks' accuracies, as MMIU reports a type."""
     by: dict[str, list[float]] = {}

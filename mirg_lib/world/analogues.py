@@ -14,7 +14,8 @@ well-posed (one right answer, checked as it is drawn):
   and where in the image) naming one object;
 * ``lisa/lisa_val.json`` (LISA-Grounding's fields, xyxy): an object found by reasoning about another ("the
   one of the same colour as the small red dotted star, another shape");
-* ``mmiu/all.json`` (MMIU's fields, options in ``context``): which of 2-4 images shows a named object;
+* ``mmiu/all.json`` (MMIU's fields, options in ``context``): which of 2-4 images shows a named object (MMIU's
+  text-to-image retrieval, a high-level objective semantic task);
 * ``revos/revos.json`` (ReVOS-Grounding's fields): 3-4 frames of a scene, an object that appears in one
   frame only, boxed in that frame;
 * ``odinw/{Shapes,Colours}/test/annotations.json`` (COCO files, ODinW's layout of one folder per subset): every
@@ -37,7 +38,7 @@ from .objects import BACKGROUNDS, COLOURS, MARK_COLOUR, SHAPES, Obj, mark_box, r
 from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
 
 ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu", "blink_correspondence")
-VERSION = 4  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
+VERSION = 5  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
 _TRIES = 200
 
 
@@ -56,15 +57,27 @@ def _where(box: tuple[float, ...], size: int) -> str:
     return "in the centre" if (row, col) == ("middle", "centre") else f"in the {row} {col} of the image"
 
 
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def letter_spot(box: tuple[float, ...]) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Where a correspondence letter goes: a white patch and the letter's corner, inside the top-left corner of
+    the box it marks (objects never overlap, so no other box holds it)."""
+    x1, y1 = int(box[0]) + 1, int(box[1]) + 1
+    return (x1, y1, x1 + 7, y1 + 11), (x1 + 1, y1)
+
+
 def draw_counting(rng: random.Random, k: WorldKnobs) -> Drawn:
     n = rng.randint(2, 3)
     scenes = [_scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))], first_oid=10 * i) for i in range(n)]
     probe = rng.choice([o for s in scenes for o in s])
     count = sum(1 for s in scenes for o in s if (o.colour, o.shape) == (probe.colour, probe.shape))
-    wrong = sorted({max(0, count + d) for d in (-2, -1, 1, 2, 3)} - {count})
-    choices = sorted([count, *rng.sample(wrong, 3)])
+    wrong = rng.sample(sorted(set(range(max(0, count - 3), count + 4)) - {count}), 3)
+    choices = [count, *wrong]
+    rng.shuffle(choices)  # the answer at any of the four places alike
     answer = "ABCD"[choices.index(count)]
-    q = f"How many {probe.colour} {probe.shape}s are there in the {n} images together?"
+    q = f"How many {probe.colour} {_plural(probe.shape)} are there in the {n} images together?"
     prompt = q + "\nSelect from the following choices.\n" + "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(choices))
     return Drawn([_draw(rng, k, s) for s in scenes], {"question": q, "sub_task": "Counting", "choices": [str(c) for c in choices], "answer": f"({answer})", "prompt": prompt, "count": count})
 
@@ -105,8 +118,9 @@ def draw_correspondence(rng: random.Random, k: WorldKnobs) -> Drawn:
     draw = ImageDraw.Draw(img2)
     for letter, i in zip("ABCD", order, strict=True):
         mark_box(img2, second[i].box)
-        x1, y1 = second[i].box[:2]
-        draw.text((max(0, x1 - 1), max(0, y1 - 11)), letter, fill=MARK_COLOUR)
+        patch, corner = letter_spot(second[i].box)
+        draw.rectangle(patch, fill=(255, 255, 255))
+        draw.text(corner, letter, fill=MARK_COLOUR)
     answer = "ABCD"[order.index(ref)]
     q = "An object is boxed in red in the first image. Which boxed point in the second image marks the same object?"
     prompt = q + "\nSelect from the following choices.\n" + "\n".join(f"({c}) Point {c}" for c in "ABCD")
@@ -167,7 +181,7 @@ def draw_image_search(rng: random.Random, k: WorldKnobs) -> Drawn:
     name = Obj(*target, size="small", box=(0, 0, 1, 1)).describe(("colour", "pattern", "shape"))
     options = [f"the {ordinal} image" for ordinal in ("first", "second", "third", "fourth")[:n]]
     context = "Select from the following choices.\n" + "\n".join(f"{'ABCD'[i]}: {o}" for i, o in enumerate(options))
-    return Drawn([_draw(rng, k, s) for s in scenes], {"task": "object_search", "question": f"Which image shows the {name}?", "context": context, "output": "ABCD"[kk]})
+    return Drawn([_draw(rng, k, s) for s in scenes], {"task": "text2image_retrieval", "question": f"Which image shows the {name}?", "context": context, "output": "ABCD"[kk]})
 
 
 def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
@@ -240,11 +254,11 @@ def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -
             folder = out / "mmiu"
             recs = []
             for i, d in enumerate(items):
-                (folder / "object_search").mkdir(parents=True, exist_ok=True)
+                (folder / "text2image_retrieval").mkdir(parents=True, exist_ok=True)
                 files = []
                 for j, im in enumerate(d.images):
-                    im.save(folder / "object_search" / f"{i}_{j}.png")
-                    files.append(f"./object_search/{i}_{j}.png")
+                    im.save(folder / "text2image_retrieval" / f"{i}_{j}.png")
+                    files.append(f"./text2image_retrieval/{i}_{j}.png")
                 recs.append({**d.record, "input_image_path": files, "visual_input_component": "synthetic image", "source": "embedded"})
             (folder / "all.json").write_text(json.dumps(recs, indent=1))
             paths["mmiu"] = folder / "all.json"
