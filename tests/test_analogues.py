@@ -51,6 +51,19 @@ def test_the_correspondence_letters_four_boxed_objects_one_of_them_the_first_ima
         assert 0 < red[0] < red[1]  # one box in the first image, four boxes and their letters in the second
 
 
+def test_the_spatial_shift_moves_every_object_one_way_inside_the_image():
+    answers = []
+    for seed in range(40):
+        d = draw("mmiu_spatial", seed, KNOBS)
+        options = [line.split(": ", 1)[1] for line in d.record["context"].splitlines()[1:]]
+        assert sorted(options) == ["down", "left", "right", "up"] and len(d.images) == 2
+        way = options["ABCD".index(d.record["output"])]
+        dx, dy = d.record["shift"]
+        assert {"left": dx < 0 == dy, "right": dx > 0 == dy, "up": dy < 0 == dx, "down": dy > 0 == dx}[way]
+        answers.append(way)
+    assert set(answers) == {"down", "left", "right", "up"}
+
+
 def test_the_reasoning_target_and_the_image_search_have_one_answer():
     for seed in range(30):
         r = draw("lisa", seed, KNOBS).record
@@ -79,8 +92,10 @@ def test_written_analogues_read_back_and_score_100_when_answered_right(tmp_path)
     assert res["avg"] == 100.0 and res["undecidable"] == 0
     assert benchmarks.score("blink", blink, ["(Z)"] * len(blink))["avg"] == 0.0
     _, mmiu = benchmarks.read(paths["mmiu"])
-    assert benchmarks.score("mmiu", mmiu, [f"Answer: {it.answer}" for it in mmiu])["avg"] == 100.0
-    assert all(2 <= len(it.choices) == len(it.images) <= 4 for it in mmiu)
+    res = benchmarks.score("mmiu", mmiu, [f"Answer: {it.answer}" for it in mmiu])
+    assert res["avg"] == 100.0 and res["types"] == {"high-level semantic (objective)": 100.0, "two-dimensional spatial": 100.0}
+    search = [it for it in mmiu if it.subtask == "text2image_retrieval"]
+    assert len(search) == 6 and all(2 <= len(it.choices) == len(it.images) <= 4 for it in search)
     for name in ("ref_l4", "lisa", "revos"):
         got, items = benchmarks.read(paths[name])
         assert got == name and len(items) == 6

@@ -800,6 +800,9 @@ def test_the_readme_table_sets_the_papers_other_benchmarks_beside_the_measured_r
     mmiu = {"metric": "accuracy", "score": 40.0, "semantic": 55.0, "n": 9, "unreadable": 0, "subtasks": {}, "data": "local copy"}
     lines = other_benchmarks_table({**scores, "rows": [{"model": "base", "benchmarks": {"mmiu": mmiu}}]})
     assert "| mmiu | T7, MMIU semantic relations, AVG | 56.8 / 57.7 / 59.4 | local copy | accuracy (semantic types' tasks) | 55.0 | 9 | 0 |" in lines
+    mmiu["types"] = {"two-dimensional spatial": 25.0}
+    lines = other_benchmarks_table({**scores, "rows": [{"model": "base", "benchmarks": {"mmiu": mmiu}}]})
+    assert any(line.startswith("| mmiu 2D spatial | T8, MMIU two-dimensional spatial, AVG | 37.8 / 38.6 / 40.4 | local copy | accuracy | 25.0 |") for line in lines)
     assert any("commit 056d457" in line for line in lines)
     assert other_benchmarks_table({"provenance": scores["provenance"], "rows": [{"model": "base"}]}) == []
 

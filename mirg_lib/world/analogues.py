@@ -15,7 +15,8 @@ well-posed (one right answer, checked as it is drawn):
 * ``lisa/lisa_val.json`` (LISA-Grounding's fields, xyxy): an object found by reasoning about another ("the
   one of the same colour as the small red dotted star, another shape");
 * ``mmiu/all.json`` (MMIU's fields, options in ``context``): which of 2-4 images shows a named object (MMIU's
-  text-to-image retrieval, a high-level objective semantic task);
+  text-to-image retrieval, a high-level objective semantic task), and which way every object of an image moved
+  in the next (its image spatial transformation estimation, a two-dimensional spatial task);
 * ``revos/revos.json`` (ReVOS-Grounding's fields): 3-4 frames of a scene, an object that appears in one
   frame only, boxed in that frame;
 * ``odinw/{Shapes,Colours}/test/annotations.json`` (COCO files, ODinW's layout of one folder per subset): every
@@ -37,8 +38,8 @@ from PIL import Image, ImageDraw
 from .objects import BACKGROUNDS, COLOURS, MARK_COLOUR, SHAPES, Obj, mark_box, random_identity
 from .tasks import WorldError, WorldKnobs, _draw, _n_objects, _scene, referring_expression
 
-ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu", "blink_correspondence")
-VERSION = 5  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
+ANALOGUES = ("blink_counting", "blink_similarity", "ref_l4", "lisa", "revos", "odinw", "mmiu", "blink_correspondence", "mmiu_spatial")
+VERSION = 6  # part of a drawn set's stamp (pipeline.benchmark_sets): raise it when a drawer changes what it draws
 _TRIES = 200
 
 
@@ -184,6 +185,28 @@ def draw_image_search(rng: random.Random, k: WorldKnobs) -> Drawn:
     return Drawn([_draw(rng, k, s) for s in scenes], {"task": "text2image_retrieval", "question": f"Which image shows the {name}?", "context": context, "output": "ABCD"[kk]})
 
 
+_SHIFTS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def draw_spatial_shift(rng: random.Random, k: WorldKnobs) -> Drawn:
+    """MMIU two-dimensional-spatial-like (its image spatial transformation estimation): the second image is the
+    first with every object moved the same way; which way."""
+    scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k))])
+    way = rng.choice(list(_SHIFTS))
+    step = max(k.object_grid or 0, round(0.12 * k.image_size))
+    dx, dy = (step * v for v in _SHIFTS[way])
+    moved = [o.moved((o.box[0] + dx, o.box[1] + dy, o.box[2] + dx, o.box[3] + dy)) for o in scene]
+    if any(b.box[0] < 0 or b.box[1] < 0 or b.box[2] > k.image_size or b.box[3] > k.image_size for b in moved):
+        raise WorldError("an object would leave the image")
+    bg = rng.choice(BACKGROUNDS)
+    options = list(_SHIFTS)
+    rng.shuffle(options)
+    context = "Select from the following choices.\n" + "\n".join(f"{'ABCD'[i]}: {o}" for i, o in enumerate(options))
+    q = "Every object of the first image has moved the same way in the second. Which way did they move?"
+    record = {"task": "Image_Spatial_Transformation_Estimation", "question": q, "context": context, "output": "ABCD"[options.index(way)], "shift": [dx, dy]}
+    return Drawn([_draw(rng, k, scene, bg=bg), _draw(rng, k, moved, bg=bg)], record)
+
+
 def draw_detection(rng: random.Random, k: WorldKnobs) -> Drawn:
     scene = _scene(rng, k, [random_identity(rng) for _ in range(_n_objects(rng, k, extra=1))])
     return Drawn([_draw(rng, k, scene)], {"objects": [(o.shape, o.colour, o.box) for o in scene]})
@@ -198,6 +221,7 @@ DRAWERS = {
     "revos": draw_single_frame_object,
     "odinw": draw_detection,
     "mmiu": draw_image_search,
+    "mmiu_spatial": draw_spatial_shift,
 }
 
 
@@ -250,18 +274,21 @@ def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -
                 recs.append({"image": f"images/{i}.png", **d.record})
             (folder / "lisa_val.json").write_text(json.dumps(recs, indent=1))
             paths["lisa"] = folder / "lisa_val.json"
-        elif name == "mmiu":
+        elif name.startswith("mmiu"):  # MMIU's tasks share one all.json, as the release's do
             folder = out / "mmiu"
-            recs = []
+            all_json = folder / "all.json"
+            recs = json.loads(all_json.read_text()) if all_json.is_file() else []
             for i, d in enumerate(items):
-                (folder / "text2image_retrieval").mkdir(parents=True, exist_ok=True)
+                task = d.record["task"]
+                (folder / task).mkdir(parents=True, exist_ok=True)
                 files = []
                 for j, im in enumerate(d.images):
-                    im.save(folder / "text2image_retrieval" / f"{i}_{j}.png")
-                    files.append(f"./text2image_retrieval/{i}_{j}.png")
+                    im.save(folder / task / f"{i}_{j}.png")
+                    files.append(f"./{task}/{i}_{j}.png")
                 recs.append({**d.record, "input_image_path": files, "visual_input_component": "synthetic image", "source": "embedded"})
-            (folder / "all.json").write_text(json.dumps(recs, indent=1))
-            paths["mmiu"] = folder / "all.json"
+            folder.mkdir(parents=True, exist_ok=True)
+            all_json.write_text(json.dumps(recs, indent=1))
+            paths["mmiu"] = all_json
         elif name == "revos":
             folder = out / "revos"
             recs = []
