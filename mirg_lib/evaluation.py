@@ -35,6 +35,18 @@ class EvalConfig:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 weights"})
 
 
+def cached_scores(out_dir: str | Path | None, stamp: str | None) -> dict[str, Any] | None:
+    """The scores already in ``out_dir`` (with their predictions) when they carry ``stamp``, else None."""
+    if stamp is None or out_dir is None:
+        return None
+    done = Path(out_dir) / "scores.json"
+    if done.is_file() and (Path(out_dir) / "predictions.jsonl").is_file():
+        old = json.loads(done.read_text())
+        if old.get("stamp") == stamp:
+            return old
+    return None
+
+
 def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:
     """Generate for every benchmark record (greedy), write ``predictions.jsonl`` and ``scores.json``.
 
@@ -44,12 +56,9 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
 
     from .models import load_model, load_processor
 
-    if stamp is not None and out_dir is not None:
-        done = Path(out_dir) / "scores.json"
-        if done.is_file() and (Path(out_dir) / "predictions.jsonl").is_file():
-            old = json.loads(done.read_text())
-            if old.get("stamp") == stamp:
-                return old
+    old = cached_scores(out_dir, stamp)
+    if old is not None:
+        return old
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
     records = first_per_task(records, None, cfg.max_items_per_task)
@@ -95,12 +104,9 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
     from . import benchmarks
     from .models import load_model, load_processor
 
-    if stamp is not None and out_dir is not None:
-        done = Path(out_dir) / "scores.json"
-        if done.is_file() and (Path(out_dir) / "predictions.jsonl").is_file():
-            old = json.loads(done.read_text())
-            if old.get("stamp") == stamp:
-                return old
+    old = cached_scores(out_dir, stamp)
+    if old is not None:
+        return old
     name, items = benchmarks.read(benchmark, name, image_root)
     kind = benchmarks.KINDS[name]
     if model is None and items:

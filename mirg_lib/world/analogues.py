@@ -256,24 +256,16 @@ def write_analogues(out: str | Path, n_per: int, seed: int, knobs: WorldKnobs) -
                 recs.append(rec)
             (folder / "val.json").write_text(json.dumps(recs, indent=1))
             paths["blink"] = out / "blink"
-        elif name == "ref_l4":
-            folder = out / "ref_l4"
+        elif name in ("ref_l4", "lisa"):  # one image per record: Ref-L4's file_name, LISA's image
+            key, file = ("file_name", "ref-l4-val.json") if name == "ref_l4" else ("image", "lisa_val.json")
+            folder = out / name
             (folder / "images").mkdir(parents=True, exist_ok=True)
             recs = []
             for i, d in enumerate(items):
                 d.images[0].save(folder / "images" / f"{i}.png")
-                recs.append({"id": i, "file_name": f"images/{i}.png", **d.record})
-            (folder / "ref-l4-val.json").write_text(json.dumps(recs, indent=1))
-            paths["ref_l4"] = folder / "ref-l4-val.json"
-        elif name == "lisa":
-            folder = out / "lisa"
-            (folder / "images").mkdir(parents=True, exist_ok=True)
-            recs = []
-            for i, d in enumerate(items):
-                d.images[0].save(folder / "images" / f"{i}.png")
-                recs.append({"image": f"images/{i}.png", **d.record})
-            (folder / "lisa_val.json").write_text(json.dumps(recs, indent=1))
-            paths["lisa"] = folder / "lisa_val.json"
+                recs.append({**({"id": i} if name == "ref_l4" else {}), key: f"images/{i}.png", **d.record})
+            (folder / file).write_text(json.dumps(recs, indent=1))
+            paths[name] = folder / file
         elif name.startswith("mmiu"):  # MMIU's tasks share one all.json, as the release's do
             folder = out / "mmiu"
             all_json = folder / "all.json"
