@@ -35,7 +35,8 @@ from .formats import RecordError
 
 def run_launched_spec(spec_file: str) -> None:
     """Inside each process ``accelerate launch`` started: read the spec the pipeline wrote and run its stage
-    function (:func:`mirg_lib.pipeline.train_sft`, ``train_grpo``)."""
+    function (:func:`mirg_lib.pipeline.train_sft`, ``train_grpo``), or its share of a generating stage's
+    batches (:func:`mirg_lib.backends.generate`)."""
     from pathlib import Path
 
     from .config import from_dict
@@ -51,8 +52,12 @@ def run_launched_spec(spec_file: str) -> None:
 
         items = pool_items(spec["data_dir"], spec["ids"], f"{spec_file} (GRPO items)")
         run_grpo(from_dict(GRPOStageConfig, spec["cfg"], "grpo"), spec["init_path"], items, spec["out_dir"])
+    elif spec.get("stage") in ("cot", "rejection", "eval"):
+        from .backends import run_launched_shard
+
+        run_launched_shard(spec)
     else:
-        raise ValueError(f"{spec_file}: unknown stage {spec.get('stage')!r}; launchable: sft, grpo")
+        raise ValueError(f"{spec_file}: unknown stage {spec.get('stage')!r}; launchable: sft, grpo, cot, rejection, eval")
 
 
 def _benchmark_kind(path: str) -> str:

@@ -106,7 +106,8 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
     "eval": ("mirg_lib.evaluation", "EvalConfig", "06_evaluation"),
     "benchmarks": ("mirg_lib.benchmarks", "BenchmarksConfig", "06_evaluation, the papers' other benchmarks"),
     "ablations": ("mirg_lib.ablations", "AblationsConfig", "07_ablations"),
-    "launch": ("mirg_lib.launch", "LaunchConfig", "03 and 05, on several processes"),
+    "launch": ("mirg_lib.launch", "LaunchConfig", "03 and 05 (and 01, 04, 06 with the hf backend), on several processes"),
+    "generation": ("mirg_lib.backends", "GenerationConfig", "01 (a model teacher), 04 and 06: the generation backend"),
 }
 
 

@@ -31,8 +31,8 @@ from .io import atomic_dir, write_json, write_jsonl
 from .items import Item, first_per_task, load_pool_items
 from .rewards import mirg_image, zhang_accuracy
 from .teacher import (
-    ENV_NAME,
     STYLES,
+    ModelTeacher,
     ScriptedTeacher,
     Teacher,
     TeacherItem,
@@ -47,10 +47,8 @@ from .world.tasks import object_ref
 class CotConfig:
     """Section ``cot`` of the params."""
 
-    teacher: Literal["scripted", "local", "openai"] = field(default="scripted", metadata={"help": "scripted: the embedded world's teacher; local: a VLM checkpoint; openai: an OpenAI-compatible endpoint"})
-    teacher_model: str = field(default="", metadata={"help": "local checkpoint folder, or the served model's name"})
-    base_url: str = field(default="", metadata={"help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"})
-    api_key_env: str = field(default="", metadata={"help": "openai: NAME of the environment variable holding the API key, e.g. OPENAI_API_KEY ('': no key)"})
+    teacher: Literal["scripted", "model"] = field(default="scripted", metadata={"help": "scripted: the embedded world's teacher; model: a VLM through the generation backend (section generation, stages.cot)"})
+    teacher_model: str = field(default="", metadata={"help": "model: a checkpoint folder (hf, vllm) or the served model's name (openai)"})
     n_samples: int = field(default=4, metadata={"help": "teacher samples per item; an item is kept when every one is right"})
     temperature: float = field(default=0.7, metadata={"help": "teacher sampling temperature"})
     error_rate: float = field(default=0.2, metadata={"help": "scripted: chance a sample is wrong"})
@@ -61,7 +59,7 @@ class CotConfig:
     frame: Literal["rel1000", "abs"] = field(default="rel1000", metadata={"help": "the boxes' frame in the replies; abs: Qwen2.5-VL's pixel boxes"})
     box_notation: Literal["json", "tokens"] = field(default="json", metadata={"help": "Zhang et al.'s replies' boxes: json (the paper's, Qwen2.5-VL's) or tokens (Qwen2-VL's box tokens)"})
     max_new_tokens: int = field(default=512, metadata={"help": "local and openai teachers: tokens per sample"})
-    batch_size: int = field(default=8, metadata={"help": "local teacher: prompts per generate call"})
+    batch_size: int = field(default=8, metadata={"help": "model teacher, hf backend: prompts per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self) -> None:
@@ -70,23 +68,20 @@ class CotConfig:
             raise ValueError(f"cot.styles: unknown {bad}; expected among {[s for s in STYLES if s != 'answer']}")
         if self.n_samples < 1:
             raise ValueError("cot.n_samples must be >= 1")
-        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
-            # never echo the value: it may be the key itself, pasted by mistake
-            raise ValueError("cot.api_key_env must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), not the key itself")
+        if self.teacher == "model" and not self.teacher_model:
+            raise ValueError("cot.teacher 'model' needs cot.teacher_model: a checkpoint folder, or the name a server knows the model by")
 
 
-def make_teacher(cfg: CotConfig) -> Teacher:
+def make_teacher(cfg: CotConfig, generation: Any = None, cache: Path | None = None, launch: Any = None) -> Teacher:
+    """The teacher ``cfg`` names; a model teacher generates with ``generation`` (a :class:`~mirg_lib.backends.GenerationConfig`,
+    default: ``hf``) for the cot stage, keeping its replies in ``cache`` until the stage is done."""
     if cfg.teacher == "scripted":
         return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed, notation=cfg.box_notation, reasoning=COT_REASONING)
-    if cfg.teacher == "local":
-        from .teacher import LocalVLMTeacher
+    from .backends import GenerationConfig
 
-        return LocalVLMTeacher(cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, notation=cfg.box_notation)
-    from .teacher import OpenAITeacher
-
-    if not cfg.base_url:
-        raise ValueError("cot.teacher 'openai' needs cot.base_url")
-    return OpenAITeacher(cfg.base_url, cfg.teacher_model, api_key_env=cfg.api_key_env, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, notation=cfg.box_notation)
+    gen = (generation or GenerationConfig()).for_stage("cot")
+    return ModelTeacher(gen, cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                        notation=cfg.box_notation, cache=cache, launch=launch)
 
 
 def abs_size(item: Item) -> tuple[int, int]:
@@ -209,12 +204,18 @@ class CotResult:
         return self.root / f"sft_{style}.jsonl"
 
 
-def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: Teacher | None = None) -> CotResult:
+def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: Teacher | None = None, generation: Any = None, launch: Any = None) -> CotResult:
     """Synthesis, 4-of-4 filtering, reassembly; outputs ``samples_<style>.jsonl``, ``sft_<style>.jsonl``
     (id, task, completion), ``sft_answer.jsonl`` (the answer-only baseline on the same kept items),
-    ``sft_mirg_reassembled.jsonl`` and ``table.json``."""
+    ``sft_mirg_reassembled.jsonl`` and ``table.json``. A model teacher generates with ``generation`` (section
+    ``generation``; default ``hf``) over ``launch``'s processes where it gives the cot stage several."""
+    from .backends import GenerationConfig, cache_dir, drop_cache, generation_tag
+
     out_dir = Path(out_dir)
-    digest = versioned_digest({**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM, "reasoning": COT_REASONING})
+    values = {**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM, "reasoning": COT_REASONING}
+    if cfg.teacher == "model" and teacher is None:
+        values["generation"] = generation_tag((generation or GenerationConfig()).for_stage("cot"))
+    digest = versioned_digest(values)
     stamp = out_dir / "table.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())
@@ -223,7 +224,7 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
     t0 = time.perf_counter()
     pool = load_pool_items(Path(data_dir) / "train" / "mgrounding.json")
     items = first_per_task(pool, cfg.tasks, cfg.max_items_per_task)
-    teacher = teacher or make_teacher(cfg)
+    teacher = teacher or make_teacher(cfg, generation, cache_dir(out_dir), launch)
     titems = [TeacherItem(i.id, i.task, i.images, i.question, i.scene) for i in items]
     counts: dict[str, Counter[str]] = {}
     with atomic_dir(out_dir) as tmp:
@@ -266,5 +267,9 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
             row["candidates"] = counts[cfg.styles[0]][f"{task}/candidates"]
             rows.append(row)
         seconds = time.perf_counter() - t0
-        write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)})
+        table = {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)}
+        if isinstance(teacher, ModelTeacher):  # how it generated (the API key's variable name, never the key)
+            table["generation"] = dataclasses.asdict(teacher.generation)
+        write_json(tmp / "table.json", table)
+    drop_cache(out_dir)
     return CotResult(out_dir, rows, seconds)

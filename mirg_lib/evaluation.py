@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from tqdm import tqdm
 
+from .backends import GenerationConfig, HFBackend, Request, Sampling, drop_cache, generate
 from .formats import load_mig_bench
-from .generation import generate_batch, seen_size
+from .generation import seen_size
 from .io import write_json, write_jsonl
 from .items import first_per_task, item_from_mig
-from .prompts import user_turn, with_suffix
+from .prompts import with_suffix
 from .scoring import Prediction, score
 
 
@@ -47,38 +47,30 @@ def cached_scores(out_dir: str | Path | None, stamp: str | None) -> dict[str, An
     return None
 
 
-def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None, stamp: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, model=None, processor=None, stamp: str | None = None,
+                        generation: GenerationConfig | None = None, launch: Any = None) -> dict[str, Any]:
     """Generate for every benchmark record (greedy), write ``predictions.jsonl`` and ``scores.json``.
 
     With ``stamp`` (what the scores are made from: model, config, benchmark) the scores carry it, and scores
-    already in ``out_dir`` with the same stamp are returned without generating."""
-    import torch
-
-    from .models import load_model, load_processor
-
+    already in ``out_dir`` with the same stamp are returned without generating. The replies come from
+    ``generation``'s backend (default: ``hf`` in this process; ``model`` / ``processor``: already loaded), over
+    ``launch``'s processes where it gives the evaluation several (:mod:`mirg_lib.backends`)."""
     old = cached_scores(out_dir, stamp)
     if old is not None:
         return old
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
     records = first_per_task(records, None, cfg.max_items_per_task)
-    if model is None and records:  # an empty test (a real-data profile without a single-image test) loads nothing
-        device = "cuda" if torch.cuda.is_available() else None
-        model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
-    if processor is None and records:
-        processor = load_processor(model_path)
+    requests = [Request(with_suffix(r.question, cfg.prompt, cfg.box_notation), tuple(str(bench_file.parent / p) for p in r.images)) for r in records]
     t0 = time.perf_counter()
+    replies = _replies(model_path, requests, cfg, out_dir, model, processor, generation, launch, f"evaluating {bench_file.name}")
+    processor = _processor(model_path, processor) if cfg.frame == "abs" and records else processor
     rows = []
-    for start in tqdm(range(0, len(records), cfg.batch_size), desc=f"evaluating {bench_file.name}", mininterval=5):
-        chunk = records[start : start + cfg.batch_size]
-        msgs = [user_turn(len(r.images), with_suffix(r.question, cfg.prompt, cfg.box_notation)) for r in chunk]
-        imgs = [[Image.open(bench_file.parent / p).convert("RGB") for p in r.images] for r in chunk]
-        replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        for r, reply, ims in zip(chunk, replies, imgs, strict=True):
-            row = {"index": r.index, "task": r.task, "response": reply, "frame": cfg.frame}
-            if cfg.frame == "abs":  # Qwen2.5-VL: pixels of the target image as the model saw it
-                row["image_size"] = list(seen_size(processor, ims[item_from_mig(r, bench_file.parent).target_image - 1]))
-            rows.append(row)
+    for r, (reply,) in zip(records, replies, strict=True):
+        row = {"index": r.index, "task": r.task, "response": reply, "frame": cfg.frame}
+        if cfg.frame == "abs":  # Qwen2.5-VL: pixels of the target image as the model saw it
+            row["image_size"] = list(_seen(processor, bench_file.parent / r.images[item_from_mig(r, bench_file.parent).target_image - 1]))
+        rows.append(row)
     seconds = time.perf_counter() - t0
     preds = {row["index"]: Prediction(row["index"], row["response"], row["frame"], tuple(row["image_size"]) if "image_size" in row else None, row["task"]) for row in rows}
     scores = score(records, preds, protocol=cfg.protocol)
@@ -90,48 +82,62 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
         out_dir = Path(out_dir)
         write_jsonl(out_dir / "predictions.jsonl", rows)
         write_json(out_dir / "scores.json", scores)
+        drop_cache(out_dir)
     return scores
 
 
-def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, name: str | None = None, image_root: str | Path | None = None, model=None, processor=None, stamp: str | None = None, judge=None) -> dict[str, Any]:
+def _replies(model_path, requests: list[Request], cfg: EvalConfig, out_dir, model, processor, generation: GenerationConfig | None, launch: Any, progress: str) -> list[list[str]]:
+    """Greedy replies to ``requests`` in batches of ``cfg.batch_size`` (:func:`mirg_lib.backends.generate`)."""
+    generation = generation or GenerationConfig()
+    backend = None
+    if model is not None:  # a model already loaded: the hf backend around it
+        backend = HFBackend(str(model_path), batch_size=cfg.batch_size, model=model, processor=_processor(model_path, processor))
+    return generate(generation, model_path, requests, Sampling(max_new_tokens=cfg.max_new_tokens), out_dir, stage="eval", per_batch=cfg.batch_size,
+                    batch_size=cfg.batch_size, dtype="bfloat16" if cfg.bf16 else "float32", launch=launch, backend=backend, progress=progress)
+
+
+def _processor(model_path, processor):
+    from .models import load_processor
+
+    return processor if processor is not None else load_processor(model_path)
+
+
+def _seen(processor, path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return seen_size(processor, im.convert("RGB"))
+
+
+def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None, name: str | None = None, image_root: str | Path | None = None, model=None, processor=None, stamp: str | None = None, judge=None,
+                       generation: GenerationConfig | None = None, launch: Any = None) -> dict[str, Any]:
     """Generate greedily for every item of a local copy of one of the papers' other benchmarks
     (:mod:`mirg_lib.benchmarks`: ``name``, else told from its fields), with ``cfg.prompt``'s recipe, and score
     the replies by that benchmark's protocol; ``predictions.jsonl`` (``id``, ``response``, and ``image_size``
     with ``cfg.frame: abs``) and ``scores.json`` go to ``out_dir``. ``stamp`` as for :func:`evaluate_checkpoint`;
     ``judge``: a multiple-choice benchmark's LLM judge (:mod:`mirg_lib.benchmarks.judge`, none by default)."""
-    import torch
-
     from . import benchmarks
-    from .models import load_model, load_processor
 
     old = cached_scores(out_dir, stamp)
     if old is not None:
         return old
     name, items = benchmarks.read(benchmark, name, image_root)
     kind = benchmarks.KINDS[name]
-    if model is None and items:
-        device = "cuda" if torch.cuda.is_available() else None
-        model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=device)
-    if processor is None and items:
-        processor = load_processor(model_path)
+    requests = [Request(benchmarks.prompt_text(it, cfg.prompt, cfg.box_notation), tuple(str(p) for p in it.images)) for it in items]
     t0 = time.perf_counter()
+    replies = _replies(model_path, requests, cfg, out_dir, model, processor, generation, launch, f"evaluating {name}")
+    if cfg.frame == "abs" and items and kind in ("grounding", "detection", "multi_context"):
+        processor = _processor(model_path, processor)
     rows, sizes = [], []
-    for start in tqdm(range(0, len(items), cfg.batch_size), desc=f"evaluating {name}", mininterval=5):
-        chunk = items[start : start + cfg.batch_size]
-        msgs = [user_turn(len(it.images), benchmarks.prompt_text(it, cfg.prompt, cfg.box_notation)) for it in chunk]
-        imgs = [[Image.open(p).convert("RGB") for p in it.images] for it in chunk]
-        replies = generate_batch(model, processor, msgs, imgs, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        for it, reply, ims in zip(chunk, replies, imgs, strict=True):
-            row: dict[str, Any] = {"id": it.id, "response": reply}
-            size = None
-            if cfg.frame == "abs" and kind in ("grounding", "detection"):  # Qwen2.5-VL: pixels of the image as it saw it
-                size = seen_size(processor, ims[getattr(it, "target_image", 1) - 1])
-                row["image_size"] = list(size)
-            elif cfg.frame == "abs" and kind == "multi_context":  # boxes in either image: each image's size as seen
-                size = [seen_size(processor, im) for im in ims]
-                row["image_sizes"] = [list(v) for v in size]
-            rows.append(row)
-            sizes.append(size)
+    for it, (reply,) in zip(items, replies, strict=True):
+        row: dict[str, Any] = {"id": it.id, "response": reply}
+        size = None
+        if cfg.frame == "abs" and kind in ("grounding", "detection"):  # Qwen2.5-VL: pixels of the image as it saw it
+            size = _seen(processor, Path(it.images[getattr(it, "target_image", 1) - 1]))
+            row["image_size"] = list(size)
+        elif cfg.frame == "abs" and kind == "multi_context":  # boxes in either image: each image's size as seen
+            size = [_seen(processor, Path(p)) for p in it.images]
+            row["image_sizes"] = [list(v) for v in size]
+        rows.append(row)
+        sizes.append(size)
     seconds = time.perf_counter() - t0
     how: dict[str, Any] = {}
     if kind in ("grounding", "detection"):
@@ -152,4 +158,5 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
         scores["stamp"] = stamp
     if out_dir is not None:
         write_json(out_dir / "scores.json", scores)
+        drop_cache(out_dir)
     return scores

@@ -31,7 +31,7 @@ from typing import Any
 
 from .paths import ROOT
 
-LAUNCHABLE = ("sft", "grpo")
+LAUNCHABLE = ("sft", "grpo", "cot", "rejection", "eval")  # training stages, and the stages that generate with the hf backend
 # a process's own failure: mirg_lib's "error: ..." or the last line of a Python traceback
 ERROR_LINE = re.compile(r"^(?:error: |(?:[A-Za-z_][\w.]*)?(?:Error|Exception): )")
 
@@ -42,7 +42,7 @@ class LaunchConfig:
 
     num_processes: int = field(default=1, metadata={"help": "processes per training stage; >1 runs it under `accelerate launch`"})
     config_file: str = field(default="", metadata={"help": "an accelerate config (configs/accelerate/{ddp,zero2,zero3}.yaml, repository-relative); '': plain DDP"})
-    stages: list[str] = field(default_factory=lambda: list(LAUNCHABLE), metadata={"help": "which training stages go multi-process"})
+    stages: list[str] = field(default_factory=lambda: list(LAUNCHABLE), metadata={"help": "which stages go multi-process: training (sft, grpo) and, with generation.backend hf, generating (cot, rejection, eval)"})
     main_process_port: int = field(default=0, metadata={"help": "0: a free port"})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "more `accelerate launch` arguments, passed as they are"})
 

@@ -82,7 +82,16 @@ def cot(params: Params):
     from .cot import CotConfig, run_cot
 
     with stage(params.profile, "cot filtering"):
-        return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"))
+        return run_cot(stage_config(CotConfig, params, "cot"), data_dir(params), stage_dir(params.profile, "cot"), generation=generation_config(params), launch=launch_config(params))
+
+
+def generation_config(params: Params, stage_name: str | None = None):
+    """Section ``generation``: the backend the teacher, rejection sampling and the evaluation generate with
+    (:mod:`mirg_lib.backends`); with ``stage_name``, that stage's settings (its ``stages`` entry over the section)."""
+    from .backends import GenerationConfig
+
+    cfg = stage_config(GenerationConfig, params, "generation")
+    return cfg.for_stage(stage_name) if stage_name else cfg
 
 
 def sft_config(params: Params, variant: str = "zhang"):
@@ -156,7 +165,8 @@ def rejection(params: Params, model_path: Path | None = None):
     cot_ids = _sft_ids(params)
     model_path = model_path or _need(stage_dir(params.profile, "sft_zhang") / "checkpoint", "the stage-1 model (03_lora_sft)")
     with stage(params.profile, "rejection sampling"):
-        return run_rejection_sampling(cfg, model_path, data_dir(params), stage_dir(params.profile, "rejection"), exclude_ids=cot_ids)
+        return run_rejection_sampling(cfg, model_path, data_dir(params), stage_dir(params.profile, "rejection"), exclude_ids=cot_ids,
+                                      generation=generation_config(params, "rejection"), launch=launch_config(params))
 
 
 def _sft_ids(params: Params) -> set[str]:
@@ -203,9 +213,18 @@ def evaluate(params: Params, model_path: Path, name: str, single: bool = False, 
         cfg.max_items_per_task = 0
     bench = bench_file(params, single)
     out = eval_dir(params, name, single)
-    stamp = digest({"model": model_identity(model_path), "eval": config_hash(cfg), "bench": bench.stat().st_mtime_ns})
+    gen = generation_config(params, "eval")
+    stamp = digest({"model": model_identity(model_path), "eval": config_hash(cfg), "bench": bench.stat().st_mtime_ns, **_tag(gen)})
     with stage(params.profile, f"evaluate {out.name}"):
-        return evaluate_checkpoint(model_path, bench, cfg, out, stamp=stamp)
+        return evaluate_checkpoint(model_path, bench, cfg, out, stamp=stamp, generation=gen, launch=launch_config(params))
+
+
+def _tag(gen) -> dict[str, str]:
+    """What the generation backend adds to an evaluation's stamp: nothing for ``hf`` (:func:`mirg_lib.backends.generation_tag`)."""
+    from .backends import generation_tag
+
+    tag = generation_tag(gen)
+    return {"generation": tag} if tag else {}
 
 
 def bench_file(params: Params, single: bool = False) -> Path:
@@ -310,6 +329,7 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
     cfg = stage_config(EvalConfig, params, "eval")
     bcfg = stage_config(BenchmarksConfig, params, "benchmarks")
     judge = make_judge(bcfg.judge_base_url, bcfg.judge_model, bcfg.judge_api_key_env)
+    gen = generation_config(params, "eval")
     if prompt is not None:
         cfg.prompt = prompt  # type: ignore[assignment]
     drawn = stage_dir(params.profile, "benchmarks")
@@ -319,9 +339,11 @@ def evaluate_benchmarks(params: Params, path: Path, name: str, prompt: str | Non
             "model": model_identity(path), "eval": config_hash(cfg), "scoring": SCORING_VERSION,
             "bench": files_stamp(file), "images": str(root) if root else None,
             "judge": judge.name if judge is not None and KINDS[bench] == "choice" else None,  # only a choice benchmark's scores depend on it
+            **_tag(gen),
         })
         with stage(params.profile, f"evaluate {name} on {bench}"):
-            scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp, judge=judge)
+            scores = evaluate_benchmark(path, file, cfg, stage_dir(params.profile, "eval") / f"{name}_{bench}", name=bench, image_root=root, stamp=stamp, judge=judge,
+                                        generation=gen, launch=launch_config(params))
         out[bench] = {**headline(scores), "data": "analogue" if file.resolve().is_relative_to(drawn.resolve()) else "local copy"}
     return out
 

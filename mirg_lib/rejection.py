@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from tqdm import tqdm
 
+from .backends import GenerationConfig, Request, Sampling, drop_cache, generate, generation_tag
 from .config import config_hash
 from .cot import judge
 from .formats import IN_DOMAIN
-from .generation import generate_batch, seen_size
+from .generation import seen_size
 from .io import atomic_dir, write_json, write_jsonl
 from .items import first_per_task, load_pool_items
-from .prompts import user_turn, with_suffix
+from .prompts import with_suffix
 from .trainers import model_identity
+
+
+def _processes(generation: GenerationConfig, launch: Any) -> int:
+    return launch.world_size("rejection") if launch is not None and generation.backend == "hf" else 1
 
 
 @dataclass
@@ -53,14 +57,14 @@ class RejectionResult:
     skipped: bool = False
 
 
-def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_dir: str | Path, out_dir: str | Path, exclude_ids: set[str] | None = None) -> RejectionResult:
-    """Writes ``rl_items.jsonl`` (the kept ids with their hit counts) and ``table.json``."""
-    import torch
-
-    from .models import load_model, load_processor
-
+def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_dir: str | Path, out_dir: str | Path, exclude_ids: set[str] | None = None,
+                           generation: GenerationConfig | None = None, launch: Any = None) -> RejectionResult:
+    """Writes ``rl_items.jsonl`` (the kept ids with their hit counts) and ``table.json``. The samples come from
+    ``generation``'s backend (default: ``hf`` in this process), over ``launch``'s processes where it gives
+    this stage several; an interrupted run resumes from the replies it had (:mod:`mirg_lib.backends`)."""
     out_dir = Path(out_dir)
-    digest = config_hash(cfg) + ":" + model_identity(model_path)
+    generation = generation or GenerationConfig()
+    digest = config_hash(cfg) + ":" + model_identity(model_path) + generation_tag(generation)
     stamp = out_dir / "table.json"
     if stamp.is_file():
         old = json.loads(stamp.read_text())
@@ -73,20 +77,20 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
     style = "zhang" if cfg.recipe == "zhang" else "mirg_bbox"
     hits: list[int] = []
     if cfg.enabled:
-        device = "cuda" if torch.cuda.is_available() else None
-        model, processor = load_model(model_path, device=device), load_processor(model_path)
+        requests = [Request(with_suffix(it.question, cfg.recipe, cfg.box_notation), tuple(str(p) for p in it.images), cfg.k) for it in items]
+        sampling = Sampling(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
         per_call = max(1, cfg.batch_size // cfg.k)  # the k samples of several items share a generation batch
-        for start in tqdm(range(0, len(items), per_call), desc="rejection sampling", mininterval=5):
-            chunk = items[start : start + per_call]
-            images = [[Image.open(p).convert("RGB") for p in it.images] for it in chunk]
-            msgs = [user_turn(len(imgs), with_suffix(it.question, cfg.recipe, cfg.box_notation)) for it, imgs in zip(chunk, images, strict=True)]
-            replies = generate_batch(
-                model, processor, [m for m in msgs for _ in range(cfg.k)], [im for im in images for _ in range(cfg.k)],
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, do_sample=True, batch_size=cfg.batch_size, seed=cfg.seed + start,
-            )
-            for j, (it, imgs) in enumerate(zip(chunk, images, strict=True)):
-                size = seen_size(processor, imgs[it.target_image - 1]) if cfg.frame == "abs" else None
-                hits.append(sum(judge(style, replies[j * cfg.k : (j + 1) * cfg.k], it, cfg.frame, size)))
+        replies = generate(generation, model_path, requests, sampling, out_dir, stage="rejection", per_batch=per_call, batch_size=cfg.batch_size,
+                           launch=launch, progress="rejection sampling")
+        from .models import load_processor
+
+        processor = load_processor(model_path) if cfg.frame == "abs" else None
+        for it, rs in zip(items, replies, strict=True):
+            size = None
+            if processor is not None:
+                with Image.open(it.images[it.target_image - 1]) as im:
+                    size = seen_size(processor, im.convert("RGB"))
+            hits.append(sum(judge(style, rs, it, cfg.frame, size)))
     else:
         hits = [-1] * len(items)
     counts: Counter[str] = Counter()
@@ -107,5 +111,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
     seconds = time.perf_counter() - t0
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "rl_items.jsonl", kept)
-        write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)})
+        write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2),
+                                        "backend": generation.backend, "processes": _processes(generation, launch)})
+    drop_cache(out_dir)
     return RejectionResult(out_dir, rows, [k["id"] for k in kept], seconds)

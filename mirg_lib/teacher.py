@@ -1,13 +1,13 @@
-"""The teacher that writes chain-of-thought answers, behind one interface with three implementations.
+"""The teacher that writes chain-of-thought answers, behind one interface with two implementations.
 
 * :class:`ScriptedTeacher` -- for the embedded world: it reads the scene it drew (``scenes.jsonl``)
   and writes the reasoning a strong VLM would, in the recipes' formats. It is fallible at a per-task
   error rate from params (it then reasons toward a distractor, or misplaces the box), so that
   Zhang et al.'s 4-of-4 filter has work to do. It stands in for Qwen2.5-VL-72B / GPT-4o.
-* :class:`LocalVLMTeacher` -- any local Qwen2-VL / Qwen2.5-VL checkpoint through transformers.
-* :class:`OpenAITeacher` -- an OpenAI-compatible chat-completions endpoint (vLLM, ``transformers
-  serve``, GPT-4o) with the images sent as base64 data URLs; the API key comes from the environment
-  variable named by ``cot.api_key_env`` and is never shown, stored or sent to a redirect's target.
+* :class:`ModelTeacher` -- a real VLM (a local checkpoint, a ``vllm serve``, GPT-4o) through the generation
+  backend of section ``generation`` (:mod:`mirg_lib.backends`: ``hf``, ``openai``, ``vllm``); an API key
+  comes from the environment variable the backend names and is never shown, stored or sent to a redirect's
+  target.
 
 Answer formats written (``style``):
 
@@ -39,25 +39,16 @@ In box tokens Zhang et al.'s reasoning boxes an object as Qwen2-VL's grounded ca
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import os
 import random
-import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
 from .boxes import Box, Frame, qwen25_resized_size
 from .formats import ORDINAL_WORDS
-from .prompts import check_notation, user_turn, with_suffix
+from .prompts import check_notation, with_suffix
 from .world.objects import SIZE_WORDS, reading_order_key
 from .world.tasks import list_image, object_ref
 
@@ -356,196 +347,31 @@ def _prompt(question: str, style: str, notation: str = "json") -> str:
 
 
 @dataclass
-class LocalVLMTeacher:
-    """A local Qwen2-VL / Qwen2.5-VL checkpoint (e.g. Qwen2.5-VL-72B-Instruct in a folder).
+class ModelTeacher:
+    """A real VLM as the teacher (``cot.teacher: model``): Qwen2.5-VL-72B in a folder, a ``vllm serve``, GPT-4o,
+    through the generation backend (:mod:`mirg_lib.backends`, section ``generation``, its ``stages.cot``).
 
-    The ``n_samples`` samples of every item are generated in batches of ``batch_size`` prompts across
-    items (left-padded, KV cache); ``seed`` makes the samples repeatable on one device."""
+    Each style's replies wait in ``cache`` (one folder per style) until the stage's output is written, so an
+    interrupted synthesis resumes where it stopped."""
 
-    model_path: str
+    generation: Any  # backends.GenerationConfig, the cot stage's
+    model: str  # a checkpoint folder (hf, vllm) or the served model's name (openai)
     temperature: float = 0.7
     max_new_tokens: int = 512
     batch_size: int = 8
-    device: str | None = None
     seed: int | None = 0
     notation: str = "json"  # the boxes the prompt asks for (NOTATIONS)
+    cache: Path | None = None
+    launch: Any = None
 
     def __post_init__(self) -> None:
-        import torch
-
-        from .models import load_model, load_processor
-
         check_notation(self.notation)
-        device = self.device or ("cuda" if torch.cuda.is_available() else None)
-        self.model = load_model(self.model_path, device=device)
-        self.processor = load_processor(self.model_path)
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
-        from .generation import generate_batch
+        from .backends import Request, Sampling, generate
 
-        msgs, imgs = [], []
-        for it in items:
-            images = [Image.open(p).convert("RGB") for p in it.images]
-            for _ in range(n_samples):
-                msgs.append(user_turn(len(images), _prompt(it.question, style, self.notation)))
-                imgs.append(images)
-        texts = generate_batch(
-            self.model, self.processor, msgs, imgs, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-            do_sample=self.temperature > 0, batch_size=self.batch_size, seed=self.seed,
-        )
-        return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(items))]
-
-
-class TeacherError(RuntimeError):
-    """A teacher endpoint answered, but not with samples: an error body, no choices, a redirect, an HTTP error."""
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def api_key_from_env(name: str) -> str | None:
-    """The API key held by environment variable ``name`` (``""``: no key). The error for a variable that is
-    unset names the variable, never a value; a ``name`` that is not a variable name (someone pasted the key
-    itself) is refused without echoing it."""
-    if not name:
-        return None
-    if not ENV_NAME.fullmatch(name):
-        raise ValueError("api_key_env must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), not the key itself")
-    key = os.environ.get(name)
-    if not key:
-        raise ValueError(f"the teacher's API key variable {name} is not set (or empty) in the environment: export {name}=... before the run")
-    return key
-
-
-class _Secret:
-    """A string that never shows itself: repr, str and format give ``<hidden>``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<hidden>"
-
-    __str__ = __repr__
-
-
-class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
-    """No redirect is followed: urllib would resend the ``Authorization`` header to wherever it points (and turn
-    the POST into a body-less GET), so a redirect is an error naming its target host."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
-        here = urllib.parse.urlsplit(req.full_url)
-        fp.close()
-        where = "another host" if (target.hostname, target.port) != (here.hostname, here.port) else "the same host"
-        host = f"{target.hostname}{':' + str(target.port) if target.port else ''}"  # never a user:password@ part
-        raise TeacherError(
-            f"{here.scheme}://{here.hostname}{':' + str(here.port) if here.port else ''}{here.path}: the teacher endpoint "
-            f"redirected (HTTP {code}) to {where}, {host} ({target.scheme}://{host}{target.path}); redirects are not "
-            "followed (the API key would go with them): set cot.base_url to the endpoint itself"
-        )
-
-
-def _server_message(data: Any) -> str:
-    """The message of an OpenAI-style error body (``{"error": {"message": ..}}``, ``{"error": ".."}``,
-    FastAPI's ``{"detail": ..}``), else the body itself, shortened."""
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail"))
-        if isinstance(err, dict):
-            err = err.get("message") or err
-        if isinstance(err, str) and err:
-            return err
-        if err is not None:
-            return json.dumps(err)[:300]
-    return json.dumps(data)[:300]
-
-
-@dataclass
-class OpenAITeacher:
-    """An OpenAI-compatible ``/v1/chat/completions`` endpoint; images go as base64 PNG data URLs.
-
-    The API key is read from the environment variable named ``api_key_env`` (or given as ``api_key``); it is
-    sent as ``Authorization: Bearer ..`` and is neither a field (no repr, no ``asdict``) nor part of any
-    message. Without a key no ``Authorization`` header is sent (a local vLLM or ``transformers serve``).
-    Redirects are never followed. A reply that is an error body or has no choices is a :class:`TeacherError`
-    naming the endpoint and the server's message; every item gets exactly ``n_samples`` replies or an error."""
-
-    base_url: str
-    model: str
-    api_key_env: str = ""
-    temperature: float = 0.7
-    max_tokens: int = 512
-    timeout: float = 120.0
-    notation: str = "json"  # the boxes the prompt asks for (NOTATIONS)
-    api_key: InitVar[str | None] = None
-
-    def __post_init__(self, api_key: str | None) -> None:
-        check_notation(self.notation)
-        key = api_key if api_key is not None else api_key_from_env(self.api_key_env)
-        self._key = _Secret(key) if key else None
-        self._opener = urllib.request.build_opener(_RefuseRedirect)
-
-    @property
-    def url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
-
-    def _messages(self, it: TeacherItem, style: str) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
-        for p in it.images:
-            buf = io.BytesIO()
-            Image.open(p).convert("RGB").save(buf, format="PNG")
-            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-            content.append({"type": "image_url", "image_url": {"url": url}})
-        content.append({"type": "text", "text": _prompt(it.question, style, self.notation)})
-        return [{"role": "user", "content": content}]
-
-    def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
-        out = []
-        for it in items:
-            body = {"model": self.model, "messages": self._messages(it, style), "temperature": self.temperature, "max_tokens": self.max_tokens, "n": n_samples}
-            replies = self._post(body)
-            while len(replies) < n_samples:  # servers that ignore `n`: ask again one at a time
-                replies += self._post(dict(body, n=1))[:1]
-            out.append(replies[:n_samples])
-        return out
-
-    def ask(self, text: str, max_tokens: int | None = None) -> str:
-        """One text-only question, one reply (greedy: temperature 0), e.g. an LLM judge's
-        (:mod:`mirg_lib.benchmarks.judge`)."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": text}], "temperature": 0.0, "max_tokens": max_tokens or self.max_tokens, "n": 1}
-        return self._post(body)[0]
-
-    def _hide(self, text: str) -> str:
-        """``text`` with the key blanked out (a server may echo what it was sent)."""
-        return text.replace(self._key.reveal(), "<hidden>") if self._key else text
-
-    def _post(self, body: dict[str, Any]) -> list[str]:
-        """One request; its replies, at least one, or a :class:`TeacherError`."""
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key.reveal()}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        try:
-            with self._opener.open(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's own endpoint
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            try:
-                detail = _server_message(json.loads(e.read()))
-            except (ValueError, OSError):
-                detail = e.reason
-            raise TeacherError(self._hide(f"{self.url}: HTTP {e.code}: {detail}")) from None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise TeacherError(self._hide(f"{self.url}: the reply is not JSON: {raw[:200]!r}")) from None
-        if not isinstance(data, dict) or data.get("error") is not None:
-            raise TeacherError(self._hide(f"{self.url}: the server answered with an error: {_server_message(data)}"))
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise TeacherError(self._hide(f"{self.url}: the reply holds no choices (no sample): {_server_message(data)}"))
-        return [(c.get("message") or {}).get("content") or "" if isinstance(c, dict) else "" for c in choices]
+        requests = [Request(_prompt(it.question, style, self.notation), tuple(str(p) for p in it.images), n_samples) for it in items]
+        sampling = Sampling(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        per_batch = max(1, self.batch_size // n_samples)
+        return generate(self.generation, self.model, requests, sampling, None if self.cache is None else Path(self.cache) / style, stage="cot",
+                        per_batch=per_batch, batch_size=self.batch_size, launch=self.launch, model_identity=None if Path(self.model).is_dir() else self.model, progress=f"teacher ({style})")

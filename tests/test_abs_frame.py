@@ -5,7 +5,6 @@ reported reproduction bug is reading them at the original size, or as 0-1000).""
 import pytest
 from PIL import Image
 
-from mirg_lib import evaluation as evaluation_mod
 from mirg_lib.boxes import Box, Frame, qwen25_resized_size
 from mirg_lib.cot import judge
 from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint
@@ -81,7 +80,7 @@ def test_evaluation_scores_pixel_boxes_at_the_seen_size(smoke_world, nano_checkp
             out.append(prefix + _abs_reply(r.answer, seen_size(processor, ims[k - 1]), json_box=False))
         return out
 
-    monkeypatch.setattr(evaluation_mod, "generate_batch", truth)
+    monkeypatch.setattr("mirg_lib.generation.generate_batch", truth)
     queue[:] = records
     cfg = EvalConfig(prompt="plain", max_new_tokens=64, max_items_per_task=3, frame="abs")
     scores = evaluate_checkpoint(nano_checkpoint, smoke_world.test_file, cfg, tmp_path / "abs", model=object(), processor=shrinking_processor)

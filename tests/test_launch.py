@@ -40,7 +40,7 @@ def sft_file(smoke_world, tmp_path_factory):
 
 def test_launch_config_is_checked_and_every_shipped_accelerate_config_parses():
     with pytest.raises(ConfigError, match="cannot be launched"):
-        from_dict(LaunchConfig, {"stages": ["sft", "eval"]}, "launch")
+        from_dict(LaunchConfig, {"stages": ["sft", "data"]}, "launch")
     with pytest.raises(ConfigError, match="no such file"):
         from_dict(LaunchConfig, {"config_file": "configs/accelerate/nope.yaml"}, "launch")
     assert LaunchConfig().world_size("sft") == 1 and LaunchConfig(num_processes=2).world_size("sft") == 2

@@ -767,7 +767,7 @@ def test_rejection_sampling_batches_items_and_counts_each_items_own_hits(smoke_w
         calls.append(len(messages))
         return replies
 
-    monkeypatch.setattr(rejection, "generate_batch", fake_generate)
+    monkeypatch.setattr("mirg_lib.generation.generate_batch", fake_generate)
     monkeypatch.setattr("mirg_lib.models.load_model", lambda *a, **k: None)
     monkeypatch.setattr("mirg_lib.models.load_processor", lambda *a, **k: None)
     monkeypatch.setattr(rejection, "model_identity", lambda path: "fake")
@@ -807,8 +807,7 @@ def test_sft_rejection_and_evaluation_ask_in_the_configured_box_notation(smoke_w
     monkeypatch.setattr(sft, "model_identity", lambda path: "fake")
     with pytest.raises(Stop):
         sft.run_sft(sft.SFTStageConfig(box_notation=notation), tmp_path / "base", sft_file, smoke_world.root, tmp_path / "sft")
-    monkeypatch.setattr(rejection, "generate_batch", fake_generate)
-    monkeypatch.setattr(evaluation, "generate_batch", fake_generate)
+    monkeypatch.setattr("mirg_lib.generation.generate_batch", fake_generate)
     for name in ("load_model", "load_processor"):
         monkeypatch.setattr(f"mirg_lib.models.{name}", lambda *a, **k: None)
     monkeypatch.setattr(rejection, "model_identity", lambda path: "fake")

@@ -223,25 +223,27 @@ def test_the_answer_only_target_names_a_multi_image_answer_and_keeps_its_box(smo
 
 
 @pytest.mark.slow
-def test_local_vlm_teacher_samples_a_checkpoint(nano_checkpoint, smoke_world, tmp_path):
-    """The local-VLM teacher through transformers: n samples per item, in order, batched across items;
-    the same seed gives the same samples; run_cot uses it from params."""
+def test_a_model_teacher_samples_a_checkpoint(nano_checkpoint, smoke_world, tmp_path):
+    """A model teacher on the hf backend: n samples per item, in order, batched across items; the same seed
+    gives the same samples; run_cot uses it from params and leaves no reply cache behind."""
+    from mirg_lib.backends import GenerationConfig
     from mirg_lib.cot import CotConfig, run_cot
     from mirg_lib.items import load_pool_items
-    from mirg_lib.teacher import LocalVLMTeacher
+    from mirg_lib.teacher import ModelTeacher
 
     pool = load_pool_items(smoke_world.train_file)[:3]
     items = [TeacherItem(i.id, i.task, i.images, i.question, None) for i in pool]
-    teacher = LocalVLMTeacher(str(nano_checkpoint), temperature=1.0, max_new_tokens=6, batch_size=4, seed=1)
+    teacher = ModelTeacher(GenerationConfig(), str(nano_checkpoint), temperature=1.0, max_new_tokens=6, batch_size=4, seed=1)
     out = teacher.answer(items, 3, "zhang")
     assert [len(rs) for rs in out] == [3, 3, 3] and all(isinstance(r, str) for rs in out for r in rs)
     assert len({r for rs in out for r in rs}) > 1  # sampled, not one reply copied
-    assert LocalVLMTeacher(str(nano_checkpoint), temperature=1.0, max_new_tokens=6, batch_size=4, seed=1).answer(items, 3, "zhang") == out
-    cfg = CotConfig(teacher="local", teacher_model=str(nano_checkpoint), tasks=["single_refer"], max_items_per_task=2, n_samples=2, styles=["zhang"], max_new_tokens=6)
+    assert ModelTeacher(GenerationConfig(), str(nano_checkpoint), temperature=1.0, max_new_tokens=6, batch_size=4, seed=1).answer(items, 3, "zhang") == out
+    cfg = CotConfig(teacher="model", teacher_model=str(nano_checkpoint), tasks=["single_refer"], max_items_per_task=2, n_samples=2, styles=["zhang"], max_new_tokens=6)
     res = run_cot(cfg, smoke_world.root, tmp_path / "cot")
     assert res.table[0]["candidates"] == 2
     samples = [json.loads(line) for line in (tmp_path / "cot" / "samples_zhang.jsonl").read_text().splitlines()]
     assert [len(s["samples"]) for s in samples] == [2, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cot"]  # the replies' cache is gone once the output is written
 
 
 # ------------------------------------------------- the OpenAI-compatible teacher against a stand-in endpoint
@@ -253,7 +255,8 @@ import threading  # noqa: E402
 import urllib.request  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
-from mirg_lib.teacher import OpenAITeacher, TeacherError  # noqa: E402
+from mirg_lib.backends import GenerationConfig, GenerationError, OpenAIBackend  # noqa: E402
+from mirg_lib.teacher import ModelTeacher  # noqa: E402
 
 KEY_VAR = "MIRG_TEST_TEACHER_KEY"
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -317,59 +320,66 @@ def _q():
     return [TeacherItem("x", "diff", [], "Where is it?")]
 
 
+def _teacher(url: str, model: str, api_key_env: str = "", retries: int = 0) -> ModelTeacher:
+    """A model teacher on an OpenAI-compatible endpoint (the generation backend ``openai``)."""
+    return ModelTeacher(GenerationConfig(backend="openai", base_url=url, api_key_env=api_key_env, timeout_s=5, retries=retries), model)
+
+
 def test_openai_teacher_sends_the_key_of_the_named_variable_and_shows_it_nowhere(monkeypatch, no_proxy):
     monkeypatch.setenv(KEY_VAR, KEY)
     with _endpoint(lambda body: (200, {}, _completion(body["n"]))) as (url, seen):
-        teacher = OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5)
-        assert teacher.answer(_q(), 2, "zhang") == [[REPLY, REPLY]]
+        assert _teacher(url + "/v1", "gpt-4o", KEY_VAR).answer(_q(), 2, "zhang") == [[REPLY, REPLY]]
         assert [(s["path"], s["auth"]) for s in seen] == [("/v1/chat/completions", f"Bearer {KEY}")]
-        assert KEY not in repr(teacher) and KEY not in str(dataclasses.asdict(teacher)) and KEY not in str(vars(teacher))
+        client = OpenAIBackend(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5)
+        assert KEY not in repr(client) and KEY not in str(dataclasses.asdict(client)) and KEY not in str(vars(client))
         # without a key no Authorization header at all (a local server)
         monkeypatch.delenv(KEY_VAR)
-        OpenAITeacher(url + "/v1", "m", timeout=5).answer(_q(), 1, "zhang")
+        _teacher(url + "/v1", "m").answer(_q(), 1, "zhang")
         assert seen[-1]["auth"] is None
     # named but unset: an error naming the variable
     with pytest.raises(ValueError, match=KEY_VAR):
-        OpenAITeacher("http://127.0.0.1:9/v1", "m", api_key_env=KEY_VAR)
+        OpenAIBackend("http://127.0.0.1:9/v1", "m", api_key_env=KEY_VAR)
 
 
 def test_the_key_is_in_no_file_the_cot_stage_writes(smoke_world, tmp_path, monkeypatch, no_proxy):
-    """run_cot with the openai teacher and cot.api_key_env: every request carries the key, no output file,
-    the config's repr/asdict or its digest holds it; the variable's name is what the table records."""
+    """run_cot with a model teacher on the openai backend and its api_key_env: every request carries the key, no
+    output file, the config's repr/asdict or its digest holds it; the variable's name is what the table records."""
     from mirg_lib.config import config_hash
     from mirg_lib.cot import CotConfig, run_cot
 
     monkeypatch.setenv(KEY_VAR, KEY)
     # a server that ignores `n` (one choice per request): the teacher asks again until it has n_samples
     with _endpoint(lambda body: (200, {}, _completion(1))) as (url, seen):
-        cfg = CotConfig(teacher="openai", teacher_model="gpt-4o", base_url=url + "/v1", api_key_env=KEY_VAR,
-                        tasks=["single_refer"], max_items_per_task=2, styles=["zhang", "mirg_text"])
-        run_cot(cfg, smoke_world.root, tmp_path / "cot")
+        cfg = CotConfig(teacher="model", teacher_model="gpt-4o", tasks=["single_refer"], max_items_per_task=2, styles=["zhang", "mirg_text"])
+        gen = GenerationConfig(backend="openai", base_url=url + "/v1", api_key_env=KEY_VAR, timeout_s=5)
+        run_cot(cfg, smoke_world.root, tmp_path / "cot", generation=gen)
     assert len(seen) == 2 * 2 * 4 and all(s["auth"] == f"Bearer {KEY}" for s in seen)
     written = [p for p in (tmp_path / "cot").rglob("*") if p.is_file()]
     assert len(written) >= 5
     assert [p.name for p in written if KEY.encode() in p.read_bytes()] == []
     samples = [json.loads(line) for line in (tmp_path / "cot" / "samples_zhang.jsonl").read_text().splitlines()]
     assert [len(s["samples"]) for s in samples] == [4, 4]
-    assert json.loads((tmp_path / "cot" / "table.json").read_text())["config"]["api_key_env"] == KEY_VAR
-    assert KEY not in repr(cfg) and KEY not in str(dataclasses.asdict(cfg))
+    assert json.loads((tmp_path / "cot" / "table.json").read_text())["generation"]["api_key_env"] == KEY_VAR
+    assert KEY not in repr(gen) and KEY not in str(dataclasses.asdict(gen))
     monkeypatch.setenv(KEY_VAR, "sk-another-key")
-    assert config_hash(cfg) == config_hash(dataclasses.replace(cfg))  # the key is not an input of the digest
+    assert config_hash(gen) == config_hash(dataclasses.replace(gen))  # the key is not an input of the digest
     # named but unset: a clear error naming the variable, before anything is written
     monkeypatch.delenv(KEY_VAR)
     with pytest.raises(ValueError, match=f"{KEY_VAR} is not set"):
-        run_cot(dataclasses.replace(cfg, max_items_per_task=1), smoke_world.root, tmp_path / "cot2")
+        run_cot(dataclasses.replace(cfg, max_items_per_task=1), smoke_world.root, tmp_path / "cot2", generation=gen)
     assert not (tmp_path / "cot2").exists()
 
 
 def test_a_key_pasted_as_the_variable_name_is_refused_without_echoing_it():
     from mirg_lib.config import ConfigError, from_dict
-    from mirg_lib.cot import CotConfig
 
     with pytest.raises(ConfigError) as e:
-        from_dict(CotConfig, {"teacher": "openai", "api_key_env": KEY}, "params.yaml [cot]")
+        from_dict(GenerationConfig, {"backend": "openai", "base_url": "http://h/v1", "api_key_env": KEY}, "params.yaml [generation]")
     assert "api_key_env" in str(e.value) and KEY not in str(e.value)
-    assert CotConfig(api_key_env="OPENAI_API_KEY").api_key_env == "OPENAI_API_KEY"
+    with pytest.raises(ConfigError) as e:
+        from_dict(GenerationConfig, {"stages": {"cot": {"api_key_env": KEY}}}, "params.yaml [generation]").for_stage("cot")
+    assert "api_key_env" in str(e.value) and KEY not in str(e.value)
+    assert GenerationConfig(api_key_env="OPENAI_API_KEY").api_key_env == "OPENAI_API_KEY"
 
 
 @pytest.mark.parametrize("payload, says", [
@@ -380,8 +390,8 @@ def test_a_key_pasted_as_the_variable_name_is_refused_without_echoing_it():
 ])
 def test_a_200_error_body_or_no_choices_is_a_clear_error(payload, says, no_proxy):
     with _endpoint(lambda body: (200, {}, payload)) as (url, _):
-        with pytest.raises(TeacherError, match=says) as e:
-            OpenAITeacher(url + "/v1", "m", timeout=5).answer(_q(), 4, "zhang")
+        with pytest.raises(GenerationError, match=says) as e:
+            _teacher(url + "/v1", "m").answer(_q(), 4, "zhang")
     assert f"{url}/v1/chat/completions" in str(e.value)
 
 
@@ -389,8 +399,8 @@ def test_an_http_error_names_the_endpoint_and_the_servers_message_but_never_the_
     monkeypatch.setenv(KEY_VAR, KEY)
     body = {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error"}}
     with _endpoint(lambda _: (401, {}, body)) as (url, _):
-        with pytest.raises(TeacherError) as e:
-            OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5).answer(_q(), 1, "zhang")
+        with pytest.raises(GenerationError) as e:
+            _teacher(url + "/v1", "gpt-4o", KEY_VAR).answer(_q(), 1, "zhang")
     msg = str(e.value)
     assert "HTTP 401" in msg and "Incorrect API key provided" in msg and url in msg and KEY not in msg
 
@@ -400,9 +410,9 @@ def test_run_cot_stops_on_an_error_reply_instead_of_keeping_empty_samples(smoke_
     from mirg_lib.cot import CotConfig, run_cot
 
     with _endpoint(lambda _: (200, {}, {"error": {"message": "quota exceeded"}})) as (url, _):
-        cfg = CotConfig(teacher="openai", teacher_model="m", base_url=url + "/v1", tasks=["single_refer"], max_items_per_task=1, styles=["zhang"])
-        with pytest.raises(TeacherError, match="quota exceeded"):
-            run_cot(cfg, smoke_world.root, tmp_path / "cot")
+        cfg = CotConfig(teacher="model", teacher_model="m", tasks=["single_refer"], max_items_per_task=1, styles=["zhang"])
+        with pytest.raises(GenerationError, match="quota exceeded"):
+            run_cot(cfg, smoke_world.root, tmp_path / "cot", generation=GenerationConfig(backend="openai", base_url=url + "/v1", retries=0))
     assert not (tmp_path / "cot").exists()
 
 
@@ -443,8 +453,8 @@ def test_a_redirect_is_an_error_naming_its_target_and_the_key_never_goes_there(c
                 urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=5).close()
                 assert other_seen and other_seen[-1]["auth"] == f"Bearer {KEY}"
                 other_seen.clear()
-            teacher = OpenAITeacher(url + "/v1", "gpt-4o", api_key_env=KEY_VAR, timeout=5)
-            with pytest.raises(TeacherError, match=f"HTTP {code}.*{target_host}:{port}") as e:
+            teacher = _teacher(url + "/v1", "gpt-4o", KEY_VAR)
+            with pytest.raises(GenerationError, match=f"HTTP {code}.*{target_host}:{port}") as e:
                 teacher.answer(_q(), 1, "zhang")
     assert other_seen == []  # nothing at all went to the other host, so no Authorization header either
     assert seen[-1]["auth"] == f"Bearer {KEY}" and KEY not in str(e.value) and "another host" in str(e.value)

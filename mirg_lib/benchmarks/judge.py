@@ -1,7 +1,7 @@
 """An LLM judge for the multiple-choice replies the rules of :mod:`.choice` cannot read, as BLINK's and MMIU's
 official code fall back to one (GPT). Off by default: a result says which judge read it, if any.
 
-The judge is any OpenAI-compatible chat endpoint (the teacher's client, :class:`mirg_lib.teacher.OpenAITeacher`:
+The judge is any OpenAI-compatible chat endpoint (the generation backend's client, :class:`mirg_lib.backends.OpenAIBackend`:
 a local ``vllm serve``, ``transformers serve``, or a hosted model), asked greedily which option a reply chooses,
 given the question and its options; its answer is read as one letter of the item's options, and anything else
 leaves the reply undecidable. Only undecidable replies are sent; a reply is cut to its last
@@ -26,7 +26,7 @@ _LETTER = re.compile(r"\s*\(?([A-Z])\)?\s*[.:]?\s*")
 
 @dataclass
 class LetterJudge:
-    """Ask ``client`` (an :class:`~mirg_lib.teacher.OpenAITeacher`) which option a reply chose."""
+    """Ask ``client`` (an :class:`~mirg_lib.backends.OpenAIBackend`) which option a reply chose."""
 
     client: object
 
@@ -49,6 +49,6 @@ def make_judge(base_url: str, model: str, api_key_env: str = "") -> LetterJudge 
         return None
     if not model:
         raise ValueError("an LLM judge needs the model's name (benchmarks.judge_model / --judge-model)")
-    from ..teacher import OpenAITeacher
+    from ..backends import OpenAIBackend
 
-    return LetterJudge(OpenAITeacher(base_url, model, api_key_env, temperature=0.0, max_tokens=8))
+    return LetterJudge(OpenAIBackend(base_url, model, api_key_env, timeout=120.0))
