@@ -66,6 +66,7 @@ class GRPOStageConfig:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take"})
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it"})
     merged_rollouts: bool = field(default=True, metadata={"help": "sample rollouts from the LoRA merged into the weights, where that gives the same rollouts"})
+    compiled_rollouts: bool = field(default=False, metadata={"help": "decode rollouts with a static KV cache and compiled steps (CUDA graphs on a GPU); the same sampling; not yet measured on a GPU (bench/gpu_check.sh)"})
 
     def for_recipe(self) -> GRPOStageConfig:
         """The settings this config's recipe trains with: ``recipes[recipe]`` over it (:func:`config.overlay`)."""
@@ -195,10 +196,15 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         callbacks=[log.callback],
     )
+    if cfg.compiled_rollouts:  # inside the merge: the compiled step runs over the merged weights
+        from .speed import use_compiled_rollouts
+
+        trainer.mirg_compiled_rollouts_off = use_compiled_rollouts(trainer)  # the reasons it is off; empty: on
     if cfg.merged_rollouts:
         from .speed import use_merged_rollouts
 
-        trainer.mirg_merged_rollouts_off = use_merged_rollouts(trainer)  # the reasons it is off; empty: on
+        # compiled: the merged weights keep their addresses from step to step, which CUDA graphs need
+        trainer.mirg_merged_rollouts_off = use_merged_rollouts(trainer, fixed_addresses=cfg.compiled_rollouts)
     return trainer
 
 

@@ -150,11 +150,15 @@ def merge_blockers(model: Any, trainer: Any = None) -> list[str]:
 
 
 @contextmanager
-def merged_lora(model: Any) -> Iterator[None]:
+def merged_lora(model: Any, buffers: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
     """Within the block, each LoRA layer's base weight is ``W + scale * B @ A`` (a new tensor) and the adapters
     are off: one matrix product per layer instead of three and their glue. The original tensors are put back
     afterwards, untouched (no subtraction, so no drift), even when the block raises. Only for inference:
-    the merged tensors get no gradient."""
+    the merged tensors get no gradient.
+
+    With ``buffers`` (kept by the caller from one call to the next) each merged weight is written into the same
+    tensor every time, so that its address never changes: a CUDA graph recorded over the merged model stays
+    valid (:func:`use_compiled_rollouts`)."""
     layers = lora_layers(model)
     saved = []
     try:
@@ -163,7 +167,13 @@ def merged_lora(model: Any) -> Iterator[None]:
                 w = m.base_layer.weight
                 delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
                 saved.append((w, w.data))
-                w.data = (w.data.to(delta.dtype) + delta).to(w.dtype)
+                merged = (w.data.to(delta.dtype) + delta).to(w.dtype)
+                if buffers is not None:
+                    buf = buffers.get(id(w))
+                    if buf is None or buf.shape != merged.shape or buf.dtype != merged.dtype or buf.device != merged.device:
+                        buf = buffers[id(w)] = torch.empty_like(merged)
+                    merged = buf.copy_(merged)
+                w.data = merged
         with model.disable_adapter():
             yield
     finally:
@@ -171,19 +181,62 @@ def merged_lora(model: Any) -> Iterator[None]:
             w.data = data
 
 
-def use_merged_rollouts(trainer: Any) -> list[str]:
+def use_merged_rollouts(trainer: Any, fixed_addresses: bool = False) -> list[str]:
     """Make ``trainer`` (trl's GRPOTrainer, LoRA) sample its rollouts from merged weights (:func:`merged_lora`)
-    where that gives the same rollouts; returns the reasons it does not (empty: it does)."""
+    where that gives the same rollouts; returns the reasons it does not (empty: it does). ``fixed_addresses``:
+    the merged weights go into the same tensors at every step (for CUDA graphs, :func:`use_compiled_rollouts`)."""
     why = merge_blockers(trainer.model, trainer)
     if why:
         return why
     generate = trainer._generate_single_turn
+    buffers: dict[int, torch.Tensor] | None = {} if fixed_addresses else None
 
     def merged_generate(*args: Any, **kwargs: Any):
-        with merged_lora(trainer.model):
+        with merged_lora(trainer.model, buffers):
             return generate(*args, **kwargs)
 
     trainer._generate_single_turn = merged_generate
+    return []
+
+
+CACHE_BUCKET = 256  # the static cache's length is rounded up to a multiple of it: few shapes, few recompilations
+
+
+def use_compiled_rollouts(trainer: Any) -> list[str]:
+    """Make ``trainer`` (trl's GRPOTrainer) decode its rollouts with a static KV cache and transformers' compiled
+    decoding step (``torch.compile``, mode ``reduce-overhead``: CUDA graphs), which trl turns off
+    (``disable_compile=True``, a dynamic cache). The sampling is unchanged: the same logits processors, the same
+    draws. The cache is sized for the step's longest prompt plus ``max_completion_length``, rounded up to
+    :data:`CACHE_BUCKET` tokens and never shrunk (transformers keeps the largest), so the decoding step
+    compiles for few shapes. transformers compiles only on a GPU (on a CPU the static cache runs uncompiled,
+    unless ``trainer.generation_config.compile_config._compile_all_devices`` is set, as a test does). Returns
+    the reasons it is off (empty: on)."""
+    import copy
+
+    from transformers import CompileConfig
+
+    why = []
+    if getattr(trainer, "use_vllm", False):
+        why.append("vLLM generates")
+    if getattr(trainer, "use_transformers_continuous_batching", False):
+        why.append("transformers' continuous batching generates")
+    if why:
+        return why
+    config = copy.deepcopy(trainer.generation_config)
+    config.cache_implementation = "static"
+    config.disable_compile = False
+    config.compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")
+    trainer.generation_config = config
+    trainer.generation_kwargs = {**trainer.generation_kwargs, "cache_implementation": "static"}
+    longest = trainer.max_completion_length
+    generate = trainer._generate_single_turn
+
+    def sized_generate(prompt_ids, *args: Any, **kwargs: Any):
+        need = max((len(p) for p in prompt_ids), default=0) + longest
+        config.max_cache_len = -(-need // CACHE_BUCKET) * CACHE_BUCKET
+        return generate(prompt_ids, *args, **kwargs)
+
+    trainer._generate_single_turn = sized_generate
     return []
 
 

@@ -86,7 +86,7 @@ def test_merge_is_refused_where_it_would_change_the_rollouts(nano_checkpoint):
     assert merge_blockers(load_model(nano_checkpoint)) == ["no LoRA layers"]
 
 
-def _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, name, merged, dropout=0.0, steps=2):
+def _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, name, merged, dropout=0.0, steps=2, compiled=False, compile_on_cpu=False):
     from mirg_lib import rewards as rewards_mod
 
     seen = []
@@ -98,8 +98,10 @@ def _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, name, merged, drop
     monkeypatch.setitem(rewards_mod.REWARD_FUNCS, "toy_even_seen", toy_even)
     cfg = GRPOStageConfig(rewards={"toy_even_seen": 1.0}, num_generations=4, prompts_per_step=2, gradient_accumulation_steps=1, temperature=1.0,
                           max_completion_length=12, max_steps=steps, learning_rate=5e-2, lora_r=8, lora_alpha=16, lora_dropout=dropout,
-                          save_steps=100, merged_rollouts=merged)
+                          save_steps=100, merged_rollouts=merged, compiled_rollouts=compiled)
     trainer = make_trainer(cfg, nano_checkpoint, load_pool_items(smoke_world.train_file)[:8], tmp_path / name)
+    if compile_on_cpu:
+        trainer.generation_config.compile_config._compile_all_devices = True
     phases = GRPOPhases(trainer)
     trainer.train()
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
@@ -147,6 +149,46 @@ def test_device_rates_measures_this_cpu():
     assert r.device == "cpu" and 1e8 < r.copy_bytes_per_s < 1e13 and 1e8 < r.matmul_flop_per_s < 1e14
 
 
+def test_compiled_rollouts_sample_the_same_rollouts_and_train_the_same(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
+    """The static KV cache (sized to a bucket, kept across steps) with merged weights written to fixed tensors:
+    the same token ids over two steps and the same LoRA weights as trl's own path (on a CPU transformers
+    does not compile; the slow test below compiles)."""
+    from transformers import StaticCache
+
+    from mirg_lib.speed import CACHE_BUCKET
+
+    made = []
+    init = StaticCache.__init__
+
+    def counted(self, *a, **kw):
+        made.append(kw.get("max_cache_len"))
+        init(self, *a, **kw)
+
+    monkeypatch.setattr(StaticCache, "__init__", counted)
+    fast, seen_fast, lora_fast, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "fast", True, compiled=True)
+    assert made and all(n % CACHE_BUCKET == 0 for n in made)  # the rollouts ran over a static cache of a bucket's length
+    made.clear()
+    plain, seen_plain, lora_plain, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "plain", False)
+    assert fast.mirg_compiled_rollouts_off == [] and fast.mirg_merged_rollouts_off == []
+    assert fast.generation_config.cache_implementation == "static" and not fast.generation_config.disable_compile
+    assert plain.generation_config.cache_implementation is None and plain.generation_config.disable_compile
+    assert made == []  # trl's own path: no static cache
+    assert len(seen_fast) == 2 and seen_fast == seen_plain
+    assert all(torch.allclose(lora_fast[n], lora_plain[n], atol=1e-6) for n in lora_fast)
+
+
+@pytest.mark.slow
+def test_compiled_rollouts_compiled_on_a_cpu_sample_the_same_rollouts(smoke_world, nano_checkpoint, tmp_path, monkeypatch):
+    """torch.compile of the decoding step, forced on the CPU: the same token ids as trl's own path."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    _, seen_fast, _, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "fast", True, compiled=True, compile_on_cpu=True)
+    assert counters["stats"]["unique_graphs"] > 0  # it compiled
+    _, seen_plain, _, _ = _run(smoke_world, nano_checkpoint, tmp_path, monkeypatch, "plain", False)
+    assert seen_fast == seen_plain
+
+
 def _bench(name):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
@@ -173,3 +215,27 @@ def test_eval_speed_benchmark_compares_batched_and_single(smoke_world, nano_chec
     assert res["items"] >= 8 and res["batched"]["batch_size"] == 8 and res["one_at_a_time"]["batch_size"] == 1
     assert res["identical_predictions"] == res["items"], res["first_differences"]
     assert res["speedup"] > 0 and json.loads((tmp_path / "e.json").read_text())["speedup"] == res["speedup"]
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_step_at_cpu_size(tmp_path):
+    """bench/gpu_check.sh (the one GPU run of the fast generation work) at a CPU size: every step finishes and
+    writes its JSON; the fast rollouts equal trl's on the CPU; the evaluation's two passes agree."""
+    import os
+    import subprocess
+
+    script = ROOT / "bench" / "gpu_check.sh"
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    env = {**os.environ, "MIRG_RUNS_DIR": str(tmp_path / "runs"), "GPU_CHECK_SIZE": "tiny", "GPU_CHECK_COMPLETION": "8", "GPU_CHECK_IMAGE": "56",
+           "GPU_CHECK_EVAL_ITEMS": "1"}
+    run = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert all(v.startswith("exit 0") for v in report["steps"].values()), report
+    check = json.loads((tmp_path / "out" / "rollout_check.json").read_text())
+    assert check["identical_rollouts"] == check["setting"]["rollouts"] == 16 and check["setting"]["completion_tokens"] == 2
+    step = json.loads((tmp_path / "out" / "grpo_step_fast.json").read_text())
+    assert step["setting"]["overrides"] == {"compiled_rollouts": True} and step["seconds_per_step"] > 0
+    speed = json.loads((tmp_path / "out" / "eval_speed.json").read_text())
+    assert speed["identical_predictions"] == speed["items"] > 0

@@ -1,0 +1,120 @@
+"""Does the fast rollout path sample the same tokens as trl's own? One GRPO step in the reference setting, its
+rollouts drawn twice from the same seed: trl's path (peft's LoRA layers, a dynamic cache, no compilation) and
+the fast one (merged LoRA weights at fixed addresses, a static cache, the compiled decoding step).
+
+    python bench/rollout_check.py --size 7b --completion 256 --out bench/results/rollout_check_h100.json
+    python bench/rollout_check.py --size tiny --completion 8 --image-size 56      # a CPU check of the script
+
+The model, items and settings are bench/grpo_step.py's (random weights; LoRA B starts at zero, so the merged
+weights equal the base's). Both paths run inside one trainer, on the same batch, each after
+``torch.manual_seed(seed)``, at the recipe's temperature; the step then trains on the fast path's rollouts. On a
+CPU in fp32 the two must agree token for token (tests/test_speed.py). On a GPU in bf16 the static cache and the
+compiled kernels add and round in other orders, so two draws may part after a while: the script reports how
+many of the 16 rollouts are identical, and for the rest where they part.
+
+Prints one JSON object: device, date, commit, the setting, the seconds of each path's generation (the fast
+one's first call includes compiling), identical rollouts, the mean length of the common start, the first
+differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def common_start(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="7b")
+    ap.add_argument("--completion", type=int, default=256, help="tokens every rollout generates")
+    ap.add_argument("--image-size", type=int, default=448)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calls", type=int, default=2, help="generation calls compared (the first compiles)")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+
+    from grpo_step import SIZES, build_model, items_and_processor
+
+    from mirg_lib.grpo import GRPOStageConfig, make_trainer
+    from mirg_lib.io import write_json
+    from mirg_lib.results import provenance
+    from mirg_lib.speed import use_compiled_rollouts, use_merged_rollouts
+
+    if args.size not in SIZES:
+        ap.error(f"--size: one of {sorted(SIZES)}")
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    tmp = Path(tempfile.mkdtemp(prefix="mirg-rollout-check-"))
+    items, processor, proc_dir = items_and_processor(tmp, args.image_size)
+    model = build_model(args.size, processor.tokenizer, device, dtype)
+    cfg = GRPOStageConfig(num_generations=8, prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=args.completion, max_steps=1,
+                          learning_rate=5e-5, beta=0.001, temperature=0.7, lora_r=64, lora_alpha=128, lora_dropout=0.0, bf16=cuda,
+                          gradient_checkpointing=cuda, save_steps=10**9, merged_rollouts=False, compiled_rollouts=False)
+    trainer = make_trainer(cfg, proc_dir, items, tmp / "grpo", model=model)
+    trainer.generation_config.min_new_tokens = args.completion  # every rollout runs to the full length
+    trainer.generation_kwargs["min_new_tokens"] = args.completion
+    plain = (trainer._generate_single_turn, trainer.generation_config, trainer.generation_kwargs)
+    off = use_compiled_rollouts(trainer) + use_merged_rollouts(trainer, fixed_addresses=True)
+    if off:
+        raise SystemExit(f"the fast path is off here: {off}")
+    fast = (trainer._generate_single_turn, trainer.generation_config, trainer.generation_kwargs)
+    calls: list[dict] = []
+
+    def both(prompt_ids, *rest, **kw):
+        out = {}
+        for name, (gen, config, kwargs) in (("plain", plain), ("fast", fast)):
+            for _ in range(args.calls if name == "fast" else 1):  # the fast path's first call compiles: time the last
+                trainer.generation_config, trainer.generation_kwargs = config, kwargs
+                torch.manual_seed(args.seed)
+                if cuda:
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                ids, _ = gen(prompt_ids, *rest, **kw)
+                if cuda:
+                    torch.cuda.synchronize()
+                out[name] = ([list(map(int, c)) for c in ids], time.perf_counter() - t)
+        calls.append(out)
+        trainer.generation_config, trainer.generation_kwargs = fast[1], fast[2]
+        return out["fast"][0], None
+
+    trainer._generate_single_turn = both
+    trainer.train()
+    (plain_ids, plain_s), (fast_ids, fast_s) = calls[0]["plain"], calls[0]["fast"]
+    starts = [common_start(a, b) for a, b in zip(plain_ids, fast_ids, strict=True)]
+    same = sum(a == b for a, b in zip(plain_ids, fast_ids, strict=True))
+    result = {
+        **provenance(),
+        "setting": {"size": args.size, "rollouts": len(plain_ids), "completion_tokens": args.completion, "image_size": args.image_size,
+                    "bf16": cfg.bf16, "temperature": cfg.temperature, "seed": args.seed},
+        "generation_s": {"plain": round(plain_s, 3), "fast_after_compiling": round(fast_s, 3)},
+        "identical_rollouts": same,
+        "mean_common_start_tokens": round(sum(starts) / len(starts), 1),
+        "first_differences": [{"rollout": i, "at_token": s, "plain": plain_ids[i][s : s + 5], "fast": fast_ids[i][s : s + 5]}
+                              for i, s in enumerate(starts) if plain_ids[i] != fast_ids[i]][:4],
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
