@@ -135,6 +135,38 @@ def vllm_args(cfg: GRPOStageConfig) -> dict[str, Any]:
     return args
 
 
+COLOCATE_BATCH_TOKENS = 4096  # trl's colocated vLLM engine: max_num_batched_tokens (an image is never split over two batches)
+
+
+def vllm_refusals(cfg: GRPOStageConfig, rows: list[dict[str, Any]], processor) -> list[str]:
+    """What stops trl's vLLM rollouts from working on these rows, each with what to do (empty: nothing known).
+
+    * vLLM before 0.8 (its V0 engine) takes one image per prompt unless told otherwise, and trl does not tell it.
+    * trl's colocated engine batches at most :data:`COLOCATE_BATCH_TOKENS` tokens and cannot split one image's
+      tokens, so a larger image fails inside vLLM."""
+    if not cfg.use_vllm:
+        return []
+    import importlib.metadata
+
+    why = []
+    try:
+        version = importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    most = max((len(r["images"]) for r in rows), default=0)
+    major_minor = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    if most > 1 and major_minor and major_minor < (0, 8):
+        why.append(f"vLLM {version} (its V0 engine) accepts one image per prompt and trl does not raise the limit; prompts here have up to {most}: install vLLM >= 0.8")
+    if cfg.vllm_mode == "colocate" and rows:
+        ip = processor.image_processor
+        merge = int(getattr(ip, "merge_size", 2)) ** 2
+        largest = max(int(g.prod()) // merge for r in rows for g in ip(images=r["images"], return_tensors="pt")["image_grid_thw"])
+        if largest > COLOCATE_BATCH_TOKENS:
+            why.append(f"an image takes {largest} tokens, more than the {COLOCATE_BATCH_TOKENS} trl's colocated vLLM batches at once: lower the processor's "
+                       "max_pixels, or use vllm_mode: server")
+    return why
+
+
 def as_written(func: RewardFunc, tokenizer) -> RewardFunc:
     """``func`` reading each completion as the policy wrote it: trl decodes rollouts with
     ``skip_special_tokens=True``, which turns Qwen2-VL's ``<|object_ref_start|>the x<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>``
@@ -166,6 +198,10 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
     vllm = vllm_args(cfg)
     processor = load_processor(model_path)
     funcs = [as_written(f, processor.tokenizer) for f in funcs]
+    rows = grpo_rows(items, cfg.recipe, cfg.box_frame, processor, cfg.box_notation)
+    refused = vllm_refusals(cfg, rows, processor)
+    if refused:  # before any model is loaded
+        raise ValueError("grpo.use_vllm cannot run these rollouts: " + "; ".join(refused))
     if model is None:
         model = load_model(model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     batch, world = cfg.prompts_per_step * cfg.num_generations, world_size()
@@ -191,7 +227,7 @@ def make_trainer(cfg: GRPOStageConfig, model_path: str | Path, items: list[Item]
         model=model,
         reward_funcs=funcs,
         args=args,
-        train_dataset=Dataset.from_list(grpo_rows(items, cfg.recipe, cfg.box_frame, processor, cfg.box_notation)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=processor,
         peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         callbacks=[log.callback],

@@ -136,3 +136,38 @@ def test_the_rewards_read_rollouts_with_qwen2_vls_box_tokens_kept(nano_checkpoin
     trainer = make_trainer(cfg, nano_checkpoint, _items(smoke_world)[:2], tmp_path / "g")
     assert [f.__name__ for f in trainer.reward_funcs] == ["zhang_accuracy", "zhang_format"]
     assert trainer.reward_funcs[1](trl_text, completion_ids=ids, **kw) == [1.0, 0.0]
+
+
+def test_vllm_rollouts_that_would_fail_inside_vllm_are_refused_first(smoke_world, nano_checkpoint, monkeypatch):
+    """trl's known vLLM caveats for these prompts: one image per prompt on vLLM's V0 engine (< 0.8), and an image
+    of more tokens than trl's colocated engine batches; each refusal says what to do, before a model loads."""
+    import importlib.metadata
+
+    import pytest
+
+    from mirg_lib.grpo import grpo_rows, vllm_refusals
+    from mirg_lib.models import load_processor
+
+    processor = load_processor(nano_checkpoint)
+    items = [it for it in load_pool_items(smoke_world.train_file) if len(it.images) > 1][:2]
+    rows = grpo_rows(items, "zhang", "rel1000", processor)
+    cfg = GRPOStageConfig(use_vllm=True, num_generations=2, prompts_per_step=1)
+    assert vllm_refusals(GRPOStageConfig(), rows, processor) == []  # vLLM off: nothing to refuse
+    versions = {"vllm": "0.7.3"}
+
+    def version(name):
+        if name in versions:
+            return versions[name]
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert any("one image per prompt" in w and ">= 0.8" in w for w in vllm_refusals(cfg, rows, processor))
+    versions["vllm"] = "0.11.0"
+    assert vllm_refusals(cfg, rows, processor) == []
+    monkeypatch.setattr("mirg_lib.grpo.COLOCATE_BATCH_TOKENS", 3)  # the smoke world's images are a few tokens each
+    refused = vllm_refusals(cfg, rows, processor)
+    assert len(refused) == 1 and "max_pixels" in refused[0] and "vllm_mode: server" in refused[0]
+    assert vllm_refusals(GRPOStageConfig(use_vllm=True, vllm_mode="server", num_generations=2, prompts_per_step=1), rows, processor) == []
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    with pytest.raises(ValueError, match="grpo.use_vllm cannot run these rollouts.*max_pixels"):
+        make_trainer(cfg, nano_checkpoint, items, smoke_world.root / "never")

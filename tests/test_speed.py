@@ -239,3 +239,18 @@ def test_gpu_check_script_runs_every_step_at_cpu_size(tmp_path):
     assert step["setting"]["overrides"] == {"compiled_rollouts": True} and step["seconds_per_step"] > 0
     speed = json.loads((tmp_path / "out" / "eval_speed.json").read_text())
     assert speed["identical_predictions"] == speed["items"] > 0
+
+
+@pytest.mark.slow
+def test_backend_speed_benchmark_compares_hf_and_a_served_model(tmp_path):
+    """bench/backend_speed.py on the CPU: hf, then openai on transformers serve, the same greedy replies (but for
+    the end spaces the server strips), and rejection sampling's rate."""
+    if not (Path(sys.executable).parent / "transformers").exists():
+        pytest.skip("transformers CLI not installed")
+    out = tmp_path / "speed.json"
+    res = _bench("backend_speed").main(["--items-per-task", "1", "--max-new-tokens", "12", "--k", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == res and res["questions"] == 10
+    for c in (1, 4):
+        run = res[f"openai_c{c}"]
+        assert run["concurrency"] == c and run["same_as_hf_but_end_spaces"] == 10 and run["questions_per_s"] > 0
+    assert res["rejection_sampling_hf"]["samples_per_s"] == pytest.approx(2 * res["rejection_sampling_hf"]["questions_per_s"], rel=0.01)
