@@ -66,7 +66,7 @@ class GRPOStageConfig:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: the share of the GPU's memory vLLM may take"})
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "recipe (zhang, mirg) -> settings that differ for it"})
     merged_rollouts: bool = field(default=True, metadata={"help": "sample rollouts from the LoRA merged into the weights, where that gives the same rollouts"})
-    compiled_rollouts: bool = field(default=False, metadata={"help": "decode rollouts with a static KV cache and compiled steps (CUDA graphs on a GPU); the same sampling; not yet measured on a GPU (bench/gpu_check.sh)"})
+    compiled_rollouts: bool = field(default=False, metadata={"help": "rollouts over a static KV cache, compiled decoding (CUDA graphs); same sampling; unmeasured on a GPU (bench/gpu_check.sh)"})
 
     def for_recipe(self) -> GRPOStageConfig:
         """The settings this config's recipe trains with: ``recipes[recipe]`` over it (:func:`config.overlay`)."""
