@@ -42,7 +42,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -136,10 +136,13 @@ class Request:
 
 class Backend(Protocol):
     name: str
-    resumes_per_request: bool  # False: a batch is redone whole (its samples depend on its other questions)
+    # None: a batch's samples depend on its other questions (hf), so the stage's batches are kept and a batch is
+    # redone whole; else each question is seeded by its own index, and the questions still without replies are
+    # asked in calls of at most this many (0: all at once)
+    questions_per_call: int | None
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling, first: int, done: Callable[[int, list[str]], None]) -> None:
-        """Reply to ``requests`` (the questions ``first``, ``first + 1``, ... of the run), calling
+    def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
+        """Reply to ``requests`` (the questions at ``positions`` of the run, which seed them), calling
         ``done(i, replies)`` in the calling thread once for each (``i``: its place in ``requests``)."""
         ...
 
@@ -160,7 +163,7 @@ class HFBackend:
     model: Any = None
     processor: Any = None
     name: str = "hf"
-    resumes_per_request: bool = False
+    questions_per_call: int | None = None
 
     def load(self) -> None:
         import torch
@@ -173,7 +176,7 @@ class HFBackend:
         if self.processor is None:
             self.processor = load_processor(self.model_path)
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling, first: int, done: Callable[[int, list[str]], None]) -> None:
+    def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
         from .generation import generate_batch
 
         self.load()
@@ -183,7 +186,7 @@ class HFBackend:
         texts = generate_batch(
             self.model, self.processor, msgs, imgs, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
             do_sample=not sampling.greedy, batch_size=self.batch_size, top_p=sampling.top_p,
-            seed=None if sampling.seed is None else sampling.seed + first,
+            seed=None if sampling.seed is None else sampling.seed + positions[0],  # a batch: seeded by its first question
         )
         at = 0
         for i, r in enumerate(requests):
@@ -299,7 +302,7 @@ class OpenAIBackend:
     extra_body: dict[str, Any] = field(default_factory=dict)
     api_key: InitVar[str | None] = None
     name: str = "openai"
-    resumes_per_request: bool = True
+    questions_per_call: int | None = 0  # every missing question in one call: `concurrency` of them in flight
 
     def __post_init__(self, api_key: str | None) -> None:
         key = api_key if api_key is not None else api_key_from_env(self.api_key_env)
@@ -329,10 +332,10 @@ class OpenAIBackend:
             out += self._post(self.body(request, sampling, extra, 1))[:1]
         return [clean_reply(t) for t in out]
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling, first: int, done: Callable[[int, list[str]], None]) -> None:
+    def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
         """``concurrency`` requests in flight; ``done`` is called in this thread as each finishes. A question that
         fails for good stops the run (what finished is already with ``done``); the others in flight finish first."""
-        seeds = [None if sampling.seed is None else (sampling.seed + first + i) * 1000 for i in range(len(requests))]
+        seeds = [None if sampling.seed is None else (sampling.seed + p) * 1000 for p in positions]
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             todo = iter(range(len(requests)))
@@ -435,7 +438,7 @@ class VLLMBackend:
     max_model_len: int = 0
     seed: int = 0
     name: str = "vllm"
-    resumes_per_request: bool = False
+    questions_per_call: int | None = 256  # large batches for the engine; the replies cached after each call
     _llm: Any = None
 
     def load(self) -> None:
@@ -466,10 +469,10 @@ class VLLMBackend:
             max_tokens=sampling.max_new_tokens, seed=seed, skip_special_tokens=False,
         )
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling, first: int, done: Callable[[int, list[str]], None]) -> None:
+    def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
         self.load()
         convs = [chat_messages(r.text, r.images) for r in requests]
-        params = [self.params(r, sampling, None if sampling.seed is None else (sampling.seed + first + i) * 1000) for i, r in enumerate(requests)]
+        params = [self.params(r, sampling, None if sampling.seed is None else (sampling.seed + p) * 1000) for r, p in zip(requests, positions, strict=True)]
         outs = self._llm.chat(convs, params, use_tqdm=False)
         for i, out in enumerate(outs):
             done(i, [clean_reply(o.text) for o in out.outputs])
@@ -595,38 +598,28 @@ def run_shard(backend: Backend, requests: Sequence[Request], sampling: Sampling,
 
     have = cached_replies(cache, stamp)
     mine = [b for c, b in enumerate(batches(len(requests), per_batch)) if c % world == rank]
-    if backend.resumes_per_request:  # only the questions still without replies, in runs of at most per_batch
-        todo = [range(r[0], r[-1] + 1) for r in _runs([i for b in mine for i in b if i not in have], per_batch)]
+    if backend.questions_per_call is not None:  # only the questions still without replies
+        missing = [i for b in mine for i in b if i not in have]
+        longest = backend.questions_per_call or len(missing) or 1
+        todo = [missing[k : k + longest] for k in range(0, len(missing), longest)]
     else:
-        todo = [b for b in mine if any(i not in have for i in b)]
+        todo = [list(b) for b in mine if any(i not in have for i in b)]
     if not todo:
         return
     writer = _PartWriter(cache / f"part-{rank:03d}.jsonl", stamp)
     try:
         bar = tqdm(total=sum(len(b) for b in todo), desc=progress or f"generating ({backend.name})", mininterval=5, disable=progress == "")
         for b in todo:
-            def done(i: int, replies: list[str], b: range = b) -> None:
+            def done(i: int, replies: list[str], b: list[int] = b) -> None:
                 if len(replies) != requests[b[i]].n:
                     raise GenerationError(f"question {b[i]}: the {backend.name} backend gave {len(replies)} replies, not {requests[b[i]].n}")
                 writer.add(b[i], replies)
                 bar.update(1)
 
-            backend.generate([requests[i] for i in b], sampling, b[0], done)
+            backend.generate([requests[i] for i in b], sampling, b, done)
         bar.close()
     finally:
         writer.close()
-
-
-def _runs(indices: list[int], longest: int) -> Iterator[list[int]]:
-    """Consecutive runs of ``indices`` (sorted), each at most ``longest`` long."""
-    run: list[int] = []
-    for i in indices:
-        if run and (i != run[-1] + 1 or len(run) >= longest):
-            yield run
-            run = []
-        run.append(i)
-    if run:
-        yield run
 
 
 def gather(cache: Path, stamp: str, n_requests: int) -> list[list[str]]:

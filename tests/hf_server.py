@@ -30,9 +30,11 @@ class HFServer:
         self.ignore_n = ignore_n
         self.port = port
         self.posts = 0  # every POST, failed ones too
+        self.in_flight = self.most_in_flight = 0
         self.answered: list[str] = []  # the question text of every request answered
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
+        self._count = threading.Lock()
         self._srv: ThreadingHTTPServer | None = None
 
     @property
@@ -68,6 +70,16 @@ class HFServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                with server._count:
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                try:
+                    self._post()
+                finally:
+                    with server._count:
+                        server.in_flight -= 1
+
+            def _post(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with server._lock:
                     server.posts += 1

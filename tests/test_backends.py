@@ -107,6 +107,13 @@ def test_sampling_means_the_same_on_the_openai_backend(model, questions):
     assert len(set(seeds)) == 9  # every extra request with its own seed
 
 
+def test_concurrency_is_not_bounded_by_the_stages_batches(model, questions, hf_greedy):
+    """Rejection sampling's batches are 2 questions; on a server `concurrency` requests are in flight regardless."""
+    with HFServer(model) as srv:
+        out = generate(_openai(srv.url, concurrency=4), model, questions, GREEDY, None, stage="rejection", per_batch=1)
+    assert out == hf_greedy and srv.most_in_flight == 4
+
+
 # ------------------------------------------------------------------------- a server that misbehaves
 
 
