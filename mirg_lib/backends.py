@@ -260,10 +260,43 @@ def _server_message(data: Any) -> str:
 
 
 class _Retry(Exception):
-    """A failure another try may cure (dropped connection, time-out, HTTP 408/429/5xx, a reply not JSON)."""
+    """A failure another try may cure (dropped connection, time-out, HTTP 408/429/5xx, a reply not JSON);
+    ``after``: the seconds a ``Retry-After`` header asks for."""
+
+    def __init__(self, message: str, after: float | None = None):
+        super().__init__(message)
+        self.after = after
 
 
-RETRY_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+def retried_http(code: int) -> bool:
+    """HTTP statuses worth another try: 408, 409, 425, 429 and the 5xx (but 501 and 505, which never change)."""
+    return code in (408, 409, 425, 429) or (500 <= code < 600 and code not in (501, 505))
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the backoff instead
+
+
+def _retried_error_body(data: Any) -> bool:
+    """An error in a 200 body that another try may cure: a rate limit, an overload, a server error."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        code, kind = err.get("code"), str(err.get("type") or "")
+        if isinstance(code, int) and retried_http(code):
+            return True
+        return any(w in f"{code} {kind}".lower() for w in ("rate_limit", "overloaded", "server_error", "timeout"))
+    return isinstance(err, str) and any(w in err.lower() for w in ("rate limit", "overloaded", "try again"))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages and files show it: no ``user:password@``, no query string (either may hold a secret)."""
+    u = urllib.parse.urlsplit(url)
+    host = (u.hostname or "") + (f":{u.port}" if u.port else "")
+    return urllib.parse.urlunsplit((u.scheme, host or u.netloc, u.path, "", ""))
 
 
 def data_url(path: str) -> str:
@@ -324,26 +357,31 @@ class OpenAIBackend:
             body["seed"] = seed
         return {**body, **self.extra_body}
 
-    def replies(self, request: Request, sampling: Sampling, seed: int | None) -> list[str]:
-        """The ``request.n`` replies of one question (asking again while a server gives fewer)."""
-        out = self._post(self.body(request, sampling, seed, request.n))[: request.n]
+    def replies(self, request: Request, sampling: Sampling, seed: int | None, stop: threading.Event | None = None) -> list[str]:
+        """The ``request.n`` replies of one question (asking again while a server gives fewer); ``stop``: set when
+        the run is given up, which ends the retries."""
+        out = self._post(self.body(request, sampling, seed, request.n), stop)[: request.n]
         while len(out) < request.n:  # servers that ignore `n`: ask again, one at a time, with the next seed
             extra = None if seed is None else seed + len(out)
-            out += self._post(self.body(request, sampling, extra, 1))[:1]
+            out += self._post(self.body(request, sampling, extra, 1), stop)[:1]
         return [clean_reply(t) for t in out]
 
     def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
         """``concurrency`` requests in flight; ``done`` is called in this thread as each finishes. A question that
-        fails for good stops the run (what finished is already with ``done``); the others in flight finish first."""
+        fails for good stops the run: no new request is sent, those in flight finish (their replies go to
+        ``done``), then the failure is raised. An interrupt, or ``done`` raising, stops at once: the requests
+        not yet sent are dropped and no retry follows."""
         seeds = [None if sampling.seed is None else (sampling.seed + p) * 1000 for p in positions]
         failure: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             todo = iter(range(len(requests)))
             running: dict[Future, int] = {}
 
             def submit_next() -> None:
                 for i in todo:
-                    running[pool.submit(self.replies, requests[i], sampling, seeds[i])] = i
+                    running[pool.submit(self.replies, requests[i], sampling, seeds[i], stop)] = i
                     return
 
             for _ in range(self.concurrency):
@@ -354,12 +392,17 @@ class OpenAIBackend:
                     i = running.pop(fut)
                     try:
                         result = fut.result()
-                    except BaseException as e:  # noqa: BLE001 - kept and raised once the requests in flight are done
+                    except Exception as e:  # noqa: BLE001 - raised once the requests in flight are done
                         failure = failure or e
                         continue
                     done(i, result)
                     if failure is None:
                         submit_next()
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         if failure is not None:
             raise failure
 
@@ -368,30 +411,43 @@ class OpenAIBackend:
         body = {"model": self.model, "messages": [{"role": "user", "content": text}], "temperature": 0.0, "max_tokens": max_tokens, "n": 1}
         return self._post({**body, **self.extra_body})[0]
 
+    @property
+    def shown_url(self) -> str:
+        return shown_url(self.url)
+
     def _hide(self, text: str) -> str:
-        """``text`` with the key blanked out (a server may echo what it was sent)."""
+        """``text`` with the key and the URL's credentials blanked out (a server may echo what it was sent)."""
+        if self.url != self.shown_url:
+            text = text.replace(self.url, self.shown_url)
         return text.replace(self._key.reveal(), "<hidden>") if self._key else text
 
-    def _post(self, body: dict[str, Any]) -> list[str]:
-        """One request, retried ``retries`` times on what another try may cure; its replies (at least one) or
-        a :class:`GenerationError`."""
+    def _post(self, body: dict[str, Any], stop: threading.Event | None = None) -> list[str]:
+        """One request, retried ``retries`` times on what another try may cure (waiting what a ``Retry-After``
+        asks, up to a minute, else an exponential backoff with jitter); its replies (at least one) or a
+        :class:`GenerationError`."""
         for attempt in range(self.retries + 1):
             try:
                 return self._post_once(body)
             except _Retry as e:
                 if attempt == self.retries:
-                    raise GenerationError(self._hide(f"{self.url}: still failing after {self.retries + 1} tries: {e}")) from None
-                time.sleep(self.backoff_s * (2**attempt) * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+                    raise GenerationError(self._hide(f"{self.shown_url}: still failing after {self.retries + 1} tries: {e}")) from None
+                delay = e.after if e.after is not None else self.backoff_s * (2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter
+                if stop is not None and stop.wait(min(delay, 60.0)):
+                    raise GenerationError(f"{self.shown_url}: the run was stopped") from None
+                if stop is None:
+                    time.sleep(min(delay, 60.0))
         raise AssertionError("unreachable")
 
     def _post_once(self, body: dict[str, Any]) -> list[str]:
         import http.client
         import socket
+        import ssl
 
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key.reveal()}"
         req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        transient = (ConnectionError, TimeoutError, socket.timeout, socket.gaierror, http.client.HTTPException, ssl.SSLEOFError, ssl.SSLZeroReturnError)
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:  # noqa: S310 - the user's own endpoint
                 raw = resp.read()
@@ -400,26 +456,27 @@ class OpenAIBackend:
                 detail = _server_message(json.loads(e.read()))
             except (ValueError, OSError):
                 detail = e.reason
-            if e.code in RETRY_HTTP:
-                raise _Retry(self._hide(f"HTTP {e.code}: {detail}")) from None
-            raise GenerationError(self._hide(f"{self.url}: HTTP {e.code}: {detail}")) from None
+            if retried_http(e.code):
+                raise _Retry(self._hide(f"HTTP {e.code}: {detail}"), _retry_after(e.headers)) from None
+            raise GenerationError(self._hide(f"{self.shown_url}: HTTP {e.code}: {detail}")) from None
         except urllib.error.URLError as e:
-            if isinstance(e.reason, ConnectionRefusedError):
-                raise _Retry(f"connection refused ({e.reason})") from None
-            if isinstance(e.reason, (ConnectionError, socket.timeout, TimeoutError, http.client.HTTPException)):
+            if isinstance(e.reason, transient):
                 raise _Retry(f"{type(e.reason).__name__}: {e.reason}") from None
-            raise
-        except (ConnectionError, TimeoutError, http.client.HTTPException) as e:  # dropped mid-reply
+            raise GenerationError(self._hide(f"{self.shown_url}: {e.reason}")) from None
+        except transient as e:  # dropped or cut short mid-reply
             raise _Retry(f"{type(e).__name__}: {e}") from None
         try:
             data = json.loads(raw)
         except ValueError:
             raise _Retry(self._hide(f"the reply is not JSON: {raw[:200]!r}")) from None
         if not isinstance(data, dict) or data.get("error") is not None:
-            raise GenerationError(self._hide(f"{self.url}: the server answered with an error: {_server_message(data)}"))
+            message = f"the server answered with an error: {_server_message(data)}"
+            if _retried_error_body(data):  # a rate limit or an overload reported in a 200 body
+                raise _Retry(self._hide(message))
+            raise GenerationError(self._hide(f"{self.shown_url}: {message}"))
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise GenerationError(self._hide(f"{self.url}: the reply holds no choices (no sample): {_server_message(data)}"))
+            raise GenerationError(self._hide(f"{self.shown_url}: the reply holds no choices (no sample): {_server_message(data)}"))
         return [(c.get("message") or {}).get("content") or "" if isinstance(c, dict) else "" for c in choices]
 
 
@@ -428,7 +485,8 @@ class VLLMBackend:
     """vLLM's offline engine (``vllm.LLM``) on a local checkpoint, when vLLM is installed (a CUDA GPU).
 
     Questions go through ``LLM.chat`` with their images as data URLs, ``limit_mm_per_prompt`` set to the most
-    images any question of the run has; replies keep the special tokens (``skip_special_tokens=False``).
+    images any question of the run has; replies keep the special tokens as transformers writes them
+    (``skip_special_tokens=False``, ``spaces_between_special_tokens=False``).
     Never run on the machines this project is measured on (docs/real_data.md)."""
 
     model_path: str
@@ -440,6 +498,24 @@ class VLLMBackend:
     name: str = "vllm"
     questions_per_call: int | None = 256  # large batches for the engine; the replies cached after each call
     _llm: Any = None
+
+    def same_engine(self, other: VLLMBackend) -> bool:
+        """Whether ``other`` can be served by this one's engine."""
+        return (self.model_path, self.tensor_parallel_size, self.gpu_memory_utilization, self.max_model_len, self.seed) == (
+            other.model_path, other.tensor_parallel_size, other.gpu_memory_utilization, other.max_model_len, other.seed) and self.max_images >= other.max_images
+
+    def close(self) -> None:
+        """Let the engine go and give its GPU memory back (as far as vLLM lets a process do so)."""
+        if self._llm is None:
+            return
+        import gc
+
+        import torch
+
+        self._llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def load(self) -> None:
         if self._llm is not None:
@@ -466,7 +542,7 @@ class VLLMBackend:
 
         return SamplingParams(
             n=request.n, temperature=max(0.0, sampling.temperature), top_p=sampling.top_p if not sampling.greedy else 1.0,
-            max_tokens=sampling.max_new_tokens, seed=seed, skip_special_tokens=False,
+            max_tokens=sampling.max_new_tokens, seed=seed, skip_special_tokens=False, spaces_between_special_tokens=False,
         )
 
     def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
@@ -478,9 +554,14 @@ class VLLMBackend:
             done(i, [clean_reply(o.text) for o in out.outputs])
 
 
+_ENGINE: list[VLLMBackend] = []  # the one vLLM engine kept between stages: a second beside it would not fit
+
+
 def make_backend(cfg: GenerationConfig, model_path: str | Path, batch_size: int = 16, dtype: str = "auto", max_images: int = 2) -> Backend:
     """The backend ``cfg`` names, for the model at ``model_path`` (for ``openai``: the name the server knows it
-    by, ``served_model`` or else the path); ``dtype`` (auto, float32, bfloat16): the weights of ``hf``."""
+    by, ``served_model`` or else the path); ``dtype`` (auto, float32, bfloat16): the weights of ``hf``. A vLLM
+    engine is kept and given again while the same model and settings are asked for (it holds most of the GPU's
+    memory); another one replaces it."""
     if cfg.backend == "hf":
         return HFBackend(str(model_path), batch_size=batch_size, dtype=dtype)
     if cfg.backend == "openai":
@@ -489,9 +570,24 @@ def make_backend(cfg: GenerationConfig, model_path: str | Path, batch_size: int 
         return OpenAIBackend(cfg.base_url, cfg.served_model or str(model_path), api_key_env=cfg.api_key_env, timeout=cfg.timeout_s,
                              concurrency=cfg.concurrency, retries=cfg.retries, backoff_s=cfg.backoff_s, extra_body=dict(cfg.extra_body))
     if cfg.backend == "vllm":
-        return VLLMBackend(str(model_path), max_images=max_images, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        made = VLLMBackend(str(model_path), max_images=max_images, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.vllm_max_model_len)
+        if _ENGINE and _ENGINE[0].same_engine(made):
+            return _ENGINE[0]
+        while _ENGINE:
+            _ENGINE.pop().close()
+        _ENGINE.append(made)
+        return made
     raise ValueError(f"unknown generation backend {cfg.backend!r}; expected one of {BACKENDS}")
+
+
+def stage_backend(cfg: GenerationConfig, model_path: str | Path, stage: str, launch: Any = None, batch_size: int = 16, dtype: str = "auto",
+                  max_images: int = 2) -> Backend | None:
+    """A backend to keep and reuse for several calls of :func:`generate` (e.g. a teacher's styles), or None where
+    ``launch`` gives ``stage`` several processes, which load the model themselves."""
+    if cfg.backend == "hf" and launch is not None and launch.world_size(stage) > 1:
+        return None
+    return make_backend(cfg, model_path, batch_size, dtype, max_images)
 
 
 # ---------------------------------------------------------------------------------------- the reply cache
@@ -540,12 +636,14 @@ class _PartWriter:
     def __init__(self, path: Path, stamp: str):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = read_part(path, stamp) == {} and not _has_header(path, stamp)
+        fresh = not _has_header(path, stamp)
+        if not fresh:  # a line a kill cut short goes (its question is asked again): never glue a row to it
+            with open(path, "rb+") as f:
+                data = f.read()
+                f.truncate(data.rfind(b"\n") + 1)
         self._f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         if fresh:
             self._write({"format": CACHE_FORMAT, "stamp": stamp})
-        elif not path.read_text(encoding="utf-8").endswith("\n"):
-            self._f.write("\n")  # end a torn line, which read_part then reports; never glue a row to it
         self._lock = threading.Lock()
 
     def _write(self, row: dict[str, Any]) -> None:
@@ -631,12 +729,16 @@ def gather(cache: Path, stamp: str, n_requests: int) -> list[list[str]]:
     return [have[i] for i in range(n_requests)]
 
 
-def run_stamp(backend_cfg: GenerationConfig, model_identity: str, requests: Sequence[Request], sampling: Sampling, per_batch: int) -> str:
-    """What a run's replies are made from: the backend (and where it is), the model, the questions, the sampling
-    and the batches (the ``hf`` samples depend on them)."""
+def run_stamp(backend_cfg: GenerationConfig, model_identity: str, requests: Sequence[Request], sampling: Sampling, per_batch: int,
+              batch_size: int = 16, dtype: str = "auto") -> str:
+    """What a run's replies are made from: the backend (and where it is), the model, the questions and the
+    sampling; for ``hf`` also the batches, the prompts per call and the weights' dtype, which its replies
+    depend on (the servers' and vLLM's questions are seeded one by one)."""
     from .config import digest
 
-    return digest({"format": CACHE_FORMAT, "backend": backend_cfg.backend + generation_tag(backend_cfg), "model": model_identity, "requests": requests_digest(requests), "sampling": dataclasses.asdict(sampling), "per_batch": per_batch})
+    how = {"per_batch": per_batch, "batch_size": batch_size, "dtype": dtype} if backend_cfg.backend == "hf" else {}
+    return digest({"format": CACHE_FORMAT, "backend": backend_cfg.backend + generation_tag(backend_cfg), "model": model_identity,
+                   "requests": requests_digest(requests), "sampling": dataclasses.asdict(sampling), **how})
 
 
 def generation_tag(cfg: GenerationConfig) -> str:
@@ -686,7 +788,7 @@ def generate(cfg: GenerationConfig, model_path: str | Path, requests: Sequence[R
     if not requests:
         return []
     ident = model_identity or identity_of(model_path)
-    stamp = run_stamp(cfg, ident, requests, sampling, per_batch)
+    stamp = run_stamp(cfg, ident, requests, sampling, per_batch, batch_size, dtype)
     tmp = tempfile.TemporaryDirectory(prefix="mirg-replies-") if out_dir is None else None
     cache = Path(tmp.name) if tmp is not None else cache_dir(out_dir)
     try:

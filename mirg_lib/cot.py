@@ -269,7 +269,9 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
         seconds = time.perf_counter() - t0
         table = {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2)}
         if isinstance(teacher, ModelTeacher):  # how it generated (the API key's variable name, never the key)
-            table["generation"] = dataclasses.asdict(teacher.generation)
+            from .backends import shown_url
+
+            table["generation"] = {**dataclasses.asdict(teacher.generation), "base_url": shown_url(teacher.generation.base_url)}
         write_json(tmp / "table.json", table)
     drop_cache(out_dir)
     return CotResult(out_dir, rows, seconds)

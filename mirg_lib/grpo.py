@@ -157,10 +157,11 @@ def vllm_refusals(cfg: GRPOStageConfig, rows: list[dict[str, Any]], processor) -
     major_minor = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
     if most > 1 and major_minor and major_minor < (0, 8):
         why.append(f"vLLM {version} (its V0 engine) accepts one image per prompt and trl does not raise the limit; prompts here have up to {most}: install vLLM >= 0.8")
-    if cfg.vllm_mode == "colocate" and rows:
+    if cfg.vllm_mode == "colocate" and most:
         ip = processor.image_processor
         merge = int(getattr(ip, "merge_size", 2)) ** 2
-        largest = max(int(g.prod()) // merge for r in rows for g in ip(images=r["images"], return_tensors="pt")["image_grid_thw"])
+        biggest = max((im for r in rows for im in r["images"]), key=lambda im: im.size[0] * im.size[1])  # the most pixels, the most tokens
+        largest = int(ip(images=[biggest], return_tensors="pt")["image_grid_thw"][0].prod()) // merge
         if largest > COLOCATE_BATCH_TOKENS:
             why.append(f"an image takes {largest} tokens, more than the {COLOCATE_BATCH_TOKENS} trl's colocated vLLM batches at once: lower the processor's "
                        "max_pixels, or use vllm_mode: server")

@@ -158,7 +158,8 @@ def merged_lora(model: Any, buffers: dict[int, torch.Tensor] | None = None) -> I
 
     With ``buffers`` (kept by the caller from one call to the next) each merged weight is written into the same
     tensor every time, so that its address never changes: a CUDA graph recorded over the merged model stays
-    valid (:func:`use_compiled_rollouts`)."""
+    valid (:func:`use_compiled_rollouts`). The buffers then hold a merged copy of the adapted weights for the
+    whole run (~13 GB in bf16 at 7B), where without them the copy lives only while rollouts are drawn."""
     layers = lora_layers(model)
     saved = []
     try:
@@ -205,8 +206,9 @@ CACHE_BUCKET = 256  # the static cache's length is rounded up to a multiple of i
 def use_compiled_rollouts(trainer: Any) -> list[str]:
     """Make ``trainer`` (trl's GRPOTrainer) decode its rollouts with a static KV cache and transformers' compiled
     decoding step (``torch.compile``, mode ``reduce-overhead``: CUDA graphs), which trl turns off
-    (``disable_compile=True``, a dynamic cache). The sampling is unchanged: the same logits processors, the same
-    draws. The cache is sized for the step's longest prompt plus ``max_completion_length``, rounded up to
+    (``disable_compile=True``, a dynamic cache). The sampling is unchanged: the same logits processors and
+    temperature; in fp32 on a CPU the same draws (tests/test_speed.py), in bf16 on a GPU the kernels add in other
+    orders and two draws may part (bench/rollout_check.py measures where). The cache is sized for the step's longest prompt plus ``max_completion_length``, rounded up to
     :data:`CACHE_BUCKET` tokens and never shrunk (transformers keeps the largest), so the decoding step
     compiles for few shapes. transformers compiles only on a GPU (on a CPU the static cache runs uncompiled,
     unless ``trainer.generation_config.compile_config._compile_all_devices`` is set, as a test does). Returns

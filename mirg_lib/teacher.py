@@ -366,12 +366,18 @@ class ModelTeacher:
 
     def __post_init__(self) -> None:
         check_notation(self.notation)
+        self._backend: Any = None  # made once, for every style (a 72B checkpoint is loaded once)
 
     def answer(self, items: Sequence[TeacherItem], n_samples: int, style: str) -> list[list[str]]:
-        from .backends import Request, Sampling, generate
+        from .backends import Request, Sampling, generate, stage_backend
 
         requests = [Request(_prompt(it.question, style, self.notation), tuple(str(p) for p in it.images), n_samples) for it in items]
+        if not requests:
+            return []
         sampling = Sampling(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed)
         per_batch = max(1, self.batch_size // n_samples)
+        if self._backend is None:
+            self._backend = stage_backend(self.generation, self.model, "cot", self.launch, self.batch_size, max_images=max(len(r.images) for r in requests))
         return generate(self.generation, self.model, requests, sampling, None if self.cache is None else Path(self.cache) / style, stage="cot",
-                        per_batch=per_batch, batch_size=self.batch_size, launch=self.launch, model_identity=None if Path(self.model).is_dir() else self.model, progress=f"teacher ({style})")
+                        per_batch=per_batch, batch_size=self.batch_size, launch=self.launch, backend=self._backend,
+                        model_identity=None if Path(self.model).is_dir() else self.model, progress=f"teacher ({style})")

@@ -174,6 +174,26 @@ def test_the_cache_reads_what_a_kill_left_and_refuses_what_is_broken(tmp_path):
         read_part(p, "s")
 
 
+def test_a_run_resumed_after_a_torn_line_keeps_every_reply(hf, questions, tmp_path):
+    """A kill mid-write leaves half a line: the resumed run drops it (its question is asked again), appends after
+    it, and the cache reads back whole; before, a row glued after the torn line made every later read fail."""
+    from mirg_lib.backends import _PartWriter
+
+    reqs = questions[:4]
+    run_shard(hf, reqs, GREEDY, 2, tmp_path, "s", progress="")
+    whole = gather(tmp_path, "s", 4)
+    part = tmp_path / "part-000.jsonl"
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]) + lines[3][:10])  # header, questions 0 and 1, half of question 2's line
+    assert set(read_part(part, "s")) == {0, 1}
+    run_shard(hf, reqs, GREEDY, 2, tmp_path, "s", progress="")  # batch 1 (questions 2, 3) again
+    assert gather(tmp_path, "s", 4) == whole
+    w = _PartWriter(part, "s")
+    w.add(9, ["x"])
+    w.close()
+    assert read_part(part, "s")[9] == ["x"] and len(read_part(part, "s")) == 5
+
+
 def test_a_run_with_another_stamp_starts_its_part_file_over(hf, questions, tmp_path):
     run_shard(hf, questions[:2], GREEDY, 2, tmp_path, "one", progress="")
     assert set(cached_replies(tmp_path, "one")) == {0, 1}
@@ -255,6 +275,20 @@ def test_the_openai_request_carries_the_sampling(tmp_path):
 
 
 # ---------------------------------------------------------------- several processes (accelerate launch)
+
+
+@pytest.mark.slow
+def test_sampled_replies_on_two_processes_equal_one(model, questions, tmp_path, capfd):
+    """The replies themselves, sampled (k = 3, rejection sampling's batches), from two launched processes and from
+    one: equal."""
+    from mirg_lib.launch import LaunchConfig
+
+    reqs = [Request(q.text, q.images, 3) for q in questions]
+    one = generate(GenerationConfig(), model, reqs, SAMPLED, tmp_path / "one", stage="rejection", per_batch=2, batch_size=6, dtype="float32")
+    two = generate(GenerationConfig(), model, reqs, SAMPLED, tmp_path / "two", stage="rejection", per_batch=2, batch_size=6,
+                   dtype="float32", launch=LaunchConfig(num_processes=2))
+    assert "process 1 of 2" in capfd.readouterr().out
+    assert len({t for r in one for t in r}) > 3 and two == one
 
 
 @pytest.mark.slow

@@ -234,7 +234,7 @@ def test_gpu_check_script_runs_every_step_at_cpu_size(tmp_path):
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert all(v.startswith("exit 0") for v in report["steps"].values()), report
     check = json.loads((tmp_path / "out" / "rollout_check.json").read_text())
-    assert check["identical_rollouts"] == check["setting"]["rollouts"] == 16 and check["setting"]["completion_tokens"] == 2
+    assert check["identical_rollouts"] == check["rollouts_compared"] == 32 and len(check["steps"]) == 2 and check["setting"]["completion_tokens"] == 2
     step = json.loads((tmp_path / "out" / "grpo_step_fast.json").read_text())
     assert step["setting"]["overrides"] == {"compiled_rollouts": True} and step["seconds_per_step"] > 0
     speed = json.loads((tmp_path / "out" / "eval_speed.json").read_text())

@@ -64,5 +64,5 @@ def test_openai_teacher_sends_images_and_gets_samples(server, nano_checkpoint, s
 
 def test_a_dead_endpoint_is_a_clear_error():
     gen = GenerationConfig(backend="openai", base_url=f"http://127.0.0.1:{_free_port()}/v1", timeout_s=2, retries=1, backoff_s=0.01)
-    with pytest.raises(GenerationError, match="still failing after 2 tries: connection refused"):
+    with pytest.raises(GenerationError, match="still failing after 2 tries: ConnectionRefusedError"):
         ModelTeacher(gen, "none").answer([TeacherItem("x", "diff", [], "q")], 1, "zhang")
