@@ -75,6 +75,7 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     preds = {row["index"]: Prediction(row["index"], row["response"], row["frame"], tuple(row["image_size"]) if "image_size" in row else None, row["task"]) for row in rows}
     scores = score(records, preds, protocol=cfg.protocol)
     scores["seconds"] = round(seconds, 2)
+    scores["backend"] = (generation or GenerationConfig()).backend
     scores["samples_per_second"] = round(len(records) / seconds, 3) if seconds > 0 else None
     if stamp is not None:
         scores["stamp"] = stamp
@@ -153,7 +154,7 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
         (out_dir / "scores.json").unlink(missing_ok=True)
         write_jsonl(out_dir / "predictions.jsonl", rows)
     scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)
-    scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items))
+    scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items), backend=(generation or GenerationConfig()).backend)
     if stamp is not None:
         scores["stamp"] = stamp
     if out_dir is not None:

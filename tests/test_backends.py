@@ -154,7 +154,9 @@ def test_an_interrupted_evaluation_resumes_and_asks_only_for_what_is_missing(mod
     assert n > 6 and len(srv2.answered) == n - 4
     hf_scores = evaluate_checkpoint(model, smoke_world.test_file, cfg, tmp_path / "eval_hf")
     assert (out / "predictions.jsonl").read_text() == (tmp_path / "eval_hf" / "predictions.jsonl").read_text()
-    assert {k: v for k, v in scores.items() if "second" not in k} == {k: v for k, v in hf_scores.items() if "second" not in k}
+    assert (scores["backend"], hf_scores["backend"]) == ("openai", "hf")
+    same = {k: v for k, v in scores.items() if "second" not in k and k != "backend"}
+    assert same == {k: v for k, v in hf_scores.items() if "second" not in k and k != "backend"} and same["avg"] is not None
     assert not cache_dir(out).exists()
 
 
