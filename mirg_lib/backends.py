@@ -17,7 +17,7 @@ temperature of 0 is greedy. Replies are cut at the end-of-turn marker and keep t
 box tokens are special tokens): with vLLM's server set ``generation.extra_body: {skip_special_tokens: false}``.
 
 **Resumable.** Every finished reply is appended to a cache beside the stage's output (``<out>.replies/``,
-stamped with what the replies are made from) before the next is asked for; a run that is interrupted (a
+stamped with what the replies are made from) as soon as it is in; a run that is interrupted (a
 crash, a kill, a server that stays down) and started again asks only for what is missing, and the stage's
 output is written, whole, only when every reply is there. The ``hf`` and ``vllm`` backends resume by batch
 (a batch is seeded by its position, so a batch redone gives the same samples); ``openai`` by request.
@@ -631,7 +631,12 @@ def read_part(path: Path, stamp: str) -> dict[int, list[str]]:
 
 
 class _PartWriter:
-    """Appends finished replies to this process's part file, each line flushed to disk before the next."""
+    """Appends finished replies to this process's part file. Each line is flushed to the operating system before
+    the next (a killed process loses none); the file is synced to disk at most once a second and when closed
+    (a machine that goes down loses a second's replies at most, and a shared file system is not asked to sync
+    every reply)."""
+
+    SYNC_EVERY_S = 1.0
 
     def __init__(self, path: Path, stamp: str):
         self.path = path
@@ -642,6 +647,7 @@ class _PartWriter:
                 data = f.read()
                 f.truncate(data.rfind(b"\n") + 1)
         self._f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._synced = 0.0
         if fresh:
             self._write({"format": CACHE_FORMAT, "stamp": stamp})
         self._lock = threading.Lock()
@@ -649,13 +655,17 @@ class _PartWriter:
     def _write(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if time.monotonic() - self._synced >= self.SYNC_EVERY_S:
+            os.fsync(self._f.fileno())
+            self._synced = time.monotonic()
 
     def add(self, i: int, replies: list[str]) -> None:
         with self._lock:
             self._write({"i": i, "replies": replies})
 
     def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
         self._f.close()
 
 
