@@ -14,7 +14,8 @@ The CoT teacher (``cot.teacher: model``), rejection sampling and the evaluation 
 
 Sampling means the same on every backend (:class:`Sampling`: temperature, top-p, tokens, seed); a
 temperature of 0 is greedy. Replies are cut at the end-of-turn marker and keep the special tokens (Qwen2-VL's
-box tokens are special tokens): with vLLM's server set ``generation.extra_body: {skip_special_tokens: false}``.
+box tokens are special tokens): with vLLM's server set ``generation.extra_body: {skip_special_tokens: false,
+spaces_between_special_tokens: false}``.
 
 **Resumable.** Every finished reply is appended to a cache beside the stage's output (``<out>.replies/``,
 stamped with what the replies are made from) as soon as it is in; a run that is interrupted (a
