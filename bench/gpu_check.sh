@@ -3,16 +3,17 @@
 # writes its JSON into OUTDIR (with its log):
 #   1. rollout_check.json  - the fast rollout path (merged LoRA at fixed addresses, static cache, compiled
 #                            decoding) against trl's own on the same batch and seed: identical rollouts
-#                            (bench/rollout_check.py, 7B, 256-token rollouts);
+#                            (bench/rollout_check.py, 7B, two steps of 128-token rollouts);
 #   2. grpo_step_fast.json - the reference GRPO step with the fast path (bench/grpo_step.py --size 7b
-#                            --set compiled_rollouts=true: 2 prompts x 8 rollouts of 1024 tokens);
+#                            --set compiled_rollouts=true: 2 prompts x 8 rollouts of 1024 tokens; the warm-up
+#                            step, which compiles, then one measured step);
 #   3. eval_speed.json     - the evaluation batched against one request at a time on the shipped embedded
 #                            base over the smoke world's MIG-Bench, identical greedy predictions counted
 #                            (bench/eval_speed.py).
 # A step that runs out of its share of the 9 minutes is stopped and the next one runs; gpu_check.json says
 # which finished. Installs nothing: run it where `make venv` (or the same pins: trl, datasets, the pinned
 # transformers) is installed. The sizes can be made small for a CPU check of the script (tests/test_speed.py):
-# GPU_CHECK_SIZE (7b), GPU_CHECK_COMPLETION (1024; the rollout check takes a quarter), GPU_CHECK_IMAGE (448),
+# GPU_CHECK_SIZE (7b), GPU_CHECK_COMPLETION (1024; the rollout check takes an eighth), GPU_CHECK_IMAGE (448),
 # GPU_CHECK_EVAL_ITEMS (10 per task).
 #
 #   bash bench/gpu_check.sh OUTDIR
@@ -50,12 +51,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 size=${GPU_CHECK_SIZE:-7b}
 completion=${GPU_CHECK_COMPLETION:-1024}
 image=${GPU_CHECK_IMAGE:-448}
-step rollout_check 190 "$py" "$here/bench/rollout_check.py" --size "$size" --completion $((completion / 4)) --image-size "$image" \
+step rollout_check 170 "$py" "$here/bench/rollout_check.py" --size "$size" --completion $((completion / 8)) --image-size "$image" \
     --out "$out/rollout_check.json"
-step grpo_step_fast 240 "$py" "$here/bench/grpo_step.py" --size "$size" --completion "$completion" --image-size "$image" --steps 2 --warmup 1 \
+step grpo_step_fast 270 "$py" "$here/bench/grpo_step.py" --size "$size" --completion "$completion" --image-size "$image" --steps 1 --warmup 1 \
     --set compiled_rollouts=true --out "$out/grpo_step_fast.json"
-step eval_data 60 "$py" -m mirg_lib data --profile smoke
-step eval_speed 100 "$py" "$here/bench/eval_speed.py" --profile smoke --checkpoint "$here/checkpoints/embedded-base" \
+step eval_data 30 "$py" -m mirg_lib data --profile smoke
+step eval_speed 65 "$py" "$here/bench/eval_speed.py" --profile smoke --checkpoint "$here/checkpoints/embedded-base" \
     --items-per-task "${GPU_CHECK_EVAL_ITEMS:-10}" --max-new-tokens 64 --batch-size 64 --prompt plain --out "$out/eval_speed.json"
 
 {

@@ -227,7 +227,7 @@ def test_gpu_check_script_runs_every_step_at_cpu_size(tmp_path):
     script = ROOT / "bench" / "gpu_check.sh"
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
-    env = {**os.environ, "MIRG_RUNS_DIR": str(tmp_path / "runs"), "GPU_CHECK_SIZE": "tiny", "GPU_CHECK_COMPLETION": "8", "GPU_CHECK_IMAGE": "56",
+    env = {**os.environ, "MIRG_RUNS_DIR": str(tmp_path / "runs"), "GPU_CHECK_SIZE": "tiny", "GPU_CHECK_COMPLETION": "16", "GPU_CHECK_IMAGE": "56",
            "GPU_CHECK_EVAL_ITEMS": "1"}
     run = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
