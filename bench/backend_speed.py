@@ -22,9 +22,7 @@ and how many replies equal the ``hf`` ones.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,18 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``transformers serve`` on loopback with ``checkpoint``; its process and its /v1 URL once it answers."""
     exe = Path(sys.executable).parent / "transformers"
     if not exe.exists():
         raise SystemExit("the transformers CLI is not installed here (pip install 'transformers[serving]')")
-    port = _free_port()
+    from mirg_lib.launch import free_port
+
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.Popen([str(exe), "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115 - the server's log, open while it runs
@@ -77,11 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     from mirg_lib.backends import GenerationConfig, HFBackend, Request, Sampling, generate
     from mirg_lib.config import load_params, stage_config
     from mirg_lib.formats import load_mig_bench
-    from mirg_lib.io import write_json
     from mirg_lib.items import first_per_task
     from mirg_lib.paths import ROOT
     from mirg_lib.prompts import with_suffix
-    from mirg_lib.results import provenance
+    from mirg_lib.results import provenance, report
 
     ckpt = Path(args.checkpoint) if args.checkpoint else ROOT / "checkpoints" / "embedded-base"
     tmp = Path(tempfile.mkdtemp(prefix="mirg-backend-speed-"))
@@ -126,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs["rejection_sampling_hf"].update(k=args.k, samples_per_s=round(runs["rejection_sampling_hf"]["questions_per_s"] * args.k, 3))
     result = {**provenance(), "model": str(ckpt), "bench": str(bench), "questions": len(requests), "max_new_tokens": args.max_new_tokens,
               "dtype": "bf16" if args.bf16 else "fp32", **runs}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        write_json(args.out, result)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":

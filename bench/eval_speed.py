@@ -40,11 +40,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mirg_lib.config import load_params, stage_config
     from mirg_lib.evaluation import EvalConfig, evaluate_checkpoint
-    from mirg_lib.io import write_json
     from mirg_lib.models import load_model, load_processor
     from mirg_lib.paths import stage_dir
     from mirg_lib.pipeline import bench_file
-    from mirg_lib.results import provenance
+    from mirg_lib.results import provenance, report
 
     params = load_params(args.profile)
     ckpt = Path(args.checkpoint) if args.checkpoint else stage_dir(params.profile, args.stage) / "checkpoint"
@@ -76,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         "identical_predictions": sum(same),
         "first_differences": differ[:3],
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        write_json(args.out, result)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ ratio of the measured step to it; the peak GPU memory.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mirg_lib.config import parse_overrides
     from mirg_lib.grpo import GRPOStageConfig, make_trainer
-    from mirg_lib.io import write_json
-    from mirg_lib.results import provenance
+    from mirg_lib.results import provenance, report
     from mirg_lib.speed import GRPOPhases, device_rates, grpo_work, rates_dict
 
     cuda = torch.cuda.is_available()
@@ -186,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_to_floor": round(step["step_s"] / floor["floor_s"], 2),
         "peak_gib": round(peak, 2) if peak is not None else None,
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        write_json(args.out, result)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":

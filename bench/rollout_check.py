@@ -23,7 +23,6 @@ common start, the first differences; the totals.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -58,8 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     from grpo_step import SIZES, build_model, items_and_processor
 
     from mirg_lib.grpo import GRPOStageConfig, make_trainer
-    from mirg_lib.io import write_json
-    from mirg_lib.results import provenance
+    from mirg_lib.results import provenance, report
     from mirg_lib.speed import use_compiled_rollouts, use_merged_rollouts
 
     if args.size not in SIZES:
@@ -134,10 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "identical_rollouts": sum(s["identical_rollouts"] for s in steps),
         "rollouts_compared": sum(len(c["plain"][0]) for c in calls),
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        write_json(args.out, result)
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":

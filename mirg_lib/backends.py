@@ -20,8 +20,9 @@ spaces_between_special_tokens: false}``.
 **Resumable.** Every finished reply is appended to a cache beside the stage's output (``<out>.replies/``,
 stamped with what the replies are made from) as soon as it is in; a run that is interrupted (a
 crash, a kill, a server that stays down) and started again asks only for what is missing, and the stage's
-output is written, whole, only when every reply is there. The ``hf`` and ``vllm`` backends resume by batch
-(a batch is seeded by its position, so a batch redone gives the same samples); ``openai`` by request.
+output is written, whole, only when every reply is there. The ``hf`` backend resumes by batch (a batch is
+seeded by its position, so a batch redone gives the same samples); ``openai`` and ``vllm`` by question (each
+seeded by its own position).
 
 **The same result on any number of processes.** Batch ``c`` of the questions is sampled by process
 ``c % world`` with the seed ``seed + its first question's index``: one process and several give the same
@@ -131,6 +132,21 @@ class Request:
     images: tuple[str, ...] = ()
     n: int = 1
 
+    def row(self) -> str:
+        """One JSON line: what :func:`requests_digest` hashes and a launched run's processes read back."""
+        return json.dumps([self.text, list(self.images), self.n])
+
+    @classmethod
+    def from_row(cls, line: str) -> Request:
+        text, images, n = json.loads(line)
+        return cls(text, tuple(images), n)
+
+
+def question_seed(sampling: Sampling, position: int) -> int | None:
+    """The seed of the question at ``position`` where a backend seeds each question by itself (servers, vLLM);
+    a thousand apart, so that a server asked again for a question's further replies takes the next ones."""
+    return None if sampling.seed is None else (sampling.seed + position) * 1000
+
 
 # ---------------------------------------------------------------------------------------------- backends
 
@@ -234,15 +250,14 @@ class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
     the POST into a body-less GET), so a redirect is an error naming its target host."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
-        here = urllib.parse.urlsplit(req.full_url)
+        target_url = urllib.parse.urljoin(req.full_url, newurl)
+        target, here = urllib.parse.urlsplit(target_url), urllib.parse.urlsplit(req.full_url)
         fp.close()
         where = "another host" if (target.hostname, target.port) != (here.hostname, here.port) else "the same host"
         host = f"{target.hostname}{':' + str(target.port) if target.port else ''}"  # never a user:password@ part
         raise GenerationError(
-            f"{here.scheme}://{here.hostname}{':' + str(here.port) if here.port else ''}{here.path}: the endpoint "
-            f"redirected (HTTP {code}) to {where}, {host} ({target.scheme}://{host}{target.path}); redirects are not "
-            "followed (the API key would go with them): set base_url to the endpoint itself"
+            f"{shown_url(req.full_url)}: the endpoint redirected (HTTP {code}) to {where}, {host} ({shown_url(target_url)}); "
+            "redirects are not followed (the API key would go with them): set base_url to the endpoint itself"
         )
 
 
@@ -372,7 +387,7 @@ class OpenAIBackend:
         fails for good stops the run: no new request is sent, those in flight finish (their replies go to
         ``done``), then the failure is raised. An interrupt, or ``done`` raising, stops at once: the requests
         not yet sent are dropped and no retry follows."""
-        seeds = [None if sampling.seed is None else (sampling.seed + p) * 1000 for p in positions]
+        seeds = [question_seed(sampling, p) for p in positions]
         failure: BaseException | None = None
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
@@ -433,10 +448,8 @@ class OpenAIBackend:
                 if attempt == self.retries:
                     raise GenerationError(self._hide(f"{self.shown_url}: still failing after {self.retries + 1} tries: {e}")) from None
                 delay = e.after if e.after is not None else self.backoff_s * (2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter
-                if stop is not None and stop.wait(min(delay, 60.0)):
+                if (stop or threading.Event()).wait(min(delay, 60.0)):  # set when the run is given up: no more tries
                     raise GenerationError(f"{self.shown_url}: the run was stopped") from None
-                if stop is None:
-                    time.sleep(min(delay, 60.0))
         raise AssertionError("unreachable")
 
     def _post_once(self, body: dict[str, Any]) -> list[str]:
@@ -549,7 +562,7 @@ class VLLMBackend:
     def generate(self, requests: Sequence[Request], sampling: Sampling, positions: Sequence[int], done: Callable[[int, list[str]], None]) -> None:
         self.load()
         convs = [chat_messages(r.text, r.images) for r in requests]
-        params = [self.params(r, sampling, None if sampling.seed is None else (sampling.seed + p) * 1000) for r, p in zip(requests, positions, strict=True)]
+        params = [self.params(r, sampling, question_seed(sampling, p)) for r, p in zip(requests, positions, strict=True)]
         outs = self._llm.chat(convs, params, use_tqdm=False)
         for i, out in enumerate(outs):
             done(i, [clean_reply(o.text) for o in out.outputs])
@@ -582,11 +595,17 @@ def make_backend(cfg: GenerationConfig, model_path: str | Path, batch_size: int 
     raise ValueError(f"unknown generation backend {cfg.backend!r}; expected one of {BACKENDS}")
 
 
+def processes(cfg: GenerationConfig, launch: Any, stage: str) -> int:
+    """The processes ``stage`` generates on: ``launch``'s for the ``hf`` backend, else one (a server or a vLLM
+    engine batches by itself)."""
+    return launch.world_size(stage) if launch is not None and cfg.backend == "hf" else 1
+
+
 def stage_backend(cfg: GenerationConfig, model_path: str | Path, stage: str, launch: Any = None, batch_size: int = 16, dtype: str = "auto",
                   max_images: int = 2) -> Backend | None:
     """A backend to keep and reuse for several calls of :func:`generate` (e.g. a teacher's styles), or None where
     ``launch`` gives ``stage`` several processes, which load the model themselves."""
-    if cfg.backend == "hf" and launch is not None and launch.world_size(stage) > 1:
+    if processes(cfg, launch, stage) > 1:
         return None
     return make_backend(cfg, model_path, batch_size, dtype, max_images)
 
@@ -598,8 +617,7 @@ def requests_digest(requests: Sequence[Request]) -> str:
     """What the questions are: every text, image path and ``n``, in order."""
     h = hashlib.sha256()
     for r in requests:
-        h.update(json.dumps([r.text, list(r.images), r.n]).encode())
-        h.update(b"\n")
+        h.update(r.row().encode() + b"\n")
     return h.hexdigest()[:16]
 
 
@@ -612,11 +630,7 @@ def read_part(path: Path, stamp: str) -> dict[int, list[str]]:
     lines.pop()  # "" when the file ends with its newline; else a line a kill cut short: its question is asked again
     if not lines:
         return {}
-    try:
-        head = json.loads(lines[0])
-    except ValueError:
-        return {}  # a header cut short: nothing of this run
-    if not isinstance(head, dict) or head.get("stamp") != stamp or head.get("format") != CACHE_FORMAT:
+    if not _is_header(lines[0], stamp):  # another run's, or a header cut short: nothing of this run
         return {}
     out: dict[int, list[str]] = {}
     for n, line in enumerate(lines[1:], 2):
@@ -670,16 +684,22 @@ class _PartWriter:
         self._f.close()
 
 
+def _is_header(line: str, stamp: str) -> bool:
+    """Whether ``line`` is the header of a part file of the run ``stamp``."""
+    try:
+        head = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(head, dict) and head.get("stamp") == stamp and head.get("format") == CACHE_FORMAT
+
+
 def _has_header(path: Path, stamp: str) -> bool:
+    """Whether ``path`` begins with a whole header line of the run ``stamp``."""
     if not path.is_file():
         return False
     with open(path, encoding="utf-8") as f:
         first = f.readline()
-    try:
-        head = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(head, dict) and head.get("stamp") == stamp and head.get("format") == CACHE_FORMAT and first.endswith("\n")
+    return first.endswith("\n") and _is_header(first, stamp)
 
 
 def _part_files(cache: Path) -> list[Path]:
@@ -803,15 +823,14 @@ def generate(cfg: GenerationConfig, model_path: str | Path, requests: Sequence[R
     tmp = tempfile.TemporaryDirectory(prefix="mirg-replies-") if out_dir is None else None
     cache = Path(tmp.name) if tmp is not None else cache_dir(out_dir)
     try:
-        world = launch.world_size(stage) if (launch is not None and cfg.backend == "hf" and backend is None) else 1
-        if world == 1:
+        if backend is not None or processes(cfg, launch, stage) == 1:
             made = backend or make_backend(cfg, model_path, batch_size, dtype, max(len(r.images) for r in requests))
             run_shard(made, requests, sampling, per_batch, cache, stamp, progress=progress)
         else:
             from .launch import run_launched
 
             cache.mkdir(parents=True, exist_ok=True)
-            (cache / "requests.jsonl").write_text("".join(json.dumps([r.text, list(r.images), r.n]) + "\n" for r in requests), encoding="utf-8")
+            (cache / "requests.jsonl").write_text("".join(r.row() + "\n" for r in requests), encoding="utf-8")
             spec = {"cfg": {"bf16": dtype == "bfloat16"}, "dtype": dtype, "generation": dataclasses.asdict(cfg), "model_path": str(model_path), "requests": str(cache / "requests.jsonl"),
                     "sampling": dataclasses.asdict(sampling), "per_batch": per_batch, "batch_size": batch_size, "cache": str(cache), "stamp": stamp}
             run_launched(stage, launch, spec, cache)
@@ -827,8 +846,7 @@ def run_launched_shard(spec: dict[str, Any]) -> None:
     from .dist import rank, world_size
 
     cfg = from_dict(GenerationConfig, spec["generation"], "generation")
-    rows = [json.loads(line) for line in Path(spec["requests"]).read_text(encoding="utf-8").splitlines() if line.strip()]
-    requests = [Request(t, tuple(ims), n) for t, ims, n in rows]
+    requests = [Request.from_row(line) for line in Path(spec["requests"]).read_text(encoding="utf-8").splitlines() if line.strip()]
     backend = make_backend(cfg, spec["model_path"], spec["batch_size"], spec["dtype"], max(len(r.images) for r in requests))
     run_shard(backend, requests, Sampling(**spec["sampling"]), spec["per_batch"], Path(spec["cache"]), spec["stamp"], rank=rank(), world=world_size(),
               progress=f"generating {spec['stage']} (process {rank()} of {world_size()})")

@@ -79,7 +79,7 @@ def make_teacher(cfg: CotConfig, generation: Any = None, cache: Path | None = No
         return ScriptedTeacher(error_rate=cfg.error_rate, error_rates=dict(cfg.error_rates), frame=cfg.frame, seed=cfg.seed, notation=cfg.box_notation, reasoning=COT_REASONING)
     from .backends import GenerationConfig
 
-    gen = (generation or GenerationConfig()).for_stage("cot")
+    gen = (generation or GenerationConfig()).for_stage("cot")  # a stage's own settings lay over themselves unchanged
     return ModelTeacher(gen, cfg.teacher_model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
                         notation=cfg.box_notation, cache=cache, launch=launch)
 
@@ -214,7 +214,8 @@ def run_cot(cfg: CotConfig, data_dir: str | Path, out_dir: str | Path, teacher: 
     out_dir = Path(out_dir)
     values = {**dataclasses.asdict(cfg), "answer_only_form": ANSWER_ONLY_FORM, "reasoning": COT_REASONING}
     if cfg.teacher == "model" and teacher is None:
-        values["generation"] = generation_tag((generation or GenerationConfig()).for_stage("cot"))
+        generation = (generation or GenerationConfig()).for_stage("cot")  # the settings the teacher will use
+        values["generation"] = generation_tag(generation)
     digest = versioned_digest(values)
     stamp = out_dir / "table.json"
     if stamp.is_file():

@@ -58,13 +58,15 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     old = cached_scores(out_dir, stamp)
     if old is not None:
         return old
+    generation = generation or GenerationConfig()
     bench_file = Path(bench_file)
     records = load_mig_bench(bench_file)
     records = first_per_task(records, None, cfg.max_items_per_task)
     requests = [Request(with_suffix(r.question, cfg.prompt, cfg.box_notation), tuple(str(bench_file.parent / p) for p in r.images)) for r in records]
     t0 = time.perf_counter()
+    if records and (model is not None or cfg.frame == "abs"):  # the hf backend around a loaded model, or the seen sizes
+        processor = _processor(model_path, processor)
     replies = _replies(model_path, requests, cfg, out_dir, model, processor, generation, launch, f"evaluating {bench_file.name}")
-    processor = _processor(model_path, processor) if cfg.frame == "abs" and records else processor
     rows = []
     for r, (reply,) in zip(records, replies, strict=True):
         row = {"index": r.index, "task": r.task, "response": reply, "frame": cfg.frame}
@@ -75,7 +77,7 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     preds = {row["index"]: Prediction(row["index"], row["response"], row["frame"], tuple(row["image_size"]) if "image_size" in row else None, row["task"]) for row in rows}
     scores = score(records, preds, protocol=cfg.protocol)
     scores["seconds"] = round(seconds, 2)
-    scores["backend"] = (generation or GenerationConfig()).backend
+    scores["backend"] = generation.backend
     scores["samples_per_second"] = round(len(records) / seconds, 3) if seconds > 0 else None
     if stamp is not None:
         scores["stamp"] = stamp
@@ -87,12 +89,11 @@ def evaluate_checkpoint(model_path: str | Path, bench_file: str | Path, cfg: Eva
     return scores
 
 
-def _replies(model_path, requests: list[Request], cfg: EvalConfig, out_dir, model, processor, generation: GenerationConfig | None, launch: Any, progress: str) -> list[list[str]]:
+def _replies(model_path, requests: list[Request], cfg: EvalConfig, out_dir, model, processor, generation: GenerationConfig, launch: Any, progress: str) -> list[list[str]]:
     """Greedy replies to ``requests`` in batches of ``cfg.batch_size`` (:func:`mirg_lib.backends.generate`)."""
-    generation = generation or GenerationConfig()
     backend = None
-    if model is not None:  # a model already loaded: the hf backend around it
-        backend = HFBackend(str(model_path), batch_size=cfg.batch_size, model=model, processor=_processor(model_path, processor))
+    if model is not None:  # a model already loaded (with its processor): the hf backend around it
+        backend = HFBackend(str(model_path), batch_size=cfg.batch_size, model=model, processor=processor)
     return generate(generation, model_path, requests, Sampling(max_new_tokens=cfg.max_new_tokens), out_dir, stage="eval", per_batch=cfg.batch_size,
                     batch_size=cfg.batch_size, dtype="bfloat16" if cfg.bf16 else "float32", launch=launch, backend=backend, progress=progress)
 
@@ -120,13 +121,14 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
     old = cached_scores(out_dir, stamp)
     if old is not None:
         return old
+    generation = generation or GenerationConfig()
     name, items = benchmarks.read(benchmark, name, image_root)
     kind = benchmarks.KINDS[name]
     requests = [Request(benchmarks.prompt_text(it, cfg.prompt, cfg.box_notation), tuple(str(p) for p in it.images)) for it in items]
     t0 = time.perf_counter()
-    replies = _replies(model_path, requests, cfg, out_dir, model, processor, generation, launch, f"evaluating {name}")
-    if cfg.frame == "abs" and items and kind in ("grounding", "detection", "multi_context"):
+    if items and (model is not None or (cfg.frame == "abs" and kind in ("grounding", "detection", "multi_context"))):
         processor = _processor(model_path, processor)
+    replies = _replies(model_path, requests, cfg, out_dir, model, processor, generation, launch, f"evaluating {name}")
     rows, sizes = [], []
     for it, (reply,) in zip(items, replies, strict=True):
         row: dict[str, Any] = {"id": it.id, "response": reply}
@@ -154,7 +156,7 @@ def evaluate_benchmark(model_path: str | Path, benchmark: str | Path, cfg: EvalC
         (out_dir / "scores.json").unlink(missing_ok=True)
         write_jsonl(out_dir / "predictions.jsonl", rows)
     scores = benchmarks.score(name, items, [r["response"] for r in rows], **how)
-    scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items), backend=(generation or GenerationConfig()).backend)
+    scores.update(prompt=cfg.prompt, box_notation=cfg.box_notation, seconds=round(seconds, 2), n_items=len(items), backend=generation.backend)
     if stamp is not None:
         scores["stamp"] = stamp
     if out_dir is not None:

@@ -64,7 +64,8 @@ class LaunchConfig:
         return self.num_processes if stage in self.stages else 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -85,7 +86,7 @@ def launch_command(launch: LaunchConfig, spec_file: Path, num_processes: int, bf
         # torchrun's processes; the trainer's use_cpu then makes them a gloo group (accelerate's own --cpu
         # flag starts one process only)
         cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // num_processes))]
-    cmd += ["--main_process_port", str(launch.main_process_port or _free_port()), *launch.extra_args]
+    cmd += ["--main_process_port", str(launch.main_process_port or free_port()), *launch.extra_args]
     return cmd + ["-m", "mirg_lib", "launched", str(spec_file)]
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from .backends import GenerationConfig, Request, Sampling, drop_cache, generate, generation_tag
+from .backends import GenerationConfig, Request, Sampling, drop_cache, generate, generation_tag, processes
 from .config import config_hash
 from .cot import judge
 from .formats import IN_DOMAIN
@@ -25,10 +25,6 @@ from .io import atomic_dir, write_json, write_jsonl
 from .items import first_per_task, load_pool_items
 from .prompts import with_suffix
 from .trainers import model_identity
-
-
-def _processes(generation: GenerationConfig, launch: Any) -> int:
-    return launch.world_size("rejection") if launch is not None and generation.backend == "hf" else 1
 
 
 @dataclass
@@ -112,6 +108,6 @@ def run_rejection_sampling(cfg: RejectionConfig, model_path: str | Path, data_di
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "rl_items.jsonl", kept)
         write_json(tmp / "table.json", {"config": dataclasses.asdict(cfg), "config_hash": digest, "rows": rows, "seconds": round(seconds, 2),
-                                        "backend": generation.backend, "processes": _processes(generation, launch)})
+                                        "backend": generation.backend, "processes": processes(generation, launch, "rejection")})
     drop_cache(out_dir)
     return RejectionResult(out_dir, rows, [k["id"] for k in kept], seconds)

@@ -122,6 +122,14 @@ def _git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def report(result: dict[str, Any], out: str | Path | None = None) -> dict[str, Any]:
+    """A benchmark's result: printed as JSON, written to ``out`` too where given; returned."""
+    print(json.dumps(result, indent=1))
+    if out:
+        write_json(out, result)
+    return result
+
+
 def provenance(**extra: Any) -> dict[str, Any]:
     """When, where and from which commit a result was measured (``extra`` adds fields, e.g. the wall time)."""
     import torch

@@ -207,10 +207,10 @@ def use_compiled_rollouts(trainer: Any) -> list[str]:
     """Make ``trainer`` (trl's GRPOTrainer) decode its rollouts with a static KV cache and transformers' compiled
     decoding step (``torch.compile``, mode ``reduce-overhead``: CUDA graphs), which trl turns off
     (``disable_compile=True``, a dynamic cache). The sampling is unchanged: the same logits processors and
-    temperature; in fp32 on a CPU the same draws (tests/test_speed.py), in bf16 on a GPU the kernels add in other
-    orders and two draws may part (bench/rollout_check.py measures where). The cache is sized for the step's longest prompt plus ``max_completion_length``, rounded up to
-    :data:`CACHE_BUCKET` tokens and never shrunk (transformers keeps the largest), so the decoding step
-    compiles for few shapes. transformers compiles only on a GPU (on a CPU the static cache runs uncompiled,
+    temperature; in fp32 on a CPU the same draws (tests/test_speed.py), in bf16 on a GPU the kernels add in
+    other orders and two draws may part (bench/rollout_check.py measures where). The cache is sized for the
+    step's longest prompt plus ``max_completion_length``, rounded up to :data:`CACHE_BUCKET` tokens and never
+    shrunk (transformers keeps the largest), so the decoding step compiles for few shapes. transformers compiles only on a GPU (on a CPU the static cache runs uncompiled,
     unless ``trainer.generation_config.compile_config._compile_all_devices`` is set, as a test does). Returns
     the reasons it is off (empty: on)."""
     import copy
